@@ -1,0 +1,26 @@
+# Two commands for a fresh machine: `make demo` and `make test`.
+# Each creates the virtual environment in .venv/ on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch==2.13.0 first: it is the CPU build (a plain `torch` would pull CUDA wheels)
+TORCH ?= torch==2.13.0
+
+.PHONY: demo test venv clean bench
+
+$(BIN)/segqc: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
+venv: $(BIN)/segqc
+
+demo: venv
+	$(BIN)/segqc demo --out runs/demo
+
+test: venv
+	$(BIN)/python -m pytest tests
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,453 @@
+"""The Python API behind every `segqc` command (the CLI only parses and calls these).
+
+All functions take keyword arguments, return plain results and write their files
+into ``out``; long loops show rich progress bars on stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from segqc.batch import BatchSummary, read_rows, run_batch
+from segqc.case import Case
+from segqc.errors import CaseError
+from segqc.io.layouts import CaseRef, load_dataset, read_manifest
+
+__all__ = ["load_cases", "fingerprint_dataset", "compute_metrics", "evaluate_csv", "fit", "predict", "bench",
+           "score_case", "write_run_record", "sample_data_dir"]
+
+
+def sample_data_dir() -> Path:
+    """The real sample data shipped inside the package (Kvasir-SEG and MSD hippocampus subsets)."""
+    return Path(__file__).parent / "sample_data"
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _progress(console=None):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console or _console())
+
+
+def _refs(data, *, layout: str = "auto", masks=None, require_masks: bool = True) -> list[CaseRef]:
+    if isinstance(data, (list, tuple)):
+        return list(data)
+    return load_dataset(data, layout=layout, masks=masks, require_masks=require_masks)
+
+
+def load_cases(refs: Sequence[CaseRef], *, require_mask: bool = True, description: str = "loading",
+               ) -> tuple[list[Case], list[tuple[str, str]]]:
+    """Load every case; bad ones are reported (stderr) and returned as ``(case_id, reason)``."""
+    cases, failed = [], []
+    console = _console()
+    with _progress(console) as progress:
+        task = progress.add_task(description, total=len(refs))
+        for ref in refs:
+            try:
+                cases.append(ref.load(require_mask=require_mask))
+            except CaseError as e:
+                failed.append((e.case_id, e.reason))
+                console.print(f"[red]segqc: case {e.case_id} skipped:[/red] {e.reason}", highlight=False)
+            progress.advance(task)
+    return cases, failed
+
+
+def write_run_record(out: Path, command: str, options: dict, started: float, extra: dict | None = None) -> Path:
+    """A machine-readable record of a run: versions, device, options, runtime."""
+    import platform
+
+    import torch
+
+    from segqc import __version__
+
+    record = {"command": command, "segqc": __version__, "python": platform.python_version(),
+              "torch": torch.__version__, "numpy": np.__version__, "cuda": torch.cuda.is_available(),
+              "options": {k: str(v) if isinstance(v, Path) else v for k, v in options.items()},
+              "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+              "runtime_s": round(time.time() - started, 2), **(extra or {})}
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "run.json"
+    path.write_text(json.dumps(record, indent=1, default=str))
+    return path
+
+
+# ----------------------------------------------------------------------------- fingerprint
+
+
+def fingerprint_dataset(*, data, out, layout: str = "auto", max_slice_size: int = 128):
+    """Reference dataset → ``fingerprint.json`` (measurements) and ``plan.json`` (decisions)."""
+    from segqc.fingerprint import compute_fingerprint, plan_from_fingerprint, save_fingerprint
+
+    out = Path(out)
+    cases, failed = load_cases(_refs(data, layout=layout), description="fingerprint")
+    if not cases:
+        raise ValueError(f"no readable case in {data}")
+    fp = compute_fingerprint(cases)
+    plan = plan_from_fingerprint(fp, max_slice_size=max_slice_size)
+    save_fingerprint(fp, out / "fingerprint.json")
+    plan.to_json(out / "plan.json")
+    return fp, plan, failed
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def compute_metrics(*, data, out, layout: str = "auto", masks=None, truth=None, resume: bool = True,
+                    quiet: bool = False) -> BatchSummary:
+    """Dice and HD95 (mm) per label between each case's mask and its truth → ``metrics.csv``.
+
+    ``data`` is a CSV manifest with ``mask`` and ``truth`` columns, or a dataset whose
+    labels are the truth with ``masks`` a folder of candidate masks.
+    """
+    from segqc.metrics import dice_per_class, hd95_per_class, mean_foreground
+
+    refs = _refs(data, layout=layout)
+    if masks is not None:  # dataset labels are the truth, `masks` the candidates
+        cand = {r.case_id: r.mask for r in _refs(data, layout=layout, masks=masks)}
+        refs = [CaseRef(r.case_id, r.image, cand.get(r.case_id), truth=r.mask, group=r.group) for r in refs]
+    labels: list[int] = sorted({int(k) for k in (truth or [])})
+
+    def one(case: Case) -> dict:
+        if case.truth is None:
+            raise ValueError("no truth mask to compare with")
+        labs = labels or sorted(set(np.unique(case.truth).tolist()) - {0}) or [1]
+        d, h = dice_per_class(case.mask, case.truth, labs), hd95_per_class(case.mask, case.truth, case.spacing, labs)
+        row = {"dice": mean_foreground(d), "hd95": mean_foreground(h)}
+        for k in labs:
+            row[f"dice_{k}"], row[f"hd95_{k}"] = d[k], h[k]
+        return row
+
+    # columns are known only after the first case; collect label columns up front
+    first_labels = labels or _peek_labels(refs)
+    cols = ["dice", "hd95"] + [f"{m}_{k}" for k in first_labels for m in ("dice", "hd95")]
+    return run_batch(refs, one, Path(out) / "metrics.csv", columns=cols, resume=resume, description="metrics",
+                     quiet=quiet)
+
+
+def _peek_labels(refs: Sequence[CaseRef]) -> list[int]:
+    from segqc.io.images import read_mask
+
+    for r in refs[:5]:
+        try:
+            if r.truth is not None:
+                return sorted(set(np.unique(read_mask(r.truth)[0]).tolist()) - {0}) or [1]
+        except (OSError, ValueError):
+            continue
+    return [1]
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+def evaluate_csv(*, table, out, pred_col: str = "dice_pred", true_col: str = "dice_true", p_col: str | None = None,
+                 group_col: str | None = "group", tau: float = 0.8, title: str = "") -> dict:
+    """QC accuracy from a table of predicted and true Dice → ``evaluation.json`` + plots."""
+    from segqc import evaluation as ev
+
+    rows = [r for r in read_rows(table) if r.get("status", "ok") == "ok"]
+    if not rows:
+        raise ValueError(f"{table} has no rows")
+    for col in (pred_col, true_col) + ((p_col,) if p_col else ()):
+        if col not in rows[0]:
+            raise ValueError(f"column {col!r} not in {table}; columns are {list(rows[0])}")
+    f = (lambda r, c: float(r[c]) if r.get(c, "") not in ("", "nan") else np.nan)
+    pred = np.array([f(r, pred_col) for r in rows])
+    true = np.array([f(r, true_col) for r in rows])
+    pp = np.array([f(r, p_col) for r in rows]) if p_col else None
+    groups = [r.get(group_col) or "all" for r in rows] if group_col and group_col in rows[0] else None
+    return _evaluate_arrays(true, pred, pp, groups, tau, Path(out), title)
+
+
+def _evaluate_arrays(true, pred, pp, groups, tau, out: Path, title: str, prefix: str = "") -> dict:
+    from segqc import evaluation as ev
+
+    out.mkdir(parents=True, exist_ok=True)
+    result = ev.evaluate(true, pred, p_pass=pp, groups=groups, tau=tau)
+    (out / f"{prefix}evaluation.json").write_text(json.dumps(result, indent=1))
+    ev.plot_scatter(true, pred, out / f"{prefix}scatter.png", groups=groups, tau=tau, title=title)
+    ok = np.isfinite(true) & np.isfinite(pred)
+    ev.plot_risk_coverage(1 - true[ok], pred[ok], out / f"{prefix}risk_coverage.png", title=title)
+    if pp is not None:
+        ok &= np.isfinite(pp)
+        ev.plot_calibration(true[ok], pp[ok], out / f"{prefix}calibration.png", tau=tau)
+    return result
+
+
+# ----------------------------------------------------------------------------- fit
+
+
+def _split(n: int, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    order = rng.permutation(n)
+    n_cal = max(10, int(round(fraction * n))) if n >= 20 else max(1, n // 3)
+    return np.sort(order[n_cal:]), np.sort(order[:n_cal])
+
+
+def fit(*, reference, out, methods: Sequence[str] = ("features",), layout: str = "auto", tau: float = 0.8,
+        coverage: float = 0.9, calibration_fraction: float = 0.25, calibration_pairs: int = 8, seed: int = 0,
+        device: str = "auto", max_slice_size: int = 128, method_params: dict | None = None,
+        extra_pairs=None, ids: Sequence[str] | None = None):
+    """Reference cases (image + expert mask) → a QC bundle folder.
+
+    Steps: fingerprint → plan; split the reference cases into a fitting part and a
+    held-out calibration part; fit each method on the first; score realistic bad masks
+    of the held-out part and fit each method's calibrator on them; save the bundle.
+
+    Args:
+        reference: dataset folder / manifest of reference cases with expert masks.
+        methods: names from `segqc.methods.METHODS`.
+        calibration_fraction: share of reference cases held out for calibration.
+        calibration_pairs: bad masks per held-out case.
+        method_params: ``{method: {param: value}}`` overriding a method's defaults.
+        extra_pairs: manifest (``image, mask, truth``) of the user's own model's
+            predictions on reference cases: extra training pairs, and calibration pairs
+            for the ones that fall into the held-out split.
+        ids: restrict the reference cases to these ids (e.g. a benchmark's reference split).
+    """
+    from segqc.bundle import QCBundle, save_bundle
+    from segqc.calibration import DiceCalibrator
+    from segqc.fingerprint import compute_fingerprint, plan_from_fingerprint
+    from segqc.methods import METHODS, make_method
+    from segqc.methods.base import make_training_pairs
+    from segqc.utils import look_up_option
+
+    started = time.time()
+    out = Path(out)
+    methods = [look_up_option(m, list(METHODS), "method") for m in methods]
+    rng = np.random.default_rng(seed)
+    refs = _refs(reference, layout=layout)
+    if ids is not None:
+        keep = set(ids)
+        refs = [r for r in refs if r.case_id in keep]
+    cases, failed = load_cases(refs, description="reference cases")
+    empty = [c.case_id for c in cases if not np.any(c.mask)]
+    if empty:
+        _console().print(f"segqc: {len(empty)} reference case(s) with an empty expert mask kept: {empty[:5]}")
+    if len(cases) < 4:
+        raise ValueError(f"fit needs at least 4 readable reference cases, got {len(cases)}")
+    fp = compute_fingerprint(cases)
+    plan = plan_from_fingerprint(fp, max_slice_size=max_slice_size)
+    fit_idx, cal_idx = _split(len(cases), calibration_fraction, rng)
+    fit_cases, cal_cases = [cases[i] for i in fit_idx], [cases[i] for i in cal_idx]
+    extra_fit, extra_cal = [], []
+    if extra_pairs is not None:
+        extra, bad = load_cases(_refs(extra_pairs), description="extra pairs")
+        cal_ids = {c.case_id for c in cal_cases}
+        for c in extra:
+            if c.truth is None:
+                raise ValueError(f"extra pair {c.case_id} has no truth mask")
+            (extra_cal if c.case_id.split("#")[0] in cal_ids else extra_fit).append(c)
+    console = _console()
+    console.print(f"segqc fit: {len(fit_cases)} cases to fit, {len(cal_cases)} held out for calibration; "
+                  f"plan {plan.ndim}D, {plan.modality}, slice {plan.slice_size}, labels {list(plan.labels)}")
+    cal_pairs = make_training_pairs(cal_cases, rng, calibration_pairs, extra_cal)
+    true_cal = np.array([_true_mean_dice(p, plan.labels) for p in cal_pairs])
+    bundle = QCBundle(plan=plan, fingerprint=fp, info={"fit": {}})
+    params = method_params or {}
+    for name in methods:
+        t0 = time.time()
+        kwargs = dict(params.get(name, {}))
+        cls_params = make_method(name).get_params()
+        if "device" in cls_params and "device" not in kwargs:
+            kwargs["device"] = device
+        method = make_method(name, **kwargs)
+        console.print(f"[bold]fitting {name}[/bold] {method!r}")
+        method.fit(fit_cases, plan, np.random.default_rng(rng.integers(1 << 31)), extra_pairs=extra_fit)
+        t_fit = time.time() - t0
+        raw = np.array([method.score(p).mean_dice for p in _track(cal_pairs, f"calibrating {name}")])
+        cal = DiceCalibrator(tau=tau, coverage=coverage).fit(raw, true_cal)
+        bundle.methods[name], bundle.calibrators[name] = method, cal
+        pred = cal.predict_dice(raw)
+        lo, hi = cal.interval(raw)
+        from segqc import evaluation as ev
+
+        bundle.info["fit"][name] = {
+            "fit_seconds": round(t_fit, 1), "calibration_pairs": len(raw),
+            # in-sample for the calibrator (it was fitted on these): a sanity check, not a benchmark
+            "heldout_raw_pearson": ev.pearson(true_cal, raw), "heldout_raw_mae": ev.mae(true_cal, raw),
+            "heldout_calibrated_mae": ev.mae(true_cal, pred),
+            "interval_radius": cal.radius_, "interval_coverage_in_sample": float(np.mean((true_cal >= lo) &
+                                                                                        (true_cal <= hi))),
+        }
+        console.print(f"  {name}: fitted in {t_fit:.0f} s; held-out synthetic pairs r={bundle.info['fit'][name]['heldout_raw_pearson']:.3f} "
+                      f"raw MAE={bundle.info['fit'][name]['heldout_raw_mae']:.3f}")
+    # default: lowest held-out raw MAE ranks methods by how well they fit unseen reference cases
+    bundle.default_method = min(methods, key=lambda m: bundle.info["fit"][m]["heldout_raw_mae"])
+    bundle.info.update({"n_reference": len(cases), "n_failed": len(failed), "tau": tau, "coverage": coverage,
+                        "seed": seed, "fit_ids": [c.case_id for c in fit_cases],
+                        "calibration_ids": [c.case_id for c in cal_cases], "fit_seconds": round(time.time() - started, 1)})
+    save_bundle(bundle, out)
+    write_run_record(out, "fit", {"reference": str(reference), "methods": methods, "tau": tau, "seed": seed,
+                                  "device": device}, started)
+    console.print(f"segqc fit: bundle written to {out} (default method: {bundle.default_method})")
+    return bundle
+
+
+def _track(items, description: str):
+    with _progress() as progress:
+        task = progress.add_task(description, total=len(items))
+        for it in items:
+            yield it
+            progress.advance(task)
+
+
+def _true_mean_dice(case: Case, labels) -> float:
+    from segqc.metrics import binary_dice
+
+    return float(np.mean([binary_dice(case.mask == k, case.truth == k) for k in labels]))
+
+
+# ----------------------------------------------------------------------------- predict
+
+
+def score_case(bundle, case: Case, methods: Sequence[str], *, maps_dir: Path | None = None) -> dict:
+    """All methods' answers for one case as one flat row (the first method is the main answer)."""
+    from segqc.io.images import is_photo, write_mask
+
+    plan = bundle.plan
+    if case.ndim != plan.ndim or case.n_channels != plan.n_channels:
+        raise ValueError(f"case is {case.ndim}D with {case.n_channels} channel(s); the bundle expects "
+                         f"{plan.ndim}D with {plan.n_channels}")
+    row: dict = {}
+    tau = bundle.tau
+    for i, name in enumerate(methods):
+        raw = bundle.methods[name].score(case)
+        cal = bundle.calibrators[name]
+        d = float(cal.predict_dice(raw.mean_dice))
+        lo, hi = cal.interval(raw.mean_dice)
+        p = float(cal.predict_pass(raw.mean_dice))
+        row[f"{name}_raw"], row[f"{name}_dice"], row[f"{name}_p_pass"] = raw.mean_dice, d, p
+        if i == 0:
+            row.update({"method": name, "dice_pred": d, "p_pass": p, "flag": "pass" if p >= 0.5 else "review",
+                        "dice_lo": float(lo), "dice_hi": float(hi)})
+            for k, v in raw.dice.items():
+                row[f"dice_pred_{k}"] = float(cal.predict_dice(v))
+            if raw.hd95:
+                row["hd95_pred"] = float(np.nanmean(list(raw.hd95.values())))
+        if maps_dir is not None and raw.maps:
+            photo = case.meta.get("image") and is_photo(case.meta["image"][0])
+            ext = ".png" if photo else ".nii.gz"
+            safe = case.case_id.replace("/", "_").replace("#", "_")
+            for key, arr in raw.maps.items():
+                out_arr = arr if arr.dtype != np.float32 else (np.clip(arr, 0, 1) * 255).astype(np.uint8)
+                path = write_mask(maps_dir / name / f"{safe}_{key}{ext}", out_arr, case.geometry)
+                row[f"{name}_{key}"] = str(path)
+    if case.truth is not None:
+        from segqc.metrics import dice as dice_fn
+
+        row["dice_true"] = dice_fn(case.mask, case.truth, list(plan.labels))
+    return row
+
+
+def _columns(bundle, methods: Sequence[str], with_truth: bool) -> list[str]:
+    cols = ["method", "dice_pred", "p_pass", "flag", "dice_lo", "dice_hi", "hd95_pred"]
+    cols += [f"dice_pred_{k}" for k in bundle.plan.labels]
+    for name in methods:
+        cols += [f"{name}_raw", f"{name}_dice", f"{name}_p_pass", f"{name}_pgt", f"{name}_error"]
+    return cols + (["dice_true"] if with_truth else [])
+
+
+def predict(*, bundle, data, out, methods: Sequence[str] | None = None, masks=None, layout: str = "auto",
+            save_maps: bool = True, resume: bool = True, quiet: bool = False) -> tuple[BatchSummary, dict]:
+    """Bundle + images + candidate masks → ``predictions.csv`` (row by row) and ``dataset.json``."""
+    from segqc.bundle import bundle_hash, load_bundle
+    from segqc.population import estimate_groups
+
+    started = time.time()
+    out = Path(out)
+    b = load_bundle(bundle)
+    methods = list(methods or [b.default_method] + [m for m in b.methods if m != b.default_method])
+    for m in methods:
+        if m not in b.methods:
+            raise ValueError(f"method {m!r} is not in bundle {bundle}; it has {sorted(b.methods)}")
+    refs = _refs(data, layout=layout, masks=masks)
+    with_truth = any(r.truth is not None for r in refs)
+    summary = run_batch(refs, lambda c: score_case(b, c, methods, maps_dir=out / "maps" if save_maps else None),
+                        out / "predictions.csv", columns=_columns(b, methods, with_truth), resume=resume,
+                        description="QC", quiet=quiet)
+    rows = [r for r in read_rows(out / "predictions.csv") if r["status"] == "ok"]
+    dataset = estimate_groups([float(r["dice_pred"]) for r in rows], [float(r["p_pass"]) for r in rows],
+                              [r["group"] or "all" for r in rows], tau=b.tau,
+                              true_dice=[float(r["dice_true"]) for r in rows] if with_truth else None)
+    (out / "dataset.json").write_text(json.dumps(dataset, indent=1))
+    write_run_record(out, "predict", {"bundle": str(bundle), "data": str(data), "methods": methods}, started,
+                     {"bundle_hash": bundle_hash(bundle), "n_ok": summary.n_done, "n_failed": summary.n_failed,
+                      "n_skipped": summary.n_skipped})
+    return summary, dataset
+
+
+# ----------------------------------------------------------------------------- bench
+
+
+def bench(*, bundle, cases, out, root=None, methods: Sequence[str] | None = None, tau: float | None = None,
+          limit: int | None = None, seed: int = 0, resume: bool = True, quiet: bool = False) -> dict:
+    """Every method of a bundle side by side on a benchmark ``cases.csv`` with true Dice.
+
+    The benchmark's ``prediction`` column is the candidate, ``ground_truth`` the truth
+    (used only to check, never shown to a method); ``dice`` is the true quality.
+    Writes ``bench.csv`` (row by row), ``bench.json`` and per-method plots.
+    """
+    from segqc import evaluation as ev
+    from segqc.bundle import load_bundle
+    from segqc.population import estimate_groups
+
+    started = time.time()
+    out = Path(out)
+    b = load_bundle(bundle)
+    methods = list(methods or b.methods)
+    tau = b.tau if tau is None else tau
+    cases = Path(cases)
+    root = Path(root) if root else _guess_root(cases)
+    refs = read_manifest(cases, root=root, mask_col="prediction", truth_col="ground_truth", group_col="checkpoint")
+    if limit is not None and limit < len(refs):
+        refs = [refs[i] for i in sorted(np.random.default_rng(seed).choice(len(refs), limit, replace=False))]
+    extra_cols = ["model", "is_deployed"]
+    summary = run_batch(refs, lambda c: {**score_case(b, c, methods),
+                                         **{k: c.meta.get(k, "") for k in extra_cols}},
+                        out / "bench.csv", columns=_columns(b, methods, True) + extra_cols, resume=resume,
+                        description="bench", quiet=quiet)
+    rows = [r for r in read_rows(out / "bench.csv") if r["status"] == "ok"]
+    truth = {r.case_id: r.extra.get("dice") for r in refs}
+    true = np.array([float(truth.get(r["case_id"]) or r["dice_true"]) for r in rows])
+    groups = [r["group"] for r in rows]
+    deployed = np.array([r.get("is_deployed") == "True" for r in rows])
+    result = {"cases": str(cases), "n": len(rows), "n_failed": summary.n_failed, "tau": tau, "methods": {}}
+    for name in methods:
+        pred = np.array([float(r[f"{name}_dice"]) for r in rows])
+        pp = np.array([float(r[f"{name}_p_pass"]) for r in rows])
+        res = _evaluate_arrays(true, pred, pp, groups, tau, out / name, f"{name} on {cases.parent.name}")
+        if deployed.any():
+            res["deployed"] = ev.evaluate(true[deployed], pred[deployed], p_pass=pp[deployed], tau=tau)["overall"]
+        lo = np.array([float(r["dice_lo"]) for r in rows]) if name == methods[0] else None
+        cal = b.calibrators[name]
+        lo, hi = cal.interval(np.array([float(r[f"{name}_raw"]) for r in rows]))
+        res["interval_coverage"] = float(np.mean((true >= lo) & (true <= hi)))
+        res["interval_nominal"] = cal.coverage
+        res["dataset_level"] = estimate_groups(pred, pp, groups, tau=tau, true_dice=true)
+        result["methods"][name] = res
+    (out / "bench.json").write_text(json.dumps(result, indent=1))
+    write_run_record(out, "bench", {"bundle": str(bundle), "cases": str(cases), "methods": methods, "tau": tau},
+                     started, {"n": len(rows)})
+    return result
+
+
+def _guess_root(cases: Path) -> Path:
+    """Benchmark paths are relative to ``shared/``: walk up until the first path resolves."""
+    first = read_manifest(cases, root=cases.parent)[0].image[0]
+    rel = first.relative_to(cases.parent)
+    for parent in [cases.parent, *cases.parents]:
+        if (parent / rel).exists():
+            return parent
+    print(f"segqc: cannot resolve {rel} above {cases}; using its folder", file=sys.stderr)
+    return cases.parent

@@ -1,0 +1,242 @@
+"""`segqc` command line: parses arguments and calls `segqc.api` by keyword, nothing else.
+
+Exit codes: 0 success; 1 failure (nothing processed, bad options); 3 partial failure
+(some cases could not be processed: see the ``error`` column and stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from segqc import __version__
+from segqc.batch import EXIT_ALL_FAILED, EXIT_OK
+from segqc.io.layouts import LAYOUTS
+from segqc.methods import METHODS
+
+
+def _common_data(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--layout", choices=LAYOUTS, default="auto",
+                   help="dataset layout: nnunet (imagesTr/<id>_0000 + labelsTr), msd, flat (images/ + masks/ with "
+                        "matching names) or csv (manifest case_id,image,mask[,truth,group]); default: detect")
+    p.add_argument("--masks", type=Path, default=None,
+                   help=f"folder of {what} masks named like the images (overrides the dataset's own labels)")
+
+
+def _param(text: str) -> tuple[str, str, object]:
+    try:
+        key, value = text.split("=", 1)
+        method, name = key.split(".", 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected METHOD.PARAM=VALUE, got {text!r}") from None
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        parsed = value
+    return method, name, parsed
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="segqc", description="Quality control of medical image segmentations without a manual ground truth.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"segqc {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    p = sub.add_parser("demo", formatter_class=fmt,
+                       help="fit QC on the real sample data shipped with segqc and judge real candidate masks")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
+    p.add_argument("--dataset", choices=["kvasir", "hippocampus", "both"], default="both",
+                   help="which embedded sample to run on")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+
+    p = sub.add_parser("fingerprint", formatter_class=fmt,
+                       help="measure a reference dataset and plan its preprocessing (fingerprint.json, plan.json)")
+    p.add_argument("data", type=Path, help="dataset folder or CSV manifest with expert masks")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--max-slice-size", type=int, default=128, help="largest model-space slice side in voxels")
+    p.add_argument("--layout", choices=LAYOUTS, default="auto", help="dataset layout (default: detect)")
+
+    p = sub.add_parser("metrics", formatter_class=fmt,
+                       help="true Dice and HD95 (mm) per label of candidate masks against expert masks")
+    p.add_argument("data", type=Path, help="CSV manifest with mask and truth columns, or a dataset whose labels are "
+                                          "the truth (then give --masks)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (metrics.csv)")
+    p.add_argument("--labels", type=int, nargs="*", default=None, help="labels to measure (default: those in truth)")
+    p.add_argument("--no-resume", action="store_true", help="start over instead of skipping cases already done")
+    _common_data(p, "candidate")
+
+    p = sub.add_parser("evaluate", formatter_class=fmt,
+                       help="how accurate are QC predictions? r, MAE, AUROC/AUPR for Dice < tau, AURC, ECE + plots")
+    p.add_argument("table", type=Path, help="CSV with predicted and true Dice (e.g. predictions.csv with dice_true)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (evaluation.json, scatter.png, ...)")
+    p.add_argument("--pred-col", default="dice_pred", help="column of predicted Dice")
+    p.add_argument("--true-col", default="dice_true", help="column of true Dice")
+    p.add_argument("--p-col", default=None, help="column of P(Dice >= tau) for the calibration error")
+    p.add_argument("--group-col", default="group", help="column to evaluate per group (model, checkpoint, site)")
+    p.add_argument("--tau", type=float, default=0.8, help="Dice below which a segmentation is a failure")
+
+    p = sub.add_parser("fit", formatter_class=fmt,
+                       help="fit QC methods on reference cases with expert masks → a bundle folder")
+    p.add_argument("reference", type=Path, help="reference dataset (nnU-Net, MSD, flat folder or CSV manifest)")
+    p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
+    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=["features"], help="QC methods to fit")
+    p.add_argument("--tau", type=float, default=0.8, help="Dice a segmentation must reach to pass")
+    p.add_argument("--coverage", type=float, default=0.9, help="nominal coverage of the Dice interval")
+    p.add_argument("--calibration-fraction", type=float, default=0.25,
+                   help="share of reference cases held out to calibrate")
+    p.add_argument("--ids", type=Path, default=None,
+                   help="JSON list of reference ids to use (or a split.json: its 'reference' list)")
+    p.add_argument("--extra-pairs", type=Path, default=None,
+                   help="CSV manifest (case_id,image,mask,truth) of your own model's predictions on reference cases")
+    p.add_argument("--set", dest="params", action="append", type=_param, default=[], metavar="METHOD.PARAM=VALUE",
+                   help="override a method parameter, e.g. --set cnn.epochs=4 (repeatable)")
+    p.add_argument("--max-slice-size", type=int, default=128, help="largest model-space slice side in voxels")
+    p.add_argument("--seed", type=int, default=0, help="random seed (splits, bad masks, networks)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    _common_layout(p)
+
+    p = sub.add_parser("predict", formatter_class=fmt,
+                       help="judge candidate masks with a bundle → predictions.csv, dataset.json, maps")
+    p.add_argument("data", type=Path, help="images + candidate masks (dataset folder or CSV manifest)")
+    p.add_argument("--bundle", type=Path, required=True, help="bundle folder written by `segqc fit`")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--methods", nargs="+", default=None,
+                   help="methods to run, the first gives the main answer (default: all, bundle's best first)")
+    p.add_argument("--no-maps", action="store_true", help="do not write pseudo ground truth / error maps")
+    p.add_argument("--no-resume", action="store_true", help="start over instead of skipping cases already done")
+    _common_data(p, "candidate")
+
+    p = sub.add_parser("bench", formatter_class=fmt,
+                       help="all methods of a bundle on a benchmark cases.csv with true Dice, side by side")
+    p.add_argument("cases", type=Path, help="benchmark cases.csv (columns image, ground_truth, prediction, dice, "
+                                           "checkpoint)")
+    p.add_argument("--bundle", type=Path, required=True, help="bundle folder written by `segqc fit`")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--root", type=Path, default=None, help="folder the CSV's paths are relative to (default: found)")
+    p.add_argument("--methods", nargs="+", default=None, help="methods to compare (default: all in the bundle)")
+    p.add_argument("--tau", type=float, default=None, help="failure threshold (default: the bundle's)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate a random subset of this many rows")
+    p.add_argument("--no-resume", action="store_true", help="start over instead of skipping rows already done")
+
+    sub.add_parser("methods", help="list the QC methods")
+    return parser
+
+
+def _common_layout(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--layout", choices=LAYOUTS, default="auto", help="dataset layout (default: detect)")
+
+
+def _read_ids(path: Path | None):
+    if path is None:
+        return None
+    doc = json.loads(path.read_text())
+    return doc["reference"] if isinstance(doc, dict) else doc
+
+
+def _print_eval(result: dict, title: str) -> None:
+    from rich.console import Console
+
+    from segqc.evaluation import format_table
+
+    table = format_table(result)
+    table.title = title
+    Console().print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from segqc import api
+
+    try:
+        if args.command == "methods":
+            for name, target in METHODS.items():
+                print(f"{name:14s} {target}")
+            return EXIT_OK
+        if args.command == "demo":
+            from segqc.demo import run_demo
+
+            return run_demo(out=args.out, dataset=args.dataset, device=args.device)
+        if args.command == "fingerprint":
+            fp, plan, failed = api.fingerprint_dataset(data=args.data, out=args.out, layout=args.layout,
+                                                       max_slice_size=args.max_slice_size)
+            print(json.dumps(plan.to_dict(), indent=1))
+            return 3 if failed else EXIT_OK
+        if args.command == "metrics":
+            s = api.compute_metrics(data=args.data, out=args.out, layout=args.layout, masks=args.masks,
+                                    truth=args.labels, resume=not args.no_resume)
+            print(f"{s.n_done} cases measured, {s.n_failed} failed, {s.n_skipped} already done → {s.out_csv}")
+            return s.exit_code
+        if args.command == "evaluate":
+            result = api.evaluate_csv(table=args.table, out=args.out, pred_col=args.pred_col, true_col=args.true_col,
+                                      p_col=args.p_col, group_col=args.group_col, tau=args.tau)
+            _print_eval(result, f"QC accuracy (tau = {args.tau})")
+            print(f"written to {args.out}")
+            return EXIT_OK
+        if args.command == "fit":
+            params: dict = {}
+            for method, name, value in args.params:
+                params.setdefault(method, {})[name] = value
+            api.fit(reference=args.reference, out=args.out, methods=args.methods, layout=args.layout, tau=args.tau,
+                    coverage=args.coverage, calibration_fraction=args.calibration_fraction, seed=args.seed,
+                    device=args.device, max_slice_size=args.max_slice_size, method_params=params,
+                    extra_pairs=args.extra_pairs, ids=_read_ids(args.ids))
+            return EXIT_OK
+        if args.command == "predict":
+            s, dataset = api.predict(bundle=args.bundle, data=args.data, out=args.out, methods=args.methods,
+                                     masks=args.masks, layout=args.layout, save_maps=not args.no_maps,
+                                     resume=not args.no_resume)
+            _print_dataset(dataset)
+            print(f"{s.n_done} cases judged, {s.n_failed} failed, {s.n_skipped} already done → {s.out_csv}")
+            return s.exit_code
+        if args.command == "bench":
+            result = api.bench(bundle=args.bundle, cases=args.cases, out=args.out, root=args.root,
+                               methods=args.methods, tau=args.tau, limit=args.limit, resume=not args.no_resume)
+            _print_bench(result)
+            print(f"written to {args.out}")
+            return EXIT_OK
+    except (ValueError, FileNotFoundError) as e:
+        print(f"segqc {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_ALL_FAILED
+    return EXIT_ALL_FAILED
+
+
+def _print_dataset(dataset: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="estimated model performance on these cases (95 % bootstrap intervals)")
+    for col in ("group", "n", "mean Dice", "share Dice ≥ τ", "true mean Dice"):
+        t.add_column(col)
+    for g, r in dataset.items():
+        lo, hi = r["mean_dice_ci"]
+        plo, phi = r["share_pass_ci"]
+        t.add_row(g, str(r["n"]), f"{r['mean_dice']:.3f} [{lo:.3f}, {hi:.3f}]",
+                  f"{r['share_pass']:.3f} [{plo:.3f}, {phi:.3f}]",
+                  f"{r['true_mean_dice']:.3f}" if "true_mean_dice" in r else "–")
+    Console().print(t)
+
+
+def _print_bench(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"QC methods on {result['cases']} (n = {result['n']}, tau = {result['tau']})")
+    for col in ("method", "r", "MAE", "AUROC", "AURC", "ECE", "cover", "deployed r", "deployed MAE",
+                "max |Δ mean Dice|"):
+        t.add_column(col)
+    for name, res in result["methods"].items():
+        o = res["overall"]
+        dep = res.get("deployed", {})
+        gaps = [v["abs_error_mean_dice"] for k, v in res["dataset_level"].items() if k != "all"]
+        f = (lambda v: "–" if v is None else f"{v:.3f}")
+        t.add_row(name, f(o["pearson"]), f(o["mae"]), f(o["auroc"]), f(o["aurc"]), f(o["ece"]),
+                  f(res["interval_coverage"]), f(dep.get("pearson")), f(dep.get("mae")), f(max(gaps) if gaps else None))
+    Console().print(t)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""The one interface every QC method implements.
+
+A method learns, from reference cases with expert masks, to score a candidate mask
+without its ground truth. It never reads files and never knows about the CLI:
+``fit(cases, plan, rng)`` → ``score(case)`` → ``state()`` / ``from_state()``.
+
+Supervised methods learn from *training pairs*: a case whose ``mask`` is a (possibly
+bad) candidate and whose ``truth`` is the expert mask. `make_training_pairs` builds
+them from reference cases with `segqc.corrupt`, and users may add their own model's
+predictions on reference cases.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from segqc.case import Case
+
+__all__ = ["QCMethod", "RawScore", "NotFittedError", "check_is_fitted", "make_training_pairs"]
+
+
+class NotFittedError(RuntimeError):
+    """Raised when ``score`` is called before ``fit`` (or loading)."""
+
+
+def check_is_fitted(method: "QCMethod") -> None:
+    """Fitted state ends in ``_`` (sklearn's convention): refuse to score without it."""
+    if not any(k.endswith("_") and not k.startswith("__") for k in vars(method)):
+        raise NotFittedError(f"{type(method).__name__} is not fitted yet; call fit() or load a bundle first")
+
+
+@dataclass
+class RawScore:
+    """What a method says about one candidate before calibration.
+
+    Attributes:
+        dice: raw predicted Dice per foreground label (the method's own scale).
+        hd95: predicted HD95 in mm per label, when the method can tell (pGT methods).
+        maps: optional arrays on the case's ORIGINAL grid, e.g. ``pgt`` (labels) and
+            ``error`` (float in [0, 1], where the candidate is likely wrong).
+        features: extra numbers a fusion / calibration step may use.
+    """
+
+    dice: dict[int, float]
+    hd95: dict[int, float] | None = None
+    maps: dict[str, np.ndarray] = field(default_factory=dict)
+    features: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def mean_dice(self) -> float:
+        return float(np.mean(list(self.dice.values()))) if self.dice else float("nan")
+
+
+class QCMethod:
+    """Base class: constructor stores keyword parameters only; learned state ends in ``_``."""
+
+    name: str = "base"
+    needs_model: bool = False
+
+    def get_params(self) -> dict:
+        return {k: v for k, v in vars(self).items() if not k.endswith("_") and not k.startswith("_")}
+
+    def fit(self, cases: list[Case], plan, rng: np.random.Generator) -> "QCMethod":
+        raise NotImplementedError
+
+    def score(self, case: Case) -> RawScore:
+        raise NotImplementedError
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict]:
+        """Arrays (saved as safetensors) and a JSON-able dict (parameters + small state)."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_state(cls, arrays: dict[str, np.ndarray], config: dict) -> "QCMethod":
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+
+def make_training_pairs(cases: list[Case], rng: np.random.Generator, per_case: int,
+                        extra_pairs: list[Case] | None = None, progress=None) -> list[Case]:
+    """Bad masks from expert masks: each returned case has ``mask`` = corrupted, ``truth`` = expert.
+
+    ``extra_pairs`` (cases that already carry a candidate ``mask`` and an expert ``truth``,
+    e.g. the user's own model on reference cases) are appended as they are.
+    """
+    from segqc.corrupt import sample_corruptions
+
+    pairs = []
+    for case in cases:
+        for bad, _ in sample_corruptions(case.mask, case.spacing, rng, per_case):
+            pairs.append(Case(case.case_id, case.image, bad, case.geometry, truth=case.mask, meta=case.meta))
+        if progress is not None:
+            progress()
+    return pairs + list(extra_pairs or [])

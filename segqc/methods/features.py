@@ -1,0 +1,294 @@
+"""Hand-crafted quality features + gradient boosting (Sunoqrot et al. 2020; Robinson et al. 2018).
+
+For each foreground label of the candidate mask we measure, in physical units:
+
+* shape: volume relative to the reference masks' typical volume, connected components,
+  holes, compactness, convexity (solidity), boundary roughness, extent, position,
+  contact with the image border, and in 3D slice continuity (gaps, area jumps);
+* image–mask agreement: intensity inside vs a ring just outside, the same against the
+  reference masks' foreground intensities, boundary gradient strength relative to the
+  image's, histogram overlap inside vs ring.
+
+A LightGBM regressor maps them to the label's Dice. It is trained on realistic bad
+masks (`segqc.corrupt`) of the reference cases, plus any user-supplied predictions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from segqc.case import Case
+from segqc.methods.base import QCMethod, RawScore, check_is_fitted, make_training_pairs
+from segqc.metrics import binary_dice
+
+__all__ = ["FeatureRegressor", "mask_features"]
+
+
+def _ring(m: np.ndarray, width: int) -> np.ndarray:
+    return ndimage.binary_dilation(m, iterations=width) & ~m
+
+
+def _solidity_2d(m: np.ndarray) -> float:
+    from skimage.morphology import convex_hull_image
+
+    if m.sum() < 3:
+        return 1.0
+    try:
+        return float(m.sum() / max(convex_hull_image(m).sum(), 1))
+    except (ValueError, RuntimeError):  # degenerate (collinear) shapes
+        return 1.0
+
+
+def _boundary_count(m: np.ndarray) -> int:
+    return int((m ^ ndimage.binary_erosion(m)).sum())
+
+
+def _shape_features(m: np.ndarray, spacing: tuple[float, ...], ref_volume: float) -> dict[str, float]:
+    ndim = m.ndim
+    voxel = float(np.prod(spacing))
+    n = int(m.sum())
+    f: dict[str, float] = {"empty": float(n == 0)}
+    vol = n * voxel
+    f["log_volume_ratio"] = float(np.log((vol + voxel) / (ref_volume + voxel)))
+    f["volume_fraction"] = n / m.size
+    if n == 0:
+        return f
+    lab, ncomp = ndimage.label(m)
+    sizes = np.bincount(lab.ravel())[1:]
+    f["n_components"] = float(ncomp)
+    f["largest_component_fraction"] = float(sizes.max() / n)
+    filled = ndimage.binary_fill_holes(m) if ndim == 2 else np.stack([ndimage.binary_fill_holes(s) for s in m])
+    f["hole_fraction"] = float((filled.sum() - n) / max(filled.sum(), 1))
+    boundary = _boundary_count(m)
+    mean_sp = float(np.mean(spacing))
+    if ndim == 2:
+        perim = boundary * mean_sp
+        f["compactness"] = float(4 * np.pi * vol / max(perim**2, 1e-6))
+        f["solidity"] = _solidity_2d(m)
+    else:
+        area = boundary * mean_sp**2
+        f["compactness"] = float(36 * np.pi * vol**2 / max(area**3, 1e-6))
+        zs = [z for z in range(m.shape[0]) if m[z].any()]
+        sol = [_solidity_2d(m[z]) for z in zs[:: max(1, len(zs) // 8)]]
+        f["solidity"] = float(np.mean(sol))
+        areas = m.sum(axis=(1, 2)).astype(float)
+        span = areas[zs[0]: zs[-1] + 1]
+        f["slice_gap_fraction"] = float(np.mean(span == 0))
+        f["slice_area_jump"] = float(np.mean(np.abs(np.diff(span))) / max(span.mean(), 1)) if len(span) > 1 else 0.0
+        f["z_extent_fraction"] = len(span) / m.shape[0]
+    smooth = ndimage.gaussian_filter(m.astype(np.float32), sigma=2.0) > 0.5
+    f["roughness"] = float(boundary / max(_boundary_count(smooth), 1))
+    idx = np.argwhere(m)
+    lo, hi = idx.min(0), idx.max(0)
+    f["extent"] = float(n / np.prod(hi - lo + 1))
+    centre = idx.mean(0) / np.array(m.shape)
+    for i, c in enumerate(centre):
+        f[f"centroid_{i}"] = float(c)
+    border = np.zeros_like(m)
+    for ax in range(ndim):
+        sl = [slice(None)] * ndim
+        sl[ax] = 0
+        border[tuple(sl)] = True
+        sl[ax] = -1
+        border[tuple(sl)] = True
+    f["border_contact"] = float((m & border).sum() / max(boundary, 1))
+    return f
+
+
+def _image_features(img: np.ndarray, m: np.ndarray, spacing, ref_stats: dict) -> dict[str, float]:
+    """img (C, ...) float; m bool; ref_stats per channel: mean/std of reference foreground and image."""
+    f: dict[str, float] = {}
+    n = int(m.sum())
+    if n == 0:
+        return f
+    # ring width ~15 % of the structure's equivalent radius, in voxels, at least 2
+    radius = (n / np.pi) ** 0.5 if m.ndim == 2 else (3 * n / (4 * np.pi)) ** (1 / 3)
+    ring = _ring(m, max(2, int(round(0.15 * radius))))
+    edge = m ^ ndimage.binary_erosion(m)
+    channels = list(range(img.shape[0]))
+    if img.shape[0] > 1:
+        channels.append(-1)  # grey (channel mean) too
+    for c in channels:
+        x = img.mean(0) if c == -1 else img[c]
+        name = "grey" if c == -1 else f"c{c}"
+        st = ref_stats[str(c)]
+        scale = st["img_std"] + 1e-6
+        inside, outside = x[m], x[ring] if ring.any() else x[~m]
+        mi, mo = float(inside.mean()), float(outside.mean()) if outside.size else float(x.mean())
+        si, so = float(inside.std()), float(outside.std()) if outside.size else 0.0
+        f[f"{name}_in_mean"] = (mi - st["img_mean"]) / scale
+        f[f"{name}_ring_mean"] = (mo - st["img_mean"]) / scale
+        f[f"{name}_contrast"] = (mi - mo) / (0.5 * (si + so) + 1e-3 * scale)
+        f[f"{name}_in_std"] = si / scale
+        f[f"{name}_ring_std"] = so / scale
+        f[f"{name}_in_vs_ref_fg"] = (mi - st["fg_mean"]) / (st["fg_std"] + 1e-6)
+        f[f"{name}_ring_vs_ref_fg"] = (mo - st["fg_mean"]) / (st["fg_std"] + 1e-6)
+        f[f"{name}_ring_vs_ref_bg"] = (mo - st["ring_mean"]) / (st["ring_std"] + 1e-6)
+        # histogram overlap of inside vs ring: well separated = a real edge was followed
+        if outside.size:
+            lo, hi = np.percentile(x, [1, 99])
+            bins = np.linspace(lo, hi + 1e-6, 17)
+            hi_, _ = np.histogram(inside, bins)
+            ho_, _ = np.histogram(outside, bins)
+            f[f"{name}_hist_overlap"] = float(np.minimum(hi_ / max(hi_.sum(), 1), ho_ / max(ho_.sum(), 1)).sum())
+    grey = img.mean(0)
+    grad = ndimage.gaussian_gradient_magnitude(grey, sigma=1.0)
+    ref_grad = ref_stats["grad_mean"] + 1e-6
+    f["edge_gradient"] = float(grad[edge].mean() / ref_grad)
+    f["edge_gradient_vs_image"] = float(grad[edge].mean() / (grad.mean() + 1e-6))
+    f["edge_gradient_vs_ref_edges"] = float(grad[edge].mean() / (ref_stats["edge_grad_mean"] + 1e-6))
+    return f
+
+
+def mask_features(case: Case, label: int, ref_stats: dict) -> dict[str, float]:
+    """All features of one label of ``case.mask`` (a dict of floats; missing = NaN for the booster)."""
+    m = case.mask == label
+    f = {"label": float(label), "n_labels": float(len(ref_stats["labels"]))}
+    lbl = ref_stats["labels"][str(label)]
+    f.update(_shape_features(m, case.spacing, lbl["volume_median"]))
+    f["log_volume_vs_ref_iqr"] = float(
+        (np.log(m.sum() * np.prod(case.spacing) + 1) - lbl["log_volume_mean"]) / (lbl["log_volume_std"] + 1e-3))
+    f.update(_image_features(case.image, m, case.spacing, ref_stats["channels"][str(label)]))
+    if len(ref_stats["labels"]) > 1:
+        # multi-label: how much of this label touches the other labels, relative to the references
+        others = (case.mask > 0) & ~m
+        f["contact_other_labels"] = float((ndimage.binary_dilation(m) & others).sum() / max(m.sum(), 1))
+    return f
+
+
+def reference_stats(cases: list[Case], labels: list[int], rng: np.random.Generator) -> dict:
+    """Typical volumes and intensities of the expert masks: what 'normal' means for this dataset."""
+    out: dict = {"labels": {}, "channels": {}}
+    for k in labels:
+        vols = np.array([(c.mask == k).sum() * np.prod(c.spacing) for c in cases], float)
+        logs = np.log(vols + 1)
+        out["labels"][str(k)] = {"volume_median": float(np.median(vols)), "log_volume_mean": float(logs.mean()),
+                                 "log_volume_std": float(logs.std())}
+        per_channel: dict[str, dict] = {}
+        n_ch = cases[0].image.shape[0]
+        chans = list(range(n_ch)) + ([-1] if n_ch > 1 else [])
+        acc = {c: {"fg": [], "ring": [], "img": []} for c in chans}
+        grads, edge_grads = [], []
+        for case in cases:
+            m = case.mask == k
+            ring = _ring(m, 3) if m.any() else ~m
+            for c in chans:
+                x = case.image.mean(0) if c == -1 else case.image[c]
+                for key, sel in (("fg", m), ("ring", ring), ("img", np.ones_like(m))):
+                    v = x[sel]
+                    if v.size:
+                        acc[c][key].append(rng.choice(v, size=min(v.size, 2000), replace=False))
+            g = ndimage.gaussian_gradient_magnitude(case.image.mean(0), sigma=1.0)
+            grads.append(float(g.mean()))
+            if m.any():
+                edge_grads.append(float(g[m ^ ndimage.binary_erosion(m)].mean()))
+        for c in chans:
+            st = {}
+            for key in ("fg", "ring", "img"):
+                v = np.concatenate(acc[c][key]) if acc[c][key] else np.zeros(1)
+                st[f"{key}_mean"], st[f"{key}_std"] = float(v.mean()), float(v.std())
+            per_channel[str(c)] = st
+        per_channel["grad_mean"] = float(np.mean(grads))
+        per_channel["edge_grad_mean"] = float(np.mean(edge_grads)) if edge_grads else 1.0
+        out["channels"][str(k)] = per_channel
+    return out
+
+
+class FeatureRegressor(QCMethod):
+    """Shape + image–mask features → LightGBM → Dice per label.
+
+    Args:
+        pairs_per_case: bad masks generated per reference case.
+        n_estimators, learning_rate, num_leaves: LightGBM parameters.
+        n_jobs: LightGBM threads.
+    """
+
+    name = "features"
+
+    def __init__(self, *, pairs_per_case: int = 12, n_estimators: int = 400, learning_rate: float = 0.03,
+                 num_leaves: int = 15, n_jobs: int = 2):
+        self.pairs_per_case = pairs_per_case
+        self.n_estimators = n_estimators
+        self.learning_rate = learning_rate
+        self.num_leaves = num_leaves
+        self.n_jobs = n_jobs
+
+    # -- fitting -----------------------------------------------------------------------
+    def fit(self, cases: list[Case], plan, rng: np.random.Generator, extra_pairs: list[Case] | None = None,
+            progress=None) -> "FeatureRegressor":
+        import lightgbm as lgb
+
+        labels = [int(k) for k in plan.labels]
+        self.labels_ = labels
+        self.ref_stats_ = reference_stats(cases, labels, rng)
+        pairs = make_training_pairs(cases, rng, self.pairs_per_case, extra_pairs)
+        X, y = self._table(pairs, progress)
+        self.feature_names_ = sorted({k for row in X for k in row})
+        A = self._matrix(X)
+        self.model_ = lgb.LGBMRegressor(n_estimators=self.n_estimators, learning_rate=self.learning_rate,
+                                        num_leaves=self.num_leaves, min_child_samples=10, subsample=0.8,
+                                        subsample_freq=1, colsample_bytree=0.8, n_jobs=self.n_jobs,
+                                        random_state=int(rng.integers(1 << 31)), verbose=-1)
+        self.model_.fit(A, np.asarray(y))
+        self.n_train_ = len(y)
+        return self
+
+    def _table(self, pairs: list[Case], progress=None) -> tuple[list[dict], list[float]]:
+        X, y = [], []
+        for p in pairs:
+            for k in self.labels_:
+                X.append(mask_features(p, k, self.ref_stats_))
+                y.append(binary_dice(p.mask == k, p.truth == k))
+            if progress is not None:
+                progress()
+        return X, y
+
+    def _matrix(self, rows: list[dict]) -> np.ndarray:
+        return np.array([[r.get(k, np.nan) for k in self.feature_names_] for r in rows], dtype=np.float64)
+
+    # -- scoring -----------------------------------------------------------------------
+    def score(self, case: Case) -> RawScore:
+        check_is_fitted(self)
+        _check_labels(case, self.labels_)
+        rows = [mask_features(case, k, self.ref_stats_) for k in self.labels_]
+        pred = np.clip(self.model_.predict(self._matrix(rows)), 0.0, 1.0)
+        return RawScore(dice={k: float(v) for k, v in zip(self.labels_, pred)})
+
+    # -- persistence -------------------------------------------------------------------
+    def state(self) -> tuple[dict[str, np.ndarray], dict]:
+        check_is_fitted(self)
+        config = {"params": self.get_params(), "labels_": self.labels_, "ref_stats_": self.ref_stats_,
+                  "feature_names_": self.feature_names_, "n_train_": self.n_train_,
+                  # LightGBM's own text format: plain data, never unpickled
+                  "booster_": self.model_.booster_.model_to_string()}
+        return {}, config
+
+    @classmethod
+    def from_state(cls, arrays: dict[str, np.ndarray], config: dict) -> "FeatureRegressor":
+        import lightgbm as lgb
+
+        m = cls(**config["params"])
+        m.labels_ = [int(k) for k in config["labels_"]]
+        m.ref_stats_ = config["ref_stats_"]
+        m.feature_names_ = config["feature_names_"]
+        m.n_train_ = config["n_train_"]
+        m.model_ = _BoosterRegressor(lgb.Booster(model_str=config["booster_"]))
+        return m
+
+
+class _BoosterRegressor:
+    """The loaded booster behind the same ``predict`` as the fitted sklearn wrapper."""
+
+    def __init__(self, booster):
+        self.booster_ = booster
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.booster_.predict(X)
+
+
+def _check_labels(case: Case, labels: list[int]) -> None:
+    found = set(np.unique(case.mask).tolist()) - {0}
+    unknown = found - set(labels)
+    if unknown:
+        raise ValueError(f"candidate mask has label(s) {sorted(unknown)} unknown to the bundle (labels {labels})")

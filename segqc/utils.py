@@ -1,0 +1,33 @@
+"""Small helpers shared across segqc."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+
+__all__ = ["look_up_option", "resolve_device"]
+
+
+def look_up_option(value: str, options: Sequence[str], what: str = "option") -> str:
+    """Return ``value`` if it is one of ``options``, else raise naming the closest valid one."""
+    if value in options:
+        return value
+    close = difflib.get_close_matches(str(value), list(options), n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ValueError(f"unknown {what} {value!r}; choose from {', '.join(options)}.{hint}")
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` → ``cuda`` when a GPU is usable, else ``cpu``; ``cuda:N`` / ``mps`` pass through if available."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        import sys
+
+        print(f"segqc: {device} requested but no CUDA GPU is available; using cpu", file=sys.stderr)
+        return "cpu"
+    if device not in ("cpu", "mps") and not device.startswith("cuda"):
+        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps")
+    return device
