@@ -197,7 +197,7 @@ def _split(n: int, fraction: float, rng: np.random.Generator) -> tuple[np.ndarra
 def fit(*, reference, out, methods: Sequence[str] = ("features",), layout: str = "auto", tau: float = 0.8,
         coverage: float = 0.9, calibration_fraction: float = 0.25, calibration_pairs: int = 8, seed: int = 0,
         device: str = "auto", max_slice_size: int = 128, method_params: dict | None = None,
-        extra_pairs=None, ids: Sequence[str] | None = None):
+        extra_pairs=None, ids: Sequence[str] | None = None, model_failures: bool = True):
     """Reference cases (image + expert mask) → a QC bundle folder.
 
     Steps: fingerprint → plan; split the reference cases into a fitting part and a
@@ -214,6 +214,10 @@ def fit(*, reference, out, methods: Sequence[str] = ("features",), layout: str =
             predictions on reference cases: extra training pairs, and calibration pairs
             for the ones that fall into the held-out split.
         ids: restrict the reference cases to these ids (e.g. a benchmark's reference split).
+        model_failures: train segqc's cross-fitted reference segmenter and use its
+            predictions on unseen reference cases, at early epochs and at the end, as
+            realistic bad masks for fitting and calibration (see `segqc.segmenter`);
+            its parameters come from ``method_params["segmenter"]``.
     """
     from segqc.bundle import QCBundle, save_bundle
     from segqc.calibration import DiceCalibrator
@@ -251,6 +255,11 @@ def fit(*, reference, out, methods: Sequence[str] = ("features",), layout: str =
     console = _console()
     console.print(f"segqc fit: {len(fit_cases)} cases to fit, {len(cal_cases)} held out for calibration; "
                   f"plan {plan.ndim}D, {plan.modality}, slice {plan.slice_size}, labels {list(plan.labels)}")
+    segmenter = None
+    if model_failures:
+        segmenter, failures_fit, failures_cal = _model_failures(
+            fit_cases, cal_cases, plan, rng, device, (method_params or {}).get("segmenter", {}), console)
+        extra_fit, extra_cal = extra_fit + failures_fit, extra_cal + failures_cal
     cal_pairs = make_training_pairs(cal_cases, rng, calibration_pairs, extra_cal)
     true_cal = np.array([_true_mean_dice(p, plan.labels) for p in cal_pairs])
     bundle = QCBundle(plan=plan, fingerprint=fp, info={"fit": {}})
@@ -263,7 +272,9 @@ def fit(*, reference, out, methods: Sequence[str] = ("features",), layout: str =
             kwargs["device"] = device
         method = make_method(name, **kwargs)
         console.print(f"[bold]fitting {name}[/bold] {method!r}")
-        method.fit(fit_cases, plan, np.random.default_rng(rng.integers(1 << 31)), extra_pairs=extra_fit)
+        shared = {"segmenter": segmenter} if segmenter is not None and getattr(method, "segmenter", False) else {}
+        method.fit(fit_cases, plan, np.random.default_rng(rng.integers(1 << 31)), extra_pairs=extra_fit,
+                   progress=lambda msg=None: console.print(f"  {msg}", highlight=False) if msg else None, **shared)
         t_fit = time.time() - t0
         raw = np.array([method.score(p).mean_dice for p in _track(cal_pairs, f"calibrating {name}")])
         cal = DiceCalibrator(tau=tau, coverage=coverage).fit(raw, true_cal)
@@ -292,6 +303,38 @@ def fit(*, reference, out, methods: Sequence[str] = ("features",), layout: str =
                                   "device": device}, started)
     console.print(f"segqc fit: bundle written to {out} (default method: {bundle.default_method})")
     return bundle
+
+
+def _model_failures(fit_cases, cal_cases, plan, rng, device, params: dict, console):
+    """Train the cross-fitted reference segmenter; its snapshot predictions become bad masks."""
+    from segqc.preprocess import invert_mask, preprocess
+    from segqc.segmenter import CrossFittedSegmenter
+
+    t0 = time.time()
+    ms_fit = [preprocess(c, plan) for c in fit_cases]
+    ms_cal = {c.case_id: preprocess(c, plan) for c in cal_cases}
+    snapshots = tuple(params.pop("snapshot_epochs", (1, 2, 3, 5, 8, 13)))
+    seg = CrossFittedSegmenter(**{"device": device, **params})
+    seg.fit([(im, mk) for im, mk, _ in ms_fit], len(plan.labels), rng,
+            progress=lambda msg: console.print(f"  {msg}", highlight=False), case_ids=[c.case_id for c in fit_cases],
+            snapshot_epochs=snapshots, predict_on={cid: im for cid, (im, _, _) in ms_cal.items()})
+    lut = np.array([0] + list(plan.labels), dtype=np.uint8)
+    props = {c.case_id: p for c, (_, _, p) in zip(fit_cases, ms_fit)} | {k: v[2] for k, v in ms_cal.items()}
+
+    def pairs(cases):
+        out = []
+        for c in cases:
+            for tag, mask_ms in seg.snapshot_masks_.get(c.case_id, []):
+                cand = lut[invert_mask(mask_ms, props[c.case_id])]
+                out.append(Case(c.case_id, c.image, cand, c.geometry, truth=c.mask, meta={**c.meta, "source": tag}))
+        return out
+
+    fit_pairs, cal_pairs = pairs(fit_cases), pairs(cal_cases)
+    seg.snapshot_masks_ = {}  # not needed any more; keeps memory and the bundle small
+    d = [_true_mean_dice(p, plan.labels) for p in fit_pairs]
+    console.print(f"  reference segmenter: {len(fit_pairs)} + {len(cal_pairs)} model-made bad masks "
+                  f"(Dice mean {np.mean(d):.2f}, range {np.min(d):.2f}–{np.max(d):.2f}) in {time.time() - t0:.0f} s")
+    return seg, fit_pairs, cal_pairs
 
 
 def _track(items, description: str):

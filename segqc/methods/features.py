@@ -7,7 +7,12 @@ For each foreground label of the candidate mask we measure, in physical units:
   contact with the image border, and in 3D slice continuity (gaps, area jumps);
 * image–mask agreement: intensity inside vs a ring just outside, the same against the
   reference masks' foreground intensities, boundary gradient strength relative to the
-  image's, histogram overlap inside vs ring.
+  image's, histogram overlap inside vs ring;
+* agreement with segqc's own reference segmenter (`segqc.segmenter`, cross-fitted so a
+  training case is never judged by a network that saw it): Dice and soft Dice with its
+  probability map, probability inside / just outside the candidate, missed and extra
+  volume, HD95 in mm. Its argmax is also returned as a pseudo ground truth, and
+  |candidate − probability| as an error map.
 
 A LightGBM regressor maps them to the label's Dice. It is trained on realistic bad
 masks (`segqc.corrupt`) of the reference cases, plus any user-supplied predictions.
@@ -141,7 +146,31 @@ def _image_features(img: np.ndarray, m: np.ndarray, spacing, ref_stats: dict) ->
     return f
 
 
-def mask_features(case: Case, label: int, ref_stats: dict) -> dict[str, float]:
+def _agreement_features(m: np.ndarray, proba: np.ndarray, label: int, spacing) -> dict[str, float]:
+    """Candidate label mask ``m`` vs the segmenter's probabilities ``proba`` (L+1, ...)."""
+    from segqc.metrics import binary_hd95
+
+    p = proba[label]
+    seg = proba.argmax(0) == label
+    n, ps = int(m.sum()), float(p.sum())
+    f = {"seg_dice": binary_dice(m, seg),
+         "seg_soft_dice": float(2 * (p * m).sum() / max(n + ps, 1e-6)) if n + ps > 0 else 1.0,
+         "seg_log_volume_ratio": float(np.log((ps + 1) / (n + 1))),
+         "seg_empty": float(not seg.any())}
+    if n:
+        ring = _ring(m, 3)
+        f["seg_p_inside"] = float(p[m].mean())
+        f["seg_p_ring"] = float(p[ring].mean()) if ring.any() else 0.0
+        f["seg_frac_inside_low"] = float((p[m] < 0.5).mean())
+    if seg.any():
+        f["seg_frac_missed"] = float((seg & ~m).sum() / seg.sum())
+        f["seg_confidence"] = float(p[seg].mean())
+    if n and seg.any():
+        f["seg_hd95"] = binary_hd95(m, seg, spacing)
+    return f
+
+
+def mask_features(case: Case, label: int, ref_stats: dict, proba: np.ndarray | None = None) -> dict[str, float]:
     """All features of one label of ``case.mask`` (a dict of floats; missing = NaN for the booster)."""
     m = case.mask == label
     f = {"label": float(label), "n_labels": float(len(ref_stats["labels"]))}
@@ -154,6 +183,8 @@ def mask_features(case: Case, label: int, ref_stats: dict) -> dict[str, float]:
         # multi-label: how much of this label touches the other labels, relative to the references
         others = (case.mask > 0) & ~m
         f["contact_other_labels"] = float((ndimage.binary_dilation(m) & others).sum() / max(m.sum(), 1))
+    if proba is not None:
+        f.update(_agreement_features(m, proba, label, case.spacing))
     return f
 
 
@@ -202,13 +233,21 @@ class FeatureRegressor(QCMethod):
         pairs_per_case: bad masks generated per reference case.
         n_estimators, learning_rate, num_leaves: LightGBM parameters.
         n_jobs: LightGBM threads.
+        segmenter: add agreement features with segqc's own cross-fitted segmenter.
+        segmenter_epochs, segmenter_minutes: its training cap and time budget.
+        device: where the segmenter runs (``auto`` = GPU when present).
     """
 
     name = "features"
 
     def __init__(self, *, pairs_per_case: int = 12, n_estimators: int = 400, learning_rate: float = 0.03,
-                 num_leaves: int = 15, n_jobs: int = 2):
+                 num_leaves: int = 15, n_jobs: int = 2, segmenter: bool = True, segmenter_epochs: int = 30,
+                 segmenter_minutes: float = 6.0, device: str = "auto"):
         self.pairs_per_case = pairs_per_case
+        self.segmenter = segmenter
+        self.segmenter_epochs = segmenter_epochs
+        self.segmenter_minutes = segmenter_minutes
+        self.device = device
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate
         self.num_leaves = num_leaves
@@ -216,14 +255,35 @@ class FeatureRegressor(QCMethod):
 
     # -- fitting -----------------------------------------------------------------------
     def fit(self, cases: list[Case], plan, rng: np.random.Generator, extra_pairs: list[Case] | None = None,
-            progress=None) -> "FeatureRegressor":
+            progress=None, segmenter=None) -> "FeatureRegressor":
+        """Learn Dice from bad masks of ``cases`` plus ``extra_pairs`` (``mask`` candidate, ``truth`` expert).
+
+        ``segmenter``: an already fitted `CrossFittedSegmenter` whose folds cover ``cases``
+        (shared by `segqc.api.fit`); without it, one is trained here.
+        """
         import lightgbm as lgb
 
         labels = [int(k) for k in plan.labels]
         self.labels_ = labels
+        self.plan_ = plan
         self.ref_stats_ = reference_stats(cases, labels, rng)
+        probas: dict[str, np.ndarray] = {}
+        if self.segmenter:
+            from segqc.preprocess import invert_map, preprocess
+            from segqc.segmenter import CrossFittedSegmenter
+
+            ms = [preprocess(c, plan) for c in cases]
+            if segmenter is None:
+                segmenter = CrossFittedSegmenter(epochs=self.segmenter_epochs, max_minutes=self.segmenter_minutes,
+                                                 device=self.device)
+                segmenter.fit([(im, mk) for im, mk, _ in ms], len(labels), rng, progress=progress,
+                              case_ids=[c.case_id for c in cases])
+            self.segmenter_ = segmenter
+            # each reference case is judged by the network that did not see it
+            for c, (im, _, props) in zip(cases, ms):
+                probas[c.case_id] = invert_map(segmenter.predict_proba(im, case_id=c.case_id), props)
         pairs = make_training_pairs(cases, rng, self.pairs_per_case, extra_pairs)
-        X, y = self._table(pairs, progress)
+        X, y = self._table(pairs, probas, progress)
         self.feature_names_ = sorted({k for row in X for k in row})
         A = self._matrix(X)
         self.model_ = lgb.LGBMRegressor(n_estimators=self.n_estimators, learning_rate=self.learning_rate,
@@ -234,11 +294,22 @@ class FeatureRegressor(QCMethod):
         self.n_train_ = len(y)
         return self
 
-    def _table(self, pairs: list[Case], progress=None) -> tuple[list[dict], list[float]]:
+    def _proba(self, case: Case) -> np.ndarray | None:
+        if not self.segmenter:
+            return None
+        from segqc.preprocess import invert_map, preprocess
+
+        image_ms, _, props = preprocess(case.with_mask(None), self.plan_)
+        return invert_map(self.segmenter_.predict_proba(image_ms), props)
+
+    def _table(self, pairs: list[Case], probas: dict, progress=None) -> tuple[list[dict], list[float]]:
         X, y = [], []
         for p in pairs:
+            proba = probas.get(p.case_id) if self.segmenter else None
+            if self.segmenter and proba is None:  # user-supplied pairs of unseen cases
+                proba = probas[p.case_id] = self._proba(p)
             for k in self.labels_:
-                X.append(mask_features(p, k, self.ref_stats_))
+                X.append(mask_features(p, k, self.ref_stats_, proba))
                 y.append(binary_dice(p.mask == k, p.truth == k))
             if progress is not None:
                 progress()
@@ -251,25 +322,43 @@ class FeatureRegressor(QCMethod):
     def score(self, case: Case) -> RawScore:
         check_is_fitted(self)
         _check_labels(case, self.labels_)
-        rows = [mask_features(case, k, self.ref_stats_) for k in self.labels_]
+        proba = self._proba(case)
+        rows = [mask_features(case, k, self.ref_stats_, proba) for k in self.labels_]
         pred = np.clip(self.model_.predict(self._matrix(rows)), 0.0, 1.0)
-        return RawScore(dice={k: float(v) for k, v in zip(self.labels_, pred)})
+        maps = {}
+        if proba is not None:
+            pgt = proba.argmax(0)
+            lut = np.array([0] + list(self.labels_), dtype=np.uint8)
+            cand = np.searchsorted(lut, case.mask)  # candidate labels → channel index
+            # error map: probability that the candidate's label at a voxel is wrong
+            err = 1.0 - np.take_along_axis(proba, cand[None].astype(np.int64), 0)[0]
+            maps = {"pgt": lut[pgt], "error": err.astype(np.float32)}
+        return RawScore(dice={k: float(v) for k, v in zip(self.labels_, pred)}, maps=maps)
 
     # -- persistence -------------------------------------------------------------------
     def state(self) -> tuple[dict[str, np.ndarray], dict]:
         check_is_fitted(self)
+        arrays, seg_config = self.segmenter_.state() if self.segmenter else ({}, None)
         config = {"params": self.get_params(), "labels_": self.labels_, "ref_stats_": self.ref_stats_,
+                  "plan_": self.plan_.to_dict(), "segmenter_": seg_config,
                   "feature_names_": self.feature_names_, "n_train_": self.n_train_,
                   # LightGBM's own text format: plain data, never unpickled
                   "booster_": self.model_.booster_.model_to_string()}
-        return {}, config
+        return arrays, config
 
     @classmethod
     def from_state(cls, arrays: dict[str, np.ndarray], config: dict) -> "FeatureRegressor":
         import lightgbm as lgb
 
         m = cls(**config["params"])
+        from segqc.fingerprint import Plan
+
         m.labels_ = [int(k) for k in config["labels_"]]
+        m.plan_ = Plan.from_dict(config["plan_"])
+        if config.get("segmenter_"):
+            from segqc.segmenter import CrossFittedSegmenter
+
+            m.segmenter_ = CrossFittedSegmenter.from_state(arrays, config["segmenter_"])
         m.ref_stats_ = config["ref_stats_"]
         m.feature_names_ = config["feature_names_"]
         m.n_train_ = config["n_train_"]

@@ -1,0 +1,81 @@
+"""Fit segqc on a benchmark's `reference` ids, then judge every row of its cases.csv.
+
+Usage (from the repository root, with ../shared beside it):
+
+    .venv/bin/python benchmarks/run_benchmark.py kvasir --methods features cnn autoencoder
+    .venv/bin/python benchmarks/run_benchmark.py hippocampus --methods features cnn autoencoder
+
+Writes runs/bench/<dataset>/{bundle,bench}/ and prints the table of `segqc bench`,
+plus fit time and predict time per case for each method. Only `reference` ids are
+used to fit and calibrate; `test` ids (the rows of cases.csv) are never seen before
+judging.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from segqc import api
+from segqc.bundle import load_bundle
+from segqc.cli import _print_bench
+from segqc.io import read_manifest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+DATA = {"kvasir": SHARED / "data/kvasir-seg", "hippocampus": SHARED / "data/hippocampus"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("dataset", choices=sorted(DATA))
+    ap.add_argument("--methods", nargs="+", default=["features"])
+    ap.add_argument("--out", type=Path, default=Path("runs/bench"))
+    ap.add_argument("--limit", type=int, default=None, help="judge a random subset of rows (quick look)")
+    ap.add_argument("--refit", action="store_true", help="fit again even if the bundle exists")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    bench_dir = SHARED / "benchmarks" / args.dataset
+    split = json.loads((bench_dir / "split.json").read_text())
+    out = args.out / args.dataset
+    bundle_dir = out / "bundle"
+    timings = {}
+    if args.refit or not (bundle_dir / "bundle.json").exists():
+        t0 = time.time()
+        api.fit(reference=DATA[args.dataset], out=bundle_dir, methods=args.methods, ids=split["reference"],
+                device=args.device, seed=args.seed)
+        timings["fit_total_s"] = round(time.time() - t0, 1)
+    bundle = load_bundle(bundle_dir)
+    timings["fit_per_method_s"] = {m: v["fit_seconds"] for m, v in bundle.info["fit"].items()}
+    # a guard against leakage: no benchmark row may come from a case the bundle was fitted on
+    seen = set(bundle.info["fit_ids"]) | set(bundle.info["calibration_ids"])
+    rows = read_manifest(bench_dir / "cases.csv", root=SHARED)
+    leaked = {r.case_id.split("#")[0] for r in rows} & seen
+    if leaked:
+        raise SystemExit(f"benchmark rows overlap the fitting cases: {sorted(leaked)[:5]}")
+    t0 = time.time()
+    result = api.bench(bundle=bundle_dir, cases=bench_dir / "cases.csv", root=SHARED, out=out / "bench",
+                       methods=args.methods, limit=args.limit, seed=args.seed)
+    # per-method predict time on a few cases (each method alone)
+    sample = read_manifest(bench_dir / "cases.csv", root=SHARED, mask_col="prediction")[:20]
+    cases = [r.load() for r in sample]
+    for m in args.methods:
+        t1 = time.time()
+        for c in cases:
+            bundle.methods[m].score(c)
+        timings.setdefault("predict_s_per_case", {})[m] = round((time.time() - t1) / len(cases), 3)
+    timings["bench_total_s"] = round(time.time() - t0, 1)
+    result["timings"] = timings
+    (out / "bench" / "bench.json").write_text(json.dumps(result, indent=1))
+    _print_bench(result)
+    print(json.dumps(timings, indent=1))
+    for m, res in result["methods"].items():
+        print(m, "dataset level:", {k: (round(v["mean_dice"], 3), round(v["true_mean_dice"], 3))
+                                    for k, v in res["dataset_level"].items()})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""A small segmentation network of segqc's own, trained on the reference cases.
+
+QC without ground truth needs an independent opinion of where the structure is. This
+2D MONAI UNet, trained on the expert masks of the reference cases in model space
+(axial slices for 3D data), gives one: its probability map is a pseudo ground truth,
+and the candidate's agreement with it is among the strongest quality features (the
+same idea as ensemble agreement, without needing the user's model).
+
+`CrossFittedSegmenter` trains ``n_folds`` networks, each on the other folds, so that a
+training case can be scored by a network that never saw it — otherwise agreement
+features look far better on training pairs than they will on new cases. New cases
+get the average of all fold networks.
+
+While they train, the networks also *make realistic mistakes*: their predictions on
+cases they have not seen, taken at early epochs ("snapshots") and at the end, are the
+kind of failures real segmentation models make (blobby early masks, missed lesions,
+false positives on look-alikes), which synthetic corruptions alone do not cover.
+`snapshot_masks_` keeps them, in model space, for use as training and calibration pairs.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from segqc.utils import resolve_device
+
+__all__ = ["CrossFittedSegmenter"]
+
+
+def _unet_kwargs(n_in: int, n_out: int, channels) -> dict:
+    return {"spatial_dims": 2, "in_channels": int(n_in), "out_channels": int(n_out),
+            "channels": [int(c) for c in channels], "strides": [2] * (len(channels) - 1), "num_res_units": 1}
+
+
+def _build(kwargs: dict):
+    from monai.networks.nets import UNet
+
+    return UNet(**kwargs)
+
+
+class CrossFittedSegmenter:
+    """Cross-fitted 2D UNets on model-space slices.
+
+    Args:
+        n_folds: networks (each trained without one fold of the cases).
+        epochs: passes over the training slices per network (a cap: see ``max_minutes``).
+        max_minutes: time budget for all networks together.
+        channels: UNet widths.
+        batch_size, lr: optimiser settings.
+        device: ``auto``, ``cpu``, ``cuda``...
+    """
+
+    def __init__(self, *, n_folds: int = 2, epochs: int = 30, max_minutes: float = 6.0,
+                 channels: tuple[int, ...] = (16, 32, 64, 128), batch_size: int = 16, lr: float = 2e-3,
+                 device: str = "auto"):
+        self.n_folds = n_folds
+        self.epochs = epochs
+        self.max_minutes = max_minutes
+        self.channels = tuple(channels)
+        self.batch_size = batch_size
+        self.lr = lr
+        self.device = device
+
+    def fit(self, data: list[tuple[np.ndarray, np.ndarray]], n_labels: int, rng: np.random.Generator,
+            progress=None, case_ids: list[str] | None = None, snapshot_epochs: tuple[int, ...] = (),
+            predict_on: dict[str, np.ndarray] | None = None) -> "CrossFittedSegmenter":
+        """Train the fold networks; returns self.
+
+        Args:
+            data: per case ``(image_ms (C, Z, S, S), mask_ms (Z, S, S))``.
+            n_labels: foreground labels.
+            case_ids: ids of ``data`` (to find a case's out-of-fold network later).
+            snapshot_epochs: epochs after which each network predicts the cases it does
+                not train on (its held-out fold and ``predict_on``); the last epoch is
+                always added when this is not empty.
+            predict_on: other images ``{case_id: image_ms}`` (e.g. calibration cases).
+        """
+        import torch
+
+        dev = resolve_device(self.device)
+        n = len(data)
+        folds = np.arange(n) % self.n_folds
+        rng.shuffle(folds)
+        self.folds_ = folds
+        self.case_ids_ = list(case_ids) if case_ids is not None else [str(i) for i in range(n)]
+        self.kwargs_ = _unet_kwargs(data[0][0].shape[0], n_labels + 1, self.channels)
+        self.snapshot_masks_: dict[str, list[tuple[str, np.ndarray]]] = {}
+        budget = self.max_minutes * 60 / self.n_folds
+        self.nets_ = []
+        torch.manual_seed(int(rng.integers(1 << 31)))
+        for k in range(self.n_folds):
+            # what this network never trains on: its held-out fold, and the extra images
+            held = {self.case_ids_[i]: data[i][0] for i in range(n) if folds[i] == k and self.n_folds > 1}
+            held.update(predict_on or {})
+            train = [data[i] for i in range(n) if folds[i] != k] if self.n_folds > 1 else data
+            self.nets_.append(self._train(train, dev, budget, rng, progress, k, snapshot_epochs, held))
+        return self
+
+    def fold_of(self, case_id: str) -> int | None:
+        """The network that did not see ``case_id`` during training (None: any/all)."""
+        if self.n_folds == 1 or case_id not in getattr(self, "case_ids_", []):
+            return None
+        return int(self.folds_[self.case_ids_.index(case_id)])
+
+    def _snapshot(self, net, held: dict[str, np.ndarray], tag: str) -> None:
+        net.eval()
+        for cid, image in held.items():
+            p = self._proba_with([net], image)
+            self.snapshot_masks_.setdefault(cid, []).append((tag, p.argmax(0).astype(np.uint8)))
+        net.train()
+
+    def _train(self, data, dev: str, budget_s: float, rng: np.random.Generator, progress, fold: int,
+               snapshot_epochs: tuple[int, ...] = (), held: dict[str, np.ndarray] | None = None):
+        import torch
+        from monai.losses import DiceCELoss
+
+        # every axial slice is a sample; keep empty slices of 3D volumes but fewer of them
+        xs, ys = [], []
+        for image, mask in data:
+            for z in range(mask.shape[0]):
+                if mask[z].any() or rng.random() < 0.3:
+                    xs.append(image[:, z])
+                    ys.append(mask[z])
+        X = torch.from_numpy(np.stack(xs)).float()
+        Y = torch.from_numpy(np.stack(ys).astype(np.int64))[:, None]
+        net = _build(self.kwargs_).to(dev)
+        opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=1e-4)
+        steps_per_epoch = max(1, len(X) // self.batch_size)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr, total_steps=self.epochs * steps_per_epoch)
+        loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+        start = time.time()
+        net.train()
+        for epoch in range(self.epochs):
+            order = torch.from_numpy(rng.permutation(len(X)))
+            for s in range(steps_per_epoch):
+                idx = order[s * self.batch_size:(s + 1) * self.batch_size]
+                x, y = X[idx], Y[idx]
+                if rng.random() < 0.5:
+                    x, y = x.flip(-1), y.flip(-1)
+                if rng.random() < 0.5:
+                    x, y = x.flip(-2), y.flip(-2)
+                x = x * (1 + 0.1 * torch.randn(len(x), 1, 1, 1)) + 0.1 * torch.randn(len(x), 1, 1, 1)
+                x, y = x.to(dev), y.to(dev)
+                loss = loss_fn(net(x), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+            if progress is not None:
+                progress(f"segmenter fold {fold + 1}/{self.n_folds} epoch {epoch + 1}: loss {loss.item():.3f}")
+            last = epoch == self.epochs - 1 or time.time() - start > budget_s
+            if held and (epoch + 1 in snapshot_epochs or (last and snapshot_epochs)):
+                self._snapshot(net, held, f"fold{fold}_ep{epoch + 1}")
+            if last:
+                break
+        return net.eval()
+
+    def predict_proba(self, image_ms: np.ndarray, case_id: str | None = None) -> np.ndarray:
+        """Softmax ``(L+1, Z, S, S)``: from the network that did not see ``case_id``, else the mean of all."""
+        fold = self.fold_of(case_id) if case_id is not None else None
+        return self._proba_with(self.nets_ if fold is None else [self.nets_[fold]], image_ms)
+
+    @staticmethod
+    def _proba_with(nets, image_ms: np.ndarray) -> np.ndarray:
+        import torch
+
+        dev = next(nets[0].parameters()).device
+        x = torch.from_numpy(np.moveaxis(image_ms, 1, 0)).float().to(dev)  # (Z, C, S, S)
+        with torch.no_grad():
+            p = sum(torch.softmax(net(x), 1) for net in nets) / len(nets)
+        return np.moveaxis(p.cpu().numpy(), 0, 1).astype(np.float32)
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict]:
+        arrays = {f"fold{k}.{name}": t.detach().cpu().numpy().astype(np.float32)
+                  for k, net in enumerate(self.nets_) for name, t in net.state_dict().items()}
+        return arrays, {"params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self).items()
+                                   if not k.endswith("_")}, "kwargs_": self.kwargs_}
+        # case_ids_/folds_/snapshots are fitting-time state: a loaded segmenter averages all folds
+
+    @classmethod
+    def from_state(cls, arrays: dict[str, np.ndarray], config: dict) -> "CrossFittedSegmenter":
+        import torch
+
+        seg = cls(**config["params"])
+        seg.kwargs_ = config["kwargs_"]
+        dev = resolve_device(seg.device)
+        seg.nets_ = []
+        for k in range(seg.n_folds):
+            net = _build(seg.kwargs_)
+            prefix = f"fold{k}."
+            net.load_state_dict({n[len(prefix):]: torch.from_numpy(a) for n, a in arrays.items()
+                                 if n.startswith(prefix)})
+            seg.nets_.append(net.to(dev).eval())
+        return seg
+
