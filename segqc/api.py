@@ -258,7 +258,7 @@ def fit(*, reference, out, methods: Sequence[str] = ("features",), layout: str =
     segmenter = None
     if model_failures:
         segmenter, failures_fit, failures_cal = _model_failures(
-            fit_cases, cal_cases, plan, rng, device, (method_params or {}).get("segmenter", {}), console)
+            fit_cases, cal_cases, plan, rng, device, dict((method_params or {}).get("segmenter", {})), console)
         extra_fit, extra_cal = extra_fit + failures_fit, extra_cal + failures_cal
     cal_pairs = make_training_pairs(cal_cases, rng, calibration_pairs, extra_cal)
     true_cal = np.array([_true_mean_dice(p, plan.labels) for p in cal_pairs])
@@ -313,7 +313,7 @@ def _model_failures(fit_cases, cal_cases, plan, rng, device, params: dict, conso
     t0 = time.time()
     ms_fit = [preprocess(c, plan) for c in fit_cases]
     ms_cal = {c.case_id: preprocess(c, plan) for c in cal_cases}
-    snapshots = tuple(params.pop("snapshot_epochs", (1, 2, 3, 5, 8, 13)))
+    snapshots = tuple(params.pop("snapshot_epochs", (1, 2, 3, 5, 8, 13, 21, 30)))
     seg = CrossFittedSegmenter(**{"device": device, **params})
     seg.fit([(im, mk) for im, mk, _ in ms_fit], len(plan.labels), rng,
             progress=lambda msg: console.print(f"  {msg}", highlight=False), case_ids=[c.case_id for c in fit_cases],

@@ -18,6 +18,7 @@ __all__ = ["run_demo", "DEMO_PARAMS"]
 
 # Small configs so the demo runs in a few minutes on a 2-core laptop.
 DEMO_PARAMS = {
+    "segmenter": {"epochs": 25, "max_minutes": 1.0, "snapshot_epochs": [1, 2, 4, 8, 16]},
     "features": {"pairs_per_case": 10, "n_estimators": 300},
     "cnn": {"epochs": 6, "pairs_per_case": 6, "max_minutes": 1.0},
     "autoencoder": {"epochs": 30, "max_minutes": 0.75},

@@ -52,7 +52,7 @@ class CrossFittedSegmenter:
         device: ``auto``, ``cpu``, ``cuda``...
     """
 
-    def __init__(self, *, n_folds: int = 2, epochs: int = 30, max_minutes: float = 6.0,
+    def __init__(self, *, n_folds: int = 3, epochs: int = 40, max_minutes: float = 10.0,
                  channels: tuple[int, ...] = (16, 32, 64, 128), batch_size: int = 16, lr: float = 2e-3,
                  device: str = "auto"):
         self.n_folds = n_folds
@@ -73,9 +73,11 @@ class CrossFittedSegmenter:
             n_labels: foreground labels.
             case_ids: ids of ``data`` (to find a case's out-of-fold network later).
             snapshot_epochs: epochs after which each network predicts the cases it does
-                not train on (its held-out fold and ``predict_on``); the last epoch is
-                always added when this is not empty.
-            predict_on: other images ``{case_id: image_ms}`` (e.g. calibration cases).
+                not train on (its held-out fold and ``predict_on``). Leave out the last
+                epoch: a candidate made by the final network would be judged by that very
+                network, and agreement would look meaningless in training.
+            predict_on: other images ``{case_id: image_ms}`` (e.g. calibration cases), each
+                predicted by one of the networks.
         """
         import torch
 
@@ -93,7 +95,8 @@ class CrossFittedSegmenter:
         for k in range(self.n_folds):
             # what this network never trains on: its held-out fold, and the extra images
             held = {self.case_ids_[i]: data[i][0] for i in range(n) if folds[i] == k and self.n_folds > 1}
-            held.update(predict_on or {})
+            # extra images are shared out among the networks: one set of snapshots each
+            held.update({cid: im for j, (cid, im) in enumerate((predict_on or {}).items()) if j % self.n_folds == k})
             train = [data[i] for i in range(n) if folds[i] != k] if self.n_folds > 1 else data
             self.nets_.append(self._train(train, dev, budget, rng, progress, k, snapshot_epochs, held))
         return self
@@ -151,7 +154,7 @@ class CrossFittedSegmenter:
             if progress is not None:
                 progress(f"segmenter fold {fold + 1}/{self.n_folds} epoch {epoch + 1}: loss {loss.item():.3f}")
             last = epoch == self.epochs - 1 or time.time() - start > budget_s
-            if held and (epoch + 1 in snapshot_epochs or (last and snapshot_epochs)):
+            if held and epoch + 1 in snapshot_epochs:
                 self._snapshot(net, held, f"fold{fold}_ep{epoch + 1}")
             if last:
                 break
@@ -168,8 +171,11 @@ class CrossFittedSegmenter:
 
         dev = next(nets[0].parameters()).device
         x = torch.from_numpy(np.moveaxis(image_ms, 1, 0)).float().to(dev)  # (Z, C, S, S)
+        # flip test-time augmentation: each flip is undone before averaging
+        flips = ((), (-1,), (-2,), (-1, -2))
         with torch.no_grad():
-            p = sum(torch.softmax(net(x), 1) for net in nets) / len(nets)
+            p = sum(torch.softmax(net(x.flip(f) if f else x), 1).flip(f) if f else torch.softmax(net(x), 1)
+                    for net in nets for f in flips) / (len(nets) * len(flips))
         return np.moveaxis(p.cpu().numpy(), 0, 1).astype(np.float32)
 
     def state(self) -> tuple[dict[str, np.ndarray], dict]:

@@ -83,7 +83,8 @@ def test_fit_predict_bench_end_to_end(sample, tmp_path, capsys):
     ref = tmp_path / "ref"
     shutil.copytree(sample / "kvasir" / "reference", ref)
     assert main(["fit", str(ref), "--out", str(bundle), "--methods", "features",
-                 "--set", "features.pairs_per_case=4", "--set", "features.n_estimators=30"]) == 0
+                 "--set", "features.pairs_per_case=4", "--set", "features.n_estimators=30",
+                 "--set", "segmenter.epochs=2", "--set", "segmenter.snapshot_epochs=[1]"]) == 0
     doc = json.loads((bundle / "bundle.json").read_text())
     assert doc["default_method"] == "features" and doc["sha256"]
     cases = _manifest_with_bad_cases(sample, tmp_path)

@@ -167,6 +167,10 @@ def _agreement_features(m: np.ndarray, proba: np.ndarray, label: int, spacing) -
         f["seg_confidence"] = float(p[seg].mean())
     if n and seg.any():
         f["seg_hd95"] = binary_hd95(m, seg, spacing)
+    union = m | seg
+    if union.any():
+        # how unsure the segmenter itself is where the two opinions could differ
+        f["seg_uncertainty"] = float((4 * p[union] * (1 - p[union])).mean())
     return f
 
 
@@ -241,8 +245,8 @@ class FeatureRegressor(QCMethod):
     name = "features"
 
     def __init__(self, *, pairs_per_case: int = 12, n_estimators: int = 400, learning_rate: float = 0.03,
-                 num_leaves: int = 15, n_jobs: int = 2, segmenter: bool = True, segmenter_epochs: int = 30,
-                 segmenter_minutes: float = 6.0, device: str = "auto"):
+                 num_leaves: int = 15, n_jobs: int = 2, segmenter: bool = True, segmenter_epochs: int = 40,
+                 segmenter_minutes: float = 10.0, device: str = "auto"):
         self.pairs_per_case = pairs_per_case
         self.segmenter = segmenter
         self.segmenter_epochs = segmenter_epochs

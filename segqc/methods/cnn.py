@@ -1,0 +1,388 @@
+"""A CNN that looks at the image and the candidate mask and regresses Dice (Robinson et al. 2018).
+
+Input, in model space (`segqc.preprocess`): the normalised image channels plus one soft
+one-hot channel per foreground label of the candidate mask; output: one sigmoid per
+foreground label, its predicted Dice. 2D datasets use a 2D network on the ``S × S``
+slice; 3D datasets a 3D network on the whole ``(Z, S, S)`` volume, Z zero-padded to a
+fixed multiple of 8 so that fitting and scoring see the same field of view.
+
+The backbone is MONAI's `ResNet` (basic blocks, global average pooling, so any input
+size works). It learns from realistic bad masks of the reference cases
+(`segqc.corrupt`), freshly drawn every ``refresh_every`` epochs, plus any user-supplied
+candidate masks; targets are the Dice against the expert mask measured on the ORIGINAL
+grid, so resampling never biases them. Loss = MSE on the sigmoid outputs + a RankNet
+term on the pairs of a batch whose true Dice differ, because QC mostly has to *order*
+cases (which ones to review first) and MSE alone lets a network hedge towards the mean.
+
+Fitting stops when ``max_minutes`` is spent; the cosine learning-rate schedule is
+shortened after the first epoch so that it still ends when the budget does.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+
+import numpy as np
+
+from segqc.case import Case
+from segqc.methods.base import QCMethod, RawScore, check_is_fitted, make_training_pairs
+from segqc.metrics import binary_dice
+
+__all__ = ["CNNRegressor", "mask_to_model_space"]
+
+_Z_MULTIPLE = 8
+
+
+def mask_to_model_space(mask: np.ndarray, props: dict, labels: list[int], plan) -> np.ndarray:
+    """Soft one-hot of a candidate mask in model space: float32 ``(L, Z, S, S)`` in [0, 1].
+
+    Follows the image's forward transform recorded in ``props`` (in-plane resampling to
+    ``props["resampled_shape"]``, then the same crop and zero pad), but keeps the linearly
+    interpolated indicator of each label instead of an argmax: the network then sees
+    partial-volume boundaries rather than a staircase.
+    """
+    from segqc.preprocess import resize_inplane
+
+    m = np.asarray(mask)
+    if m.ndim == 2:
+        m = m[None]
+    onehot = np.stack([m == k for k in labels]).astype(np.float32)  # (L, Z, H, W)
+    size = tuple(int(v) for v in props["resampled_shape"])
+    in_size = onehot.shape[-2:]
+    kwargs = plan.resampling.get("mask", {}).get("kwargs", {})
+    aa = bool(kwargs.get("antialias", True)) and any(o < i for i, o in zip(in_size, size))
+    x = resize_inplane(onehot, size, mode="linear", antialias=aa)
+    (c0, c1), (d0, d1) = props["crop"]
+    x = x[..., c0:c1, d0:d1]
+    pad = props["pad"]
+    if any(p for pp in pad for p in pp):
+        x = np.pad(x, [(0, 0), (0, 0)] + [tuple(p) for p in pad])
+    return np.ascontiguousarray(np.clip(x, 0.0, 1.0), dtype=np.float32)
+
+
+def _backbone_kwargs(spatial_dims: int, n_in: int, n_out: int, widths, layers) -> dict:
+    """MONAI ResNet arguments; 3D volumes get a cheaper 3³ stem with stride 2 (CPU time)."""
+    return {"block": "basic", "layers": [int(v) for v in layers], "block_inplanes": [int(v) for v in widths],
+            "spatial_dims": int(spatial_dims), "n_input_channels": int(n_in), "num_classes": int(n_out),
+            "conv1_t_size": 7 if spatial_dims == 2 else 3, "conv1_t_stride": 1 if spatial_dims == 2 else 2}
+
+
+def _build(kwargs: dict):
+    from monai.networks.nets import ResNet
+
+    return ResNet(**kwargs)
+
+
+@contextmanager
+def _threads(n: int | None):
+    """Use ``n`` torch threads inside the block only (None: leave torch's setting)."""
+    import torch
+
+    old = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _ranknet(logits, target, min_gap: float):
+    """Mean −log σ(z_i − z_j) over pairs of a batch (per label) whose true Dice t_i > t_j + min_gap."""
+    import torch.nn.functional as F
+
+    dz = logits[:, None, :] - logits[None, :, :]          # (B, B, L)
+    dt = target[:, None, :] - target[None, :, :]
+    valid = dt > min_gap
+    if not bool(valid.any()):
+        return logits.sum() * 0.0
+    return F.softplus(-dz[valid]).mean()
+
+
+class CNNRegressor(QCMethod):
+    """Image + candidate mask → MONAI ResNet → Dice per foreground label.
+
+    Args:
+        epochs: training epochs; None = 12 on CPU, 40 on CUDA (``max_minutes`` caps both).
+        pairs_per_case: bad masks drawn per reference case for each refresh.
+        refresh_every: draw fresh bad masks every this many epochs (0 = once, at the start).
+        batch_size: samples per step (2D); 3D uses ``max(2, batch_size // 8)``.
+        lr, weight_decay: AdamW; the learning rate follows a cosine to 0.
+        rank_weight: weight of the RankNet term against the MSE.
+        rank_min_gap: pairs whose true Dice differ by less are not ranked.
+        widths, layers: ResNet ``block_inplanes`` and blocks per stage.
+        flip: random in-plane flips / transposes; None = only for single-label datasets
+            (where several labels have a fixed layout, e.g. anterior / posterior
+            hippocampus, a flip would teach the network that swapped labels are fine).
+        max_minutes: wall-clock budget of ``fit`` (preprocessing included).
+        device: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+        n_threads: torch CPU threads while fitting (None = torch's default); scoring
+            never changes the thread setting.
+        seed: seed of the network's initialisation (None = drawn from ``fit``'s rng).
+    """
+
+    name = "cnn"
+
+    def __init__(self, *, epochs: int | None = None, pairs_per_case: int = 4, refresh_every: int = 1,
+                 batch_size: int = 32, lr: float = 1e-3, weight_decay: float = 1e-4, rank_weight: float = 0.1,
+                 rank_min_gap: float = 0.05, widths: tuple[int, ...] = (16, 32, 64, 128),
+                 layers: tuple[int, ...] = (1, 1, 1, 1), flip: bool | None = None, max_minutes: float = 6.0,
+                 device: str = "auto", n_threads: int | None = None, seed: int | None = None):
+        self.epochs = epochs
+        self.pairs_per_case = pairs_per_case
+        self.refresh_every = refresh_every
+        self.batch_size = batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.rank_weight = rank_weight
+        self.rank_min_gap = rank_min_gap
+        self.widths = widths
+        self.layers = layers
+        self.flip = flip
+        self.max_minutes = max_minutes
+        self.device = device
+        self.n_threads = n_threads
+        self.seed = seed
+
+    # -- helpers -------------------------------------------------------------------------
+    def _validate(self, cases: list[Case], plan) -> None:
+        if not cases:
+            raise ValueError("CNNRegressor.fit needs at least one reference case")
+        if not plan.labels:
+            raise ValueError("the plan has no foreground labels; nothing to regress")
+        for name in ("pairs_per_case", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if self.epochs is not None and int(self.epochs) < 1:
+            raise ValueError(f"epochs must be ≥ 1 or None, got {self.epochs}")
+        if not self.max_minutes > 0:
+            raise ValueError(f"max_minutes must be > 0, got {self.max_minutes}")
+        if len(self.widths) != 4 or len(self.layers) != 4:
+            raise ValueError(f"widths and layers need 4 stages each, got {self.widths} and {self.layers}")
+        for c in cases:
+            if c.mask is None:
+                raise ValueError(f"reference case {c.case_id} has no expert mask")
+
+    def _input(self, image_ms: np.ndarray, soft_ms: np.ndarray) -> np.ndarray:
+        """``(C+L, S, S)`` for 2D, ``(C+L, z_pad_, S, S)`` for 3D (zeros after the last slice)."""
+        x = np.concatenate([image_ms, soft_ms.astype(np.float32, copy=False)], axis=0)
+        if self.spatial_dims_ == 2:
+            return x[:, 0]
+        z = x.shape[1]
+        zp = max(self.z_pad_, _round_up(z))
+        if zp > z:
+            x = np.pad(x, [(0, 0), (0, zp - z), (0, 0), (0, 0)])
+        return x
+
+    def _targets(self, bad: np.ndarray, truth: np.ndarray) -> np.ndarray:
+        return np.array([binary_dice(bad == k, truth == k) for k in self.labels_], dtype=np.float32)
+
+    def _check_labels(self, case: Case) -> None:
+        found = set(np.unique(case.mask).tolist()) - {0}
+        unknown = found - set(self.labels_)
+        if unknown:
+            raise ValueError(f"candidate mask has label(s) {sorted(unknown)} unknown to the cnn method "
+                             f"(labels {self.labels_})")
+
+    # -- fitting -------------------------------------------------------------------------
+    def fit(self, cases: list[Case], plan, rng: np.random.Generator, extra_pairs: list[Case] | None = None,
+            progress=None) -> "CNNRegressor":
+        """Learn Dice from bad masks of ``cases`` (plus ``extra_pairs``: ``mask`` candidate, ``truth`` expert).
+
+        ``progress()`` (no arguments) is called once per epoch. Returns ``self``.
+        """
+        import torch
+
+        from segqc.preprocess import preprocess
+        from segqc.utils import resolve_device
+
+        t0 = time.perf_counter()
+        budget = 60.0 * float(self.max_minutes)
+        self._validate(cases, plan)
+        extra_pairs = list(extra_pairs or [])
+        for p in extra_pairs:
+            if p.mask is None or p.truth is None:
+                raise ValueError(f"extra pair {p.case_id} needs both a candidate mask and an expert truth")
+        self.plan_ = plan
+        self.labels_ = [int(k) for k in plan.labels]
+        self.spatial_dims_ = int(plan.ndim)
+        self.n_channels_ = int(plan.n_channels)
+        self.device_ = resolve_device(self.device)
+        on_cuda = self.device_.startswith("cuda")
+        epochs = int(self.epochs) if self.epochs is not None else (40 if on_cuda else 12)
+        flip = self.flip if self.flip is not None else len(self.labels_) == 1
+        bs = int(self.batch_size) if self.spatial_dims_ == 2 else max(2, int(self.batch_size) // 8)
+        L = len(self.labels_)
+
+        with _threads(self.n_threads):
+            # each image once; every candidate mask is then sent through its image's props
+            images, props = [], []
+            for c in cases + extra_pairs:
+                img, _, pr = preprocess(c.with_mask(None), plan)
+                images.append(img)
+                props.append(pr)
+            n_ref = len(cases)
+            self.z_pad_ = _round_up(max(im.shape[1] for im in images)) if self.spatial_dims_ == 3 else 1
+
+            def make_samples(pairs: list[Case], idx: list[int]) -> list[tuple[int, np.ndarray, np.ndarray]]:
+                return [(i, mask_to_model_space(p.mask, props[i], self.labels_, plan).astype(np.float16),
+                         self._targets(p.mask, p.truth)) for p, i in zip(pairs, idx)]
+
+            def fresh() -> list[tuple[int, np.ndarray, np.ndarray]]:
+                pairs = make_training_pairs(cases, rng, int(self.pairs_per_case))
+                idx = [i for i in range(n_ref) for _ in range(int(self.pairs_per_case))]
+                return make_samples(pairs, idx)
+
+            extra = make_samples(extra_pairs, list(range(n_ref, n_ref + len(extra_pairs))))
+            seed = int(self.seed) if self.seed is not None else int(rng.integers(1 << 31))
+            self.backbone_ = _backbone_kwargs(self.spatial_dims_, self.n_channels_ + L, L, self.widths, self.layers)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                model = _build(self.backbone_)
+            model.to(self.device_)
+            opt = torch.optim.AdamW(model.parameters(), lr=float(self.lr), weight_decay=float(self.weight_decay))
+            history: list[dict] = []
+            n_samples = n_ref * int(self.pairs_per_case) + len(extra)
+            steps_per_epoch = max(1, math.ceil(n_samples / bs))
+            planned, step, stopped = epochs, 0, False
+            samples: list = []
+            epoch_times: list[float] = []
+            for epoch in range(epochs):
+                te = time.perf_counter()  # an epoch's time includes drawing its bad masks
+                if epoch == 0 or (self.refresh_every and epoch % int(self.refresh_every) == 0):
+                    samples = fresh() + extra
+                model.train()
+                order = rng.permutation(len(samples))
+                losses, n_seen = [], 0
+                for b in range(0, len(order), bs):
+                    if time.perf_counter() - t0 > budget:
+                        stopped = True
+                        break
+                    chunk = [samples[j] for j in order[b:b + bs]]
+                    if len(chunk) < 2 and len(samples) >= 2:
+                        continue  # BatchNorm needs ≥ 2 samples; the leftover is seen next epoch
+                    x = torch.from_numpy(np.stack([self._input(images[i], m) for i, m, _ in chunk]))
+                    y = torch.from_numpy(np.stack([t for _, _, t in chunk]))
+                    if flip:
+                        x = _augment(x, rng)
+                    x, y = x.to(self.device_), y.to(self.device_)
+                    total = planned * steps_per_epoch
+                    for g in opt.param_groups:
+                        g["lr"] = float(self.lr) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+                    logits = model(x)
+                    mse = torch.mean((torch.sigmoid(logits) - y) ** 2)
+                    loss = mse + float(self.rank_weight) * _ranknet(logits, y, float(self.rank_min_gap))
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    step += 1
+                    losses.append((float(mse.detach()), float(loss.detach())))
+                    n_seen += len(chunk)
+                if losses:
+                    history.append({"epoch": epoch + 1, "mse": float(np.mean([m for m, _ in losses])),
+                                    "loss": float(np.mean([v for _, v in losses])), "samples": n_seen,
+                                    "seconds": round(time.perf_counter() - te, 2)})
+                if progress is not None:
+                    progress()
+                if stopped:
+                    break
+                # shrink the schedule so it ends with the time budget
+                epoch_times.append(time.perf_counter() - te)
+                left = budget - (time.perf_counter() - t0)
+                fits = epoch + 1 + int(left // max(float(np.median(epoch_times)), 1e-6))
+                planned = max(epoch + 1, min(planned, fits))
+                if epoch + 1 >= planned:
+                    break
+            model.eval()
+        self.model_ = model
+        self.n_train_ = len(samples)
+        self.history_ = history
+        self.fit_info_ = {"epochs_run": len(history), "epochs_requested": epochs, "stopped_by_time": stopped,
+                          "seconds": round(time.perf_counter() - t0, 2), "device": self.device_,
+                          "torch_seed": seed, "flip": bool(flip)}
+        return self
+
+    # -- scoring -------------------------------------------------------------------------
+    def score(self, case: Case) -> RawScore:
+        """Predicted Dice per foreground label of ``case.mask`` (values in [0, 1])."""
+        import torch
+
+        from segqc.preprocess import preprocess
+
+        check_is_fitted(self)
+        if case.mask is None:
+            raise ValueError(f"case {case.case_id} has no candidate mask to score")
+        self._check_labels(case)
+        img, _, props = preprocess(case.with_mask(None), self.plan_)
+        soft = mask_to_model_space(case.mask, props, self.labels_, self.plan_)
+        x = torch.from_numpy(self._input(img, soft)[None]).to(self.device_)
+        self.model_.eval()
+        with torch.no_grad():
+            p = torch.sigmoid(self.model_(x))[0].float().cpu().numpy()
+        return RawScore(dice={k: float(v) for k, v in zip(self.labels_, p)})
+
+    # -- persistence ---------------------------------------------------------------------
+    def state(self) -> tuple[dict[str, np.ndarray], dict]:
+        check_is_fitted(self)
+        arrays = {k: v.detach().cpu().float().numpy() for k, v in self.model_.state_dict().items()}
+        params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.get_params().items()}
+        config = {"params": params, "labels_": self.labels_, "backbone_": self.backbone_,
+                  "spatial_dims_": self.spatial_dims_, "n_channels_": self.n_channels_, "z_pad_": self.z_pad_,
+                  "plan_": self.plan_.to_dict(), "n_train_": self.n_train_, "history_": self.history_,
+                  "fit_info_": self.fit_info_}
+        return arrays, config
+
+    @classmethod
+    def from_state(cls, arrays: dict[str, np.ndarray], config: dict) -> "CNNRegressor":
+        import torch
+
+        from segqc.fingerprint import Plan
+        from segqc.utils import resolve_device
+
+        params = dict(config["params"])
+        for k in ("widths", "layers"):
+            if isinstance(params.get(k), list):
+                params[k] = tuple(params[k])
+        m = cls(**params)
+        m.labels_ = [int(k) for k in config["labels_"]]
+        m.backbone_ = dict(config["backbone_"])
+        m.spatial_dims_ = int(config["spatial_dims_"])
+        m.n_channels_ = int(config["n_channels_"])
+        m.z_pad_ = int(config["z_pad_"])
+        m.plan_ = Plan.from_dict(config["plan_"])
+        m.n_train_ = int(config.get("n_train_", 0))
+        m.history_ = list(config.get("history_", []))
+        m.fit_info_ = dict(config.get("fit_info_", {}))
+        m.device_ = resolve_device(m.device)
+        model = _build(m.backbone_)
+        expected = model.state_dict()
+        missing = sorted(set(expected) - set(arrays))
+        unexpected = sorted(set(arrays) - set(expected))
+        if missing or unexpected:
+            raise ValueError(f"cnn weights do not match the network: missing {missing[:5]}, unexpected "
+                             f"{unexpected[:5]}")
+        model.load_state_dict({k: torch.from_numpy(np.asarray(arrays[k])).to(expected[k].dtype) for k in expected})
+        m.model_ = model.to(m.device_).eval()
+        return m
+
+
+def _round_up(n: int, multiple: int = _Z_MULTIPLE) -> int:
+    return max(multiple, int(math.ceil(n / multiple)) * multiple)
+
+
+def _augment(x, rng: np.random.Generator):
+    """Random flips of the two in-plane axes and a random transpose of them, per sample."""
+    import torch
+
+    out = []
+    for xi in x:
+        if rng.random() < 0.5:
+            xi = torch.flip(xi, dims=(-1,))
+        if rng.random() < 0.5:
+            xi = torch.flip(xi, dims=(-2,))
+        if rng.random() < 0.5 and xi.shape[-1] == xi.shape[-2]:
+            xi = xi.transpose(-1, -2)
+        out.append(xi)
+    return torch.stack(out).contiguous()
