@@ -154,7 +154,6 @@ def _peek_labels(refs: Sequence[CaseRef]) -> list[int]:
 def evaluate_csv(*, table, out, pred_col: str = "dice_pred", true_col: str = "dice_true", p_col: str | None = None,
                  group_col: str | None = "group", tau: float = 0.8, title: str = "") -> dict:
     """QC accuracy from a table of predicted and true Dice → ``evaluation.json`` + plots."""
-    from segqc import evaluation as ev
 
     rows = [r for r in read_rows(table) if r.get("status", "ok") == "ok"]
     if not rows:
@@ -291,13 +290,17 @@ def fit(*, reference, out, methods: Sequence[str] = ("features",), layout: str =
             "interval_radius": cal.radius_, "interval_coverage_in_sample": float(np.mean((true_cal >= lo) &
                                                                                         (true_cal <= hi))),
         }
-        console.print(f"  {name}: fitted in {t_fit:.0f} s; held-out synthetic pairs r={bundle.info['fit'][name]['heldout_raw_pearson']:.3f} "
-                      f"raw MAE={bundle.info['fit'][name]['heldout_raw_mae']:.3f}")
-    # default: lowest held-out raw MAE ranks methods by how well they fit unseen reference cases
-    bundle.default_method = min(methods, key=lambda m: bundle.info["fit"][m]["heldout_raw_mae"])
+        info = bundle.info["fit"][name]
+        console.print(f"  {name}: fitted in {t_fit:.0f} s; on held-out calibration pairs "
+                      f"r={info['heldout_raw_pearson']:.3f}, raw MAE={info['heldout_raw_mae']:.3f}")
+    # default: the method whose raw score best follows true Dice on unseen reference cases
+    # (Pearson r is scale-free, so methods with different raw scales compare fairly)
+    bundle.default_method = max(methods, key=lambda m: np.nan_to_num(bundle.info["fit"][m]["heldout_raw_pearson"],
+                                                                     nan=-1.0))
     bundle.info.update({"n_reference": len(cases), "n_failed": len(failed), "tau": tau, "coverage": coverage,
                         "seed": seed, "fit_ids": [c.case_id for c in fit_cases],
-                        "calibration_ids": [c.case_id for c in cal_cases], "fit_seconds": round(time.time() - started, 1)})
+                        "calibration_ids": [c.case_id for c in cal_cases],
+                        "fit_seconds": round(time.time() - started, 1)})
     save_bundle(bundle, out)
     write_run_record(out, "fit", {"reference": str(reference), "methods": methods, "tau": tau, "seed": seed,
                                   "device": device}, started)
@@ -363,7 +366,6 @@ def score_case(bundle, case: Case, methods: Sequence[str], *, maps_dir: Path | N
         raise ValueError(f"case is {case.ndim}D with {case.n_channels} channel(s); the bundle expects "
                          f"{plan.ndim}D with {plan.n_channels}")
     row: dict = {}
-    tau = bundle.tau
     for i, name in enumerate(methods):
         raw = bundle.methods[name].score(case)
         cal = bundle.calibrators[name]
@@ -472,7 +474,6 @@ def bench(*, bundle, cases, out, root=None, methods: Sequence[str] | None = None
         res = _evaluate_arrays(true, pred, pp, groups, tau, out / name, f"{name} on {cases.parent.name}")
         if deployed.any():
             res["deployed"] = ev.evaluate(true[deployed], pred[deployed], p_pass=pp[deployed], tau=tau)["overall"]
-        lo = np.array([float(r["dice_lo"]) for r in rows]) if name == methods[0] else None
         cal = b.calibrators[name]
         lo, hi = cal.interval(np.array([float(r[f"{name}_raw"]) for r in rows]))
         res["interval_coverage"] = float(np.mean((true >= lo) & (true <= hi)))

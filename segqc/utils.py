@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Sequence
+from contextlib import contextmanager
 
-__all__ = ["look_up_option", "resolve_device"]
+__all__ = ["look_up_option", "resolve_device", "torch_threads"]
 
 
 def look_up_option(value: str, options: Sequence[str], what: str = "option") -> str:
@@ -31,3 +32,17 @@ def resolve_device(device: str = "auto") -> str:
     if device not in ("cpu", "mps") and not device.startswith("cuda"):
         raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps")
     return device
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    """Use ``n`` torch CPU threads inside the block only (None: leave torch's setting)."""
+    import torch
+
+    old = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)

@@ -108,7 +108,8 @@ def test_fit_predict_bench_end_to_end(sample, tmp_path, capsys):
                                           "is_deployed"])
         w.writeheader()
         for r in src:
-            w.writerow({"case_id": r["case_id"], "image": f"kvasir/{r['image']}", "ground_truth": f"kvasir/{r['truth']}",
+            w.writerow({"case_id": r["case_id"], "image": f"kvasir/{r['image']}",
+                        "ground_truth": f"kvasir/{r['truth']}",
                         "prediction": f"kvasir/{r['mask']}", "checkpoint": r["group"], "dice": r["dice"],
                         "is_deployed": str(r["group"] == "unet_s0_ep100")})
     assert main(["bench", str(bench_csv), "--bundle", str(bundle), "--out", str(tmp_path / "bench"),

@@ -12,8 +12,8 @@ import pytest
 from segqc.evaluation import (
     METRIC_KEYS,
     aupr_fail,
-    auroc_fail,
     aurc,
+    auroc_fail,
     eaurc,
     evaluate,
     expected_calibration_error,

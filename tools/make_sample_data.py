@@ -20,7 +20,8 @@ def _rows(dataset: str) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def kvasir(n_ref: int = 40, n_cand: int = 20, rng: random.Random = random.Random(0)) -> None:
+def kvasir(n_ref: int = 40, n_cand: int = 20, seed: int = 0) -> None:
+    rng = random.Random(seed)
     split = json.loads((SHARED / "benchmarks/kvasir/split.json").read_text())
     out = OUT / "kvasir"
     for sub in ("reference/images", "reference/masks", "candidates/images", "candidates/masks", "candidates/truth"):
@@ -43,10 +44,12 @@ def kvasir(n_ref: int = 40, n_cand: int = 20, rng: random.Random = random.Random
     _write_manifest(out / "candidates.csv", manifest)
 
 
-def hippocampus(n_ref: int = 20, n_cand: int = 10, rng: random.Random = random.Random(1)) -> None:
+def hippocampus(n_ref: int = 20, n_cand: int = 10, seed: int = 1) -> None:
+    rng = random.Random(seed)
     split = json.loads((SHARED / "benchmarks/hippocampus/split.json").read_text())
     out = OUT / "hippocampus"
-    for sub in ("reference/imagesTr", "reference/labelsTr", "candidates/images", "candidates/masks", "candidates/truth"):
+    for sub in ("reference/imagesTr", "reference/labelsTr", "candidates/images", "candidates/masks",
+                "candidates/truth"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     for cid in rng.sample(sorted(split["reference"]), n_ref):
         shutil.copy(SHARED / f"data/hippocampus/imagesTr/{cid}.nii.gz", out / "reference/imagesTr")

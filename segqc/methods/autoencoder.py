@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
 
 import numpy as np
 
 from segqc.case import Case
-from segqc.methods.base import QCMethod, RawScore, check_is_fitted
+from segqc.methods.base import QCMethod, RawScore, check_is_fitted, check_labels
 from segqc.metrics import binary_dice, binary_hd95
+from segqc.utils import torch_threads
 
 __all__ = ["MaskAutoencoder", "build_mask_autoencoder"]
 
@@ -170,31 +170,6 @@ def _corrupt_onehot(y, gen, p_corrupt: float):
     return out
 
 
-@contextmanager
-def _torch_threads(n: int | None):
-    """Run with ``n`` torch CPU threads, then restore the previous setting."""
-    import torch
-
-    if n is None:
-        yield
-        return
-    prev = torch.get_num_threads()
-    torch.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(prev)
-
-
-def _check_labels(mask: np.ndarray | None, labels: list[int], what: str = "candidate mask") -> None:
-    if mask is None:
-        raise ValueError(f"the {what} is missing (case.mask is None)")
-    found = set(np.unique(mask).tolist()) - {0}
-    unknown = found - set(labels)
-    if unknown:
-        raise ValueError(f"{what} has label(s) {sorted(unknown)} unknown to the bundle (labels {labels})")
-
-
 def _index_lut(labels: list[int]) -> np.ndarray:
     """Label value → channel index (0 = background, then the labels in order)."""
     lut = np.zeros(max(labels) + 1, dtype=np.int64)
@@ -276,7 +251,7 @@ class MaskAutoencoder(QCMethod):
         prepared and after each epoch.
         """
         self._validate_params()
-        with _torch_threads(self.n_threads):
+        with torch_threads(self.n_threads):
             return self._fit(cases, plan, rng, progress)
 
     def _fit(self, cases, plan, rng: np.random.Generator, progress) -> "MaskAutoencoder":
@@ -299,7 +274,7 @@ class MaskAutoencoder(QCMethod):
         for case in cases:
             if not isinstance(case, Case) and hasattr(case, "load"):
                 case = case.load()
-            _check_labels(case.mask, labels, f"expert mask of {case.case_id}")
+            check_labels(case.mask, labels, f"expert mask of {case.case_id}")
             _, m_ms, _ = preprocess(case, plan)
             idx = lut[m_ms].astype(np.uint8)
             slices.append(idx)
@@ -403,8 +378,8 @@ class MaskAutoencoder(QCMethod):
         from segqc.preprocess import preprocess
 
         check_is_fitted(self)
-        _check_labels(case.mask, self.labels_)
-        with _torch_threads(self.n_threads):
+        check_labels(case.mask, self.labels_)
+        with torch_threads(self.n_threads):
             _, m_ms, props = preprocess(case, self.plan_)
             idx = _index_lut(self.labels_)[m_ms]
             return self._probs(idx), idx, props
@@ -416,7 +391,7 @@ class MaskAutoencoder(QCMethod):
         [0, 1], the autoencoder's probability that the candidate's label is wrong.
         """
         probs, idx, props = self.reconstruct(case)
-        with _torch_threads(self.n_threads):
+        with torch_threads(self.n_threads):
             return self._score(case, probs, idx, props)
 
     def _score(self, case: Case, probs: np.ndarray, idx: np.ndarray, props: dict) -> RawScore:

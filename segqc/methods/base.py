@@ -18,7 +18,7 @@ import numpy as np
 
 from segqc.case import Case
 
-__all__ = ["QCMethod", "RawScore", "NotFittedError", "check_is_fitted", "make_training_pairs"]
+__all__ = ["QCMethod", "RawScore", "NotFittedError", "check_is_fitted", "check_labels", "make_training_pairs"]
 
 
 class NotFittedError(RuntimeError):
@@ -29,6 +29,15 @@ def check_is_fitted(method: "QCMethod") -> None:
     """Fitted state ends in ``_`` (sklearn's convention): refuse to score without it."""
     if not any(k.endswith("_") and not k.startswith("__") for k in vars(method)):
         raise NotFittedError(f"{type(method).__name__} is not fitted yet; call fit() or load a bundle first")
+
+
+def check_labels(mask: np.ndarray | None, labels, what: str = "candidate mask") -> None:
+    """Refuse a mask with labels the fitted method has never seen, quoting them."""
+    if mask is None:
+        raise ValueError(f"the {what} is missing (case.mask is None)")
+    unknown = set(np.unique(mask).tolist()) - {0} - {int(k) for k in labels}
+    if unknown:
+        raise ValueError(f"{what} has label(s) {sorted(unknown)} unknown to the bundle (labels {list(labels)})")
 
 
 @dataclass

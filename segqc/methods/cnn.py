@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
 
 import numpy as np
 
 from segqc.case import Case
-from segqc.methods.base import QCMethod, RawScore, check_is_fitted, make_training_pairs
+from segqc.methods.base import QCMethod, RawScore, check_is_fitted, check_labels, make_training_pairs
 from segqc.metrics import binary_dice
+from segqc.utils import torch_threads
 
 __all__ = ["CNNRegressor", "mask_to_model_space"]
 
@@ -73,20 +73,6 @@ def _build(kwargs: dict):
     from monai.networks.nets import ResNet
 
     return ResNet(**kwargs)
-
-
-@contextmanager
-def _threads(n: int | None):
-    """Use ``n`` torch threads inside the block only (None: leave torch's setting)."""
-    import torch
-
-    old = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def _ranknet(logits, target, min_gap: float):
@@ -179,13 +165,6 @@ class CNNRegressor(QCMethod):
     def _targets(self, bad: np.ndarray, truth: np.ndarray) -> np.ndarray:
         return np.array([binary_dice(bad == k, truth == k) for k in self.labels_], dtype=np.float32)
 
-    def _check_labels(self, case: Case) -> None:
-        found = set(np.unique(case.mask).tolist()) - {0}
-        unknown = found - set(self.labels_)
-        if unknown:
-            raise ValueError(f"candidate mask has label(s) {sorted(unknown)} unknown to the cnn method "
-                             f"(labels {self.labels_})")
-
     # -- fitting -------------------------------------------------------------------------
     def fit(self, cases: list[Case], plan, rng: np.random.Generator, extra_pairs: list[Case] | None = None,
             progress=None) -> "CNNRegressor":
@@ -216,7 +195,7 @@ class CNNRegressor(QCMethod):
         bs = int(self.batch_size) if self.spatial_dims_ == 2 else max(2, int(self.batch_size) // 8)
         L = len(self.labels_)
 
-        with _threads(self.n_threads):
+        with torch_threads(self.n_threads):
             # each image once; every candidate mask is then sent through its image's props
             images, props = [], []
             for c in cases + extra_pairs:
@@ -314,7 +293,7 @@ class CNNRegressor(QCMethod):
         check_is_fitted(self)
         if case.mask is None:
             raise ValueError(f"case {case.case_id} has no candidate mask to score")
-        self._check_labels(case)
+        check_labels(case.mask, self.labels_)
         img, _, props = preprocess(case.with_mask(None), self.plan_)
         soft = mask_to_model_space(case.mask, props, self.labels_, self.plan_)
         x = torch.from_numpy(self._input(img, soft)[None]).to(self.device_)

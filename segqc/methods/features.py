@@ -24,7 +24,7 @@ import numpy as np
 from scipy import ndimage
 
 from segqc.case import Case
-from segqc.methods.base import QCMethod, RawScore, check_is_fitted, make_training_pairs
+from segqc.methods.base import QCMethod, RawScore, check_is_fitted, check_labels, make_training_pairs
 from segqc.metrics import binary_dice
 
 __all__ = ["FeatureRegressor", "mask_features"]
@@ -325,7 +325,7 @@ class FeatureRegressor(QCMethod):
     # -- scoring -----------------------------------------------------------------------
     def score(self, case: Case) -> RawScore:
         check_is_fitted(self)
-        _check_labels(case, self.labels_)
+        check_labels(case.mask, self.labels_)
         proba = self._proba(case)
         rows = [mask_features(case, k, self.ref_stats_, proba) for k in self.labels_]
         pred = np.clip(self.model_.predict(self._matrix(rows)), 0.0, 1.0)
@@ -379,9 +379,3 @@ class _BoosterRegressor:
     def predict(self, X: np.ndarray) -> np.ndarray:
         return self.booster_.predict(X)
 
-
-def _check_labels(case: Case, labels: list[int]) -> None:
-    found = set(np.unique(case.mask).tolist()) - {0}
-    unknown = found - set(labels)
-    if unknown:
-        raise ValueError(f"candidate mask has label(s) {sorted(unknown)} unknown to the bundle (labels {labels})")
