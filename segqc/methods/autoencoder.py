@@ -15,16 +15,17 @@ Design choices, and why:
 * Input and output are one-hot with ``L + 1`` channels (background + labels); the loss
   is Dice + cross-entropy (MONAI ``DiceCELoss``).
 * A real bottleneck (``latent_channels × (S/8)²`` with the defaults: a stride-4
-  patchify stage, then stride 2) and *denoising* training (input: the expert mask lightly corrupted by smooth
-  random boundary noise, label growth/shrinkage and small blobs/holes; target: the
-  expert mask) keep the network from learning the identity, which would score every
-  candidate 1.0.
+  patchify stage, then stride 2) and *denoising* training (input: the expert mask
+  lightly corrupted by smooth random boundary noise, label growth/shrinkage and small
+  blobs/holes; target: the expert mask) keep the network from learning the identity,
+  which would score every candidate 1.0.
 * The mask alone is judged, never the image: a plausible shape in the wrong place is
   invisible to this method (that is what the image-aware methods are for).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 
@@ -100,12 +101,12 @@ def build_mask_autoencoder(n_classes: int, channels: tuple[int, ...] = (32, 64),
         def __init__(self) -> None:
             super().__init__()
             enc: list = [resample(n_classes, channels[0], 4, False), block(channels[0], channels[0])]
-            for a, b in zip(channels[:-1], channels[1:]):
+            for a, b in itertools.pairwise(channels):
                 enc += [resample(a, b, 2, False), block(b, b)]
             enc.append(Convolution(2, channels[-1], latent_channels, kernel_size=1, conv_only=True))
             rev = channels[::-1]
             dec: list = [block(latent_channels, rev[0])]
-            for a, b in zip(rev[:-1], rev[1:]):
+            for a, b in itertools.pairwise(rev):
                 dec += [resample(a, b, 2, True), block(b, b)]
             dec += [resample(rev[-1], head_channels, 4, True),
                     Convolution(2, head_channels, n_classes, kernel_size=3, conv_only=True)]
@@ -208,8 +209,8 @@ class MaskAutoencoder(QCMethod):
 
     def __init__(self, *, epochs: int = 60, batch_size: int = 32, lr: float = 3e-3, latent_channels: int = 4,
                  channels: tuple[int, ...] = (32, 64), latent_dim: int | None = None, denoise: float = 0.7,
-                 max_minutes: float = 4.5,
-                 device: str = "auto", n_threads: int | None = None, seed: int | None = None):
+                 max_minutes: float = 4.5, device: str = "auto", n_threads: int | None = None,
+                 seed: int | None = None):
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr = lr
@@ -241,9 +242,8 @@ class MaskAutoencoder(QCMethod):
         if len(self.channels) < 1 or any(int(c) != c or c < 1 for c in self.channels):
             raise ValueError(f"channels must be positive integers, got {self.channels!r}")
 
-
     def fit(self, cases: list[Case], plan, rng: np.random.Generator, extra_pairs: list[Case] | None = None,
-            progress=None) -> "MaskAutoencoder":
+            progress=None) -> MaskAutoencoder:
         """Train on the expert masks of ``cases`` in the plan's model space.
 
         ``extra_pairs`` are ignored: the autoencoder learns plausible shapes from expert
@@ -254,7 +254,7 @@ class MaskAutoencoder(QCMethod):
         with torch_threads(self.n_threads):
             return self._fit(cases, plan, rng, progress)
 
-    def _fit(self, cases, plan, rng: np.random.Generator, progress) -> "MaskAutoencoder":
+    def _fit(self, cases, plan, rng: np.random.Generator, progress) -> MaskAutoencoder:
         import torch
         from monai.losses import DiceCELoss
 
@@ -276,7 +276,7 @@ class MaskAutoencoder(QCMethod):
                 case = case.load()
             check_labels(case.mask, labels, f"expert mask of {case.case_id}")
             _, m_ms, _ = preprocess(case, plan)
-            idx = lut[m_ms].astype(np.uint8)
+            idx = lut[m_ms].astype(np.uint8 if len(labels) < 255 else np.int16)
             slices.append(idx)
             n_empty += int((~idx.reshape(len(idx), -1).any(1)).sum())
             if progress is not None:
@@ -354,7 +354,7 @@ class MaskAutoencoder(QCMethod):
         self.net_ = net
         self.n_train_slices_ = int(n)
         self.history_ = {"epochs_run": epochs_run, "steps": step, "train_seconds": time.perf_counter() - t0,
-                         "loss": losses, "seed": seed, "n_empty_slices_seen": int(n_empty)}
+                         "loss": losses, "seed": seed, "n_empty_slices": int(n_empty)}
         return self
 
     # -- scoring -----------------------------------------------------------------------
@@ -387,8 +387,12 @@ class MaskAutoencoder(QCMethod):
     def score(self, case: Case) -> RawScore:
         """Dice and HD95 (mm) of the candidate against its reconstruction, on the original grid.
 
-        Maps (original grid): ``pgt`` the reconstruction's labels, ``error`` float32 in
-        [0, 1], the autoencoder's probability that the candidate's label is wrong.
+        Dice follows `segqc.metrics` (both empty → 1, one empty → 0, never NaN); HD95 is
+        NaN when exactly one of candidate and reconstruction is empty. Maps (original
+        grid): ``pgt`` the reconstruction's labels, ``error`` float32 in [0, 1], the
+        autoencoder's probability that the candidate's label is wrong. Features:
+        ``soft_dice_<label>`` (candidate vs reconstruction probabilities, model space) and
+        ``error_mean_fg``.
         """
         probs, idx, props = self.reconstruct(case)
         with torch_threads(self.n_threads):
@@ -426,7 +430,7 @@ class MaskAutoencoder(QCMethod):
         return arrays, config
 
     @classmethod
-    def from_state(cls, arrays: dict[str, np.ndarray], config: dict) -> "MaskAutoencoder":
+    def from_state(cls, arrays: dict[str, np.ndarray], config: dict) -> MaskAutoencoder:
         import torch
 
         from segqc.fingerprint import Plan
