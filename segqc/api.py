@@ -169,18 +169,18 @@ def evaluate_csv(*, table, out, pred_col: str = "dice_pred", true_col: str = "di
     return _evaluate_arrays(true, pred, pp, groups, tau, Path(out), title)
 
 
-def _evaluate_arrays(true, pred, pp, groups, tau, out: Path, title: str, prefix: str = "") -> dict:
+def _evaluate_arrays(true, pred, pp, groups, tau, out: Path, title: str) -> dict:
     from segqc import evaluation as ev
 
     out.mkdir(parents=True, exist_ok=True)
     result = ev.evaluate(true, pred, p_pass=pp, groups=groups, tau=tau)
-    (out / f"{prefix}evaluation.json").write_text(json.dumps(result, indent=1))
-    ev.plot_scatter(true, pred, out / f"{prefix}scatter.png", groups=groups, tau=tau, title=title)
+    (out / "evaluation.json").write_text(json.dumps(result, indent=1))
+    ev.plot_scatter(true, pred, out / "scatter.png", groups=groups, tau=tau, title=title)
     ok = np.isfinite(true) & np.isfinite(pred)
-    ev.plot_risk_coverage(1 - true[ok], pred[ok], out / f"{prefix}risk_coverage.png", title=title)
+    ev.plot_risk_coverage(1 - true[ok], pred[ok], out / "risk_coverage.png", title=title)
     if pp is not None:
         ok &= np.isfinite(pp)
-        ev.plot_calibration(true[ok], pp[ok], out / f"{prefix}calibration.png", tau=tau)
+        ev.plot_calibration(true[ok], pp[ok], out / "calibration.png", tau=tau)
     return result
 
 
