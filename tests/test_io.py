@@ -103,10 +103,13 @@ def test_nan_image_and_corrupt_file(tmp_path, hippo_cases):
     case = hippo_cases[0]
     img = case.image.copy()
     img[0, 0, 0, 0] = np.nan
-    # (SimpleITK's NIfTI reader already turns NaN into 0, so MetaImage shows the check)
-    write_image(tmp_path / "nan.mha", img, case.geometry)
-    with pytest.raises(ValueError, match="NaN"):
-        read_image(tmp_path / "nan.mha")
+    # SimpleITK's NIfTI reader turns NaN into 0: the raw-voxel check must still see it
+    for name in ("nan.mha", "nan.nii.gz", "nan.nii"):
+        write_image(tmp_path / name, img, case.geometry)
+        with pytest.raises(ValueError, match="1 NaN"):
+            read_image(tmp_path / name)
+    write_image(tmp_path / "ok.nii.gz", case.image, case.geometry)
+    assert np.array_equal(read_image(tmp_path / "ok.nii.gz")[0], case.image)
     (tmp_path / "broken.nii.gz").write_bytes(b"not a nifti")
     with pytest.raises(ValueError, match="cannot read"):
         read_image(tmp_path / "broken.nii.gz")

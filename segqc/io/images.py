@@ -61,6 +61,40 @@ def _read_sitk(path: Path) -> tuple[np.ndarray, Geometry, int]:
     return arr, geometry, img.GetNumberOfComponentsPerPixel()
 
 
+# NIfTI datatype codes of floating-point voxels → numpy dtype names
+_NIFTI_FLOATS = {16: "f4", 64: "f8"}
+
+
+def _nifti_nonfinite(path: Path) -> int:
+    """Count NaN / inf voxels in a float NIfTI file by reading its raw data.
+
+    SimpleITK's NIfTI reader silently replaces NaN with 0, so a corrupt float volume
+    would pass unnoticed; this reads the voxels as stored (NIfTI-1 and NIfTI-2).
+    """
+    import gzip
+
+    opener = gzip.open if str(path).lower().endswith(".gz") else open
+    with opener(path, "rb") as f:
+        head = f.read(540)
+        for order in "<>":
+            size = np.frombuffer(head[:4], order + "i4")[0]
+            if size in (348, 540):
+                break
+        else:
+            return 0  # not a header we know: leave it to SimpleITK
+        if size == 348:
+            datatype = int(np.frombuffer(head[70:72], order + "i2")[0])
+            offset = int(np.frombuffer(head[108:112], order + "f4")[0])
+        else:
+            datatype = int(np.frombuffer(head[12:14], order + "i2")[0])
+            offset = int(np.frombuffer(head[168:176], order + "i8")[0])
+        if datatype not in _NIFTI_FLOATS:
+            return 0
+        f.seek(max(offset, size))
+        data = np.frombuffer(f.read(), order + _NIFTI_FLOATS[datatype])
+    return int(np.sum(~np.isfinite(data)))
+
+
 def _read_photo(path: Path) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
@@ -104,9 +138,12 @@ def read_image(path: str | Path | list) -> tuple[np.ndarray, Geometry]:
             arr = np.moveaxis(arr, -1, 0)  # vector pixels (e.g. RGB NRRD) → channels first
         elif arr.ndim == geometry.ndim:
             arr = arr[None]
+    bad = 0 if np.all(np.isfinite(arr)) else int(np.sum(~np.isfinite(arr)))
+    if not bad and arr.dtype.kind == "f" and suffix_of(path) in (".nii", ".nii.gz"):
+        bad = _nifti_nonfinite(path)
+    if bad:
+        raise ValueError(f"image {path} contains {bad} NaN or infinite values")
     arr = arr.astype(np.float32, copy=False)
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"image {path} contains {int(np.sum(~np.isfinite(arr)))} NaN or infinite values")
     return arr, geometry
 
 
@@ -131,7 +168,7 @@ def read_mask(path: str | Path) -> tuple[np.ndarray, Geometry]:
         if ncomp > 1 or arr.ndim != geometry.ndim:
             raise ValueError(f"mask {path} has {max(ncomp, arr.shape[0])} components; expected one label per voxel")
     if arr.dtype.kind == "f":
-        if np.isnan(arr).any():
+        if np.isnan(arr).any() or (suffix_of(path) in (".nii", ".nii.gz") and _nifti_nonfinite(path)):
             raise ValueError(f"mask {path} contains NaN values")
         if not np.all(arr == np.round(arr)):
             raise ValueError(f"mask {path} has non-integer values (a probability map?); expected integer labels")
