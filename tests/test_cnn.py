@@ -10,7 +10,6 @@ import pytest
 
 from segqc.fingerprint import compute_fingerprint, plan_from_fingerprint
 from segqc.io import load_dataset
-from segqc.methods.base import NotFittedError
 from segqc.methods.cnn import CNNRegressor, mask_to_model_space
 from segqc.preprocess import preprocess
 
@@ -67,16 +66,6 @@ def test_state_round_trip(which, request):
         case = cases[1].with_mask(mask)
         assert loaded.score(case).dice == method.score(case).dice
     assert loaded.get_params() == method.get_params()
-
-
-def test_unknown_label_and_unfitted(kvasir):
-    method, cases, _ = kvasir
-    mask = cases[0].mask.copy()
-    mask[:3, :3] = 7
-    with pytest.raises(ValueError, match=r"\[7\]"):
-        method.score(cases[0].with_mask(mask))
-    with pytest.raises(NotFittedError):
-        CNNRegressor().score(cases[0])
 
 
 def test_extra_pairs_and_hippo_input_shape(hippo):
