@@ -20,7 +20,7 @@ from pathlib import Path
 
 from segqc import api
 from segqc.bundle import load_bundle
-from segqc.cli import _print_bench
+from segqc.cli import _param, _print_bench
 from segqc.io import read_manifest
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -36,7 +36,18 @@ def main() -> None:
     ap.add_argument("--refit", action="store_true", help="fit again even if the bundle exists")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", dest="params", action="append", type=_param, default=[], metavar="METHOD.PARAM=VALUE",
+                    help="override a method parameter, as in `segqc fit --set` (repeatable)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (1 is fastest when other jobs share the cores)")
     args = ap.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    params: dict = {}
+    for method, name, value in args.params:
+        params.setdefault(method, {})[name] = value
 
     bench_dir = SHARED / "benchmarks" / args.dataset
     split = json.loads((bench_dir / "split.json").read_text())
@@ -46,10 +57,10 @@ def main() -> None:
     if args.refit or not (bundle_dir / "bundle.json").exists():
         t0 = time.time()
         api.fit(reference=DATA[args.dataset], out=bundle_dir, methods=args.methods, ids=split["reference"],
-                device=args.device, seed=args.seed)
+                device=args.device, seed=args.seed, method_params=params)
         timings["fit_total_s"] = round(time.time() - t0, 1)
     bundle = load_bundle(bundle_dir)
-    timings["fit_per_method_s"] = {m: v["fit_seconds"] for m, v in bundle.info["fit"].items()}
+    timings["fit_per_method_s"] = {m: v["fit_seconds"] for m, v in bundle.info["fit"].items() if "fit_seconds" in v}
     # a guard against leakage: no benchmark row may come from a case the bundle was fitted on
     seen = set(bundle.info["fit_ids"]) | set(bundle.info["calibration_ids"])
     rows = read_manifest(bench_dir / "cases.csv", root=SHARED)
@@ -58,7 +69,7 @@ def main() -> None:
         raise SystemExit(f"benchmark rows overlap the fitting cases: {sorted(leaked)[:5]}")
     t0 = time.time()
     result = api.bench(bundle=bundle_dir, cases=bench_dir / "cases.csv", root=SHARED, out=out / "bench",
-                       methods=args.methods, limit=args.limit, seed=args.seed)
+                       limit=args.limit, seed=args.seed)  # every method of the bundle, and their fusion
     # per-method predict time on a few cases (each method alone)
     sample = read_manifest(bench_dir / "cases.csv", root=SHARED, mask_col="prediction")[:20]
     cases = [r.load() for r in sample]

@@ -161,7 +161,9 @@ def evaluate_csv(*, table, out, pred_col: str = "dice_pred", true_col: str = "di
     for col in (pred_col, true_col) + ((p_col,) if p_col else ()):
         if col not in rows[0]:
             raise ValueError(f"column {col!r} not in {table}; columns are {list(rows[0])}")
-    f = (lambda r, c: float(r[c]) if r.get(c, "") not in ("", "nan") else np.nan)
+    def f(r, c):
+        return float(r[c]) if r.get(c, "") not in ("", "nan") else np.nan
+
     pred = np.array([f(r, pred_col) for r in rows])
     true = np.array([f(r, true_col) for r in rows])
     pp = np.array([f(r, p_col) for r in rows]) if p_col else None
@@ -196,7 +198,8 @@ def _split(n: int, fraction: float, rng: np.random.Generator) -> tuple[np.ndarra
 def fit(*, reference, out, methods: Sequence[str] = ("features",), layout: str = "auto", tau: float = 0.8,
         coverage: float = 0.9, calibration_fraction: float = 0.25, calibration_pairs: int = 8, seed: int = 0,
         device: str = "auto", max_slice_size: int = 128, method_params: dict | None = None,
-        extra_pairs=None, ids: Sequence[str] | None = None, model_failures: bool = True):
+        extra_pairs=None, ids: Sequence[str] | None = None, model_failures: bool = True, fuse: bool = True,
+        models: Sequence | None = None):
     """Reference cases (image + expert mask) → a QC bundle folder.
 
     Steps: fingerprint → plan; split the reference cases into a fitting part and a
@@ -213,10 +216,16 @@ def fit(*, reference, out, methods: Sequence[str] = ("features",), layout: str =
             predictions on reference cases: extra training pairs, and calibration pairs
             for the ones that fall into the held-out split.
         ids: restrict the reference cases to these ids (e.g. a benchmark's reference split).
+        fuse: with two or more methods, also fit their fusion (`segqc.fusion`), offered
+            as the method ``fusion``.
         model_failures: train segqc's cross-fitted reference segmenter and use its
             predictions on unseen reference cases, at early epochs and at the end, as
             realistic bad masks for fitting and calibration (see `segqc.segmenter`);
             its parameters come from ``method_params["segmenter"]``.
+        models: the user's segmentation model(s), `segqc.models.SegModel` (first = the one
+            whose masks will be judged, the others its ensemble partners): given to the
+            methods that need it, and its own predictions on the reference cases become
+            extra training / calibration pairs for every method.
     """
     from segqc.bundle import QCBundle, save_bundle
     from segqc.calibration import DiceCalibrator
@@ -254,6 +263,9 @@ def fit(*, reference, out, methods: Sequence[str] = ("features",), layout: str =
     console = _console()
     console.print(f"segqc fit: {len(fit_cases)} cases to fit, {len(cal_cases)} held out for calibration; "
                   f"plan {plan.ndim}D, {plan.modality}, slice {plan.slice_size}, labels {list(plan.labels)}")
+    if models:
+        own_fit, own_cal = _own_model_pairs(models[0], fit_cases, cal_cases, plan, console)
+        extra_fit, extra_cal = extra_fit + own_fit, extra_cal + own_cal
     segmenter = None
     if model_failures:
         segmenter, failures_fit, failures_cal = _model_failures(
@@ -262,6 +274,7 @@ def fit(*, reference, out, methods: Sequence[str] = ("features",), layout: str =
     cal_pairs = make_training_pairs(cal_cases, rng, calibration_pairs, extra_cal)
     true_cal = np.array([_true_mean_dice(p, plan.labels) for p in cal_pairs])
     bundle = QCBundle(plan=plan, fingerprint=fp, info={"fit": {}})
+    raws = {}
     params = method_params or {}
     for name in methods:
         t0 = time.time()
@@ -272,12 +285,18 @@ def fit(*, reference, out, methods: Sequence[str] = ("features",), layout: str =
         method = make_method(name, **kwargs)
         console.print(f"[bold]fitting {name}[/bold] {method!r}")
         shared = {"segmenter": segmenter} if segmenter is not None and getattr(method, "segmenter", False) else {}
+        if method.needs_model:
+            if not models:
+                raise ValueError(f"method {name!r} needs the segmentation model: pass --model PATH "
+                                 "(repeat it for an ensemble)")
+            shared["models"] = list(models)
         method.fit(fit_cases, plan, np.random.default_rng(rng.integers(1 << 31)), extra_pairs=extra_fit,
                    progress=lambda msg=None: console.print(f"  {msg}", highlight=False) if msg else None, **shared)
         t_fit = time.time() - t0
         raw = np.array([method.score(p).mean_dice for p in _track(cal_pairs, f"calibrating {name}")])
         cal = DiceCalibrator(tau=tau, coverage=coverage).fit(raw, true_cal)
         bundle.methods[name], bundle.calibrators[name] = method, cal
+        raws[name] = raw
         pred = cal.predict_dice(raw)
         lo, hi = cal.interval(raw)
         from segqc import evaluation as ev
@@ -293,10 +312,20 @@ def fit(*, reference, out, methods: Sequence[str] = ("features",), layout: str =
         info = bundle.info["fit"][name]
         console.print(f"  {name}: fitted in {t_fit:.0f} s; on held-out calibration pairs "
                       f"r={info['heldout_raw_pearson']:.3f}, raw MAE={info['heldout_raw_mae']:.3f}")
-    # default: the method whose raw score best follows true Dice on unseen reference cases
+    if fuse and len(methods) >= 2:
+        from segqc.fusion import FUSION, Fusion
+
+        bundle.fusion = Fusion(list(methods), tau=tau, coverage=coverage).fit(raws, true_cal)
+        bundle.calibrators[FUSION] = bundle.fusion.calibrator_
+        bundle.info["fit"][FUSION] = {"members": list(methods), "weights": bundle.fusion.weights_.tolist(),
+                                      "heldout_raw_pearson": bundle.fusion.heldout_pearson_}
+        console.print(f"  fusion of {', '.join(methods)}: weights "
+                      f"{', '.join(f'{w:.2f}' for w in bundle.fusion.weights_)}; on held-out calibration pairs "
+                      f"r={bundle.fusion.heldout_pearson_:.3f} (out-of-fold)")
+    # default: the answer whose raw score best follows true Dice on unseen reference cases
     # (Pearson r is scale-free, so methods with different raw scales compare fairly)
-    bundle.default_method = max(methods, key=lambda m: np.nan_to_num(bundle.info["fit"][m]["heldout_raw_pearson"],
-                                                                     nan=-1.0))
+    bundle.default_method = max(bundle.info["fit"], key=lambda m: np.nan_to_num(
+        bundle.info["fit"][m]["heldout_raw_pearson"], nan=-1.0))
     bundle.info.update({"n_reference": len(cases), "n_failed": len(failed), "tau": tau, "coverage": coverage,
                         "seed": seed, "fit_ids": [c.case_id for c in fit_cases],
                         "calibration_ids": [c.case_id for c in cal_cases],
@@ -306,6 +335,27 @@ def fit(*, reference, out, methods: Sequence[str] = ("features",), layout: str =
                                   "device": device}, started)
     console.print(f"segqc fit: bundle written to {out} (default method: {bundle.default_method})")
     return bundle
+
+
+def _own_model_pairs(model, fit_cases, cal_cases, plan, console):
+    """The user's model on the reference cases: (its mask, expert mask) pairs, fit and calibration parts."""
+    t0 = time.time()
+    out = []
+    for cases in (fit_cases, cal_cases):
+        out.append([Case(f"{c.case_id}#model", c.image, model.predict_mask(c.image), c.geometry, truth=c.mask,
+                         meta={**c.meta, "source": "model"}) for c in cases])
+    d = [_true_mean_dice(p, plan.labels) for p in out[0] + out[1]]
+    console.print(f"  segmentation model on the reference cases: Dice mean {np.mean(d):.3f} "
+                  f"(min {np.min(d):.3f}) in {time.time() - t0:.0f} s; these become extra pairs")
+    return out[0], out[1]
+
+
+def _use_models(bundle, models) -> None:
+    """Give the segmentation model(s) to the bundle's methods that need one (else they reopen the fitted ones)."""
+    if models:
+        for m in bundle.methods.values():
+            if getattr(m, "needs_model", False):
+                m.set_models(list(models))
 
 
 def _model_failures(fit_cases, cal_cases, plan, rng, device, params: dict, console):
@@ -365,9 +415,15 @@ def score_case(bundle, case: Case, methods: Sequence[str], *, maps_dir: Path | N
     if case.ndim != plan.ndim or case.n_channels != plan.n_channels:
         raise ValueError(f"case is {case.ndim}D with {case.n_channels} channel(s); the bundle expects "
                          f"{plan.ndim}D with {plan.n_channels}")
+    from segqc.fusion import FUSION
+
     row: dict = {}
+    raws: dict = {}
+    methods = _with_members(bundle, methods)  # the fusion needs every member's answer
     for i, name in enumerate(methods):
-        raw = bundle.methods[name].score(case)
+        if name not in raws:
+            raws[name] = _fused_score(bundle, case, raws) if name == FUSION else bundle.methods[name].score(case)
+        raw = raws[name]
         cal = bundle.calibrators[name]
         d = float(cal.predict_dice(raw.mean_dice))
         lo, hi = cal.interval(raw.mean_dice)
@@ -380,7 +436,7 @@ def score_case(bundle, case: Case, methods: Sequence[str], *, maps_dir: Path | N
                 row[f"dice_pred_{k}"] = float(cal.predict_dice(v))
             if raw.hd95:
                 row["hd95_pred"] = float(np.nanmean(list(raw.hd95.values())))
-        if maps_dir is not None and raw.maps:
+        if maps_dir is not None and raw.maps and name != FUSION:
             photo = case.meta.get("image") and is_photo(case.meta["image"][0])
             ext = ".png" if photo else ".nii.gz"
             safe = case.case_id.replace("/", "_").replace("#", "_")
@@ -388,11 +444,47 @@ def score_case(bundle, case: Case, methods: Sequence[str], *, maps_dir: Path | N
                 out_arr = arr if arr.dtype != np.float32 else (np.clip(arr, 0, 1) * 255).astype(np.uint8)
                 path = write_mask(maps_dir / name / f"{safe}_{key}{ext}", out_arr, case.geometry)
                 row[f"{name}_{key}"] = str(path)
+    if FUSION in raws:  # the fusion shows the maps of its first member that has them
+        member = next((m for m in bundle.fusion.members if raws[m].maps), None)
+        for key in ("pgt", "error"):
+            if member and f"{member}_{key}" in row:
+                row[f"{FUSION}_{key}"] = row[f"{member}_{key}"]
     if case.truth is not None:
         from segqc.metrics import dice as dice_fn
 
         row["dice_true"] = dice_fn(case.mask, case.truth, list(plan.labels))
     return row
+
+
+def _fused_score(bundle, case: Case, raws: dict):
+    """The fusion's raw score: members' calibrated Dice, weighted (scored here if not yet)."""
+    from segqc.methods.base import RawScore
+
+    fusion = bundle.fusion
+    for m in fusion.members:
+        if m not in raws:
+            raws[m] = bundle.methods[m].score(case)
+    calibrated = {m: float(bundle.calibrators[m].predict_dice(raws[m].mean_dice)) for m in fusion.members}
+    per_label = {k: fusion.fused_raw({m: float(bundle.calibrators[m].predict_dice(raws[m].dice[k]))
+                                      for m in fusion.members}) for k in bundle.plan.labels}
+    # the fusion was fitted on the members' calibrated *mean* Dice, not on per-label values
+    return RawScore(dice=per_label, hd95=next((raws[m].hd95 for m in fusion.members if raws[m].hd95), None),
+                    features={f"{m}_dice": v for m, v in calibrated.items()}, overall=fusion.fused_raw(calibrated))
+
+
+def _answers(bundle) -> list[str]:
+    """The answers a bundle can give: its methods, then their fusion when fitted."""
+    from segqc.fusion import FUSION
+
+    return list(bundle.methods) + ([FUSION] if bundle.fusion is not None else [])
+
+
+def _with_members(bundle, methods: Sequence[str]) -> list[str]:
+    """``methods`` plus the fusion's members it needs (their columns are filled anyway)."""
+    from segqc.fusion import FUSION
+
+    extra = [m for m in bundle.fusion.members if m not in methods] if FUSION in methods else []
+    return list(methods) + extra
 
 
 def _columns(bundle, methods: Sequence[str], with_truth: bool) -> list[str]:
@@ -404,7 +496,8 @@ def _columns(bundle, methods: Sequence[str], with_truth: bool) -> list[str]:
 
 
 def predict(*, bundle, data, out, methods: Sequence[str] | None = None, masks=None, layout: str = "auto",
-            save_maps: bool = True, resume: bool = True, quiet: bool = False) -> tuple[BatchSummary, dict]:
+            save_maps: bool = True, resume: bool = True, quiet: bool = False,
+            models: Sequence | None = None) -> tuple[BatchSummary, dict]:
     """Bundle + images + candidate masks → ``predictions.csv`` (row by row) and ``dataset.json``."""
     from segqc.bundle import bundle_hash, load_bundle
     from segqc.population import estimate_groups
@@ -412,10 +505,13 @@ def predict(*, bundle, data, out, methods: Sequence[str] | None = None, masks=No
     started = time.time()
     out = Path(out)
     b = load_bundle(bundle)
-    methods = list(methods or [b.default_method] + [m for m in b.methods if m != b.default_method])
+    _use_models(b, models)  # the segmentation model(s), for methods that need one
+    answers = _answers(b)
+    methods = list(methods or [b.default_method] + [m for m in answers if m != b.default_method])
     for m in methods:
-        if m not in b.methods:
-            raise ValueError(f"method {m!r} is not in bundle {bundle}; it has {sorted(b.methods)}")
+        if m not in answers:
+            raise ValueError(f"method {m!r} is not in bundle {bundle}; it has {answers}")
+    methods = _with_members(b, methods)
     refs = _refs(data, layout=layout, masks=masks)
     with_truth = any(r.truth is not None for r in refs)
     summary = run_batch(refs, lambda c: score_case(b, c, methods, maps_dir=out / "maps" if save_maps else None),
@@ -426,7 +522,10 @@ def predict(*, bundle, data, out, methods: Sequence[str] | None = None, masks=No
                               [r["group"] or "all" for r in rows], tau=b.tau,
                               true_dice=[float(r["dice_true"]) for r in rows] if with_truth else None)
     (out / "dataset.json").write_text(json.dumps(dataset, indent=1))
-    write_run_record(out, "predict", {"bundle": str(bundle), "data": str(data), "methods": methods}, started,
+    # absolute paths, so that `segqc report` finds the images from anywhere
+    write_run_record(out, "predict", {"bundle": str(Path(bundle).resolve()), "data": str(Path(data).resolve()),
+                                      "masks": str(Path(masks).resolve()) if masks else None, "layout": layout,
+                                      "methods": methods}, started,
                      {"bundle_hash": bundle_hash(bundle), "n_ok": summary.n_done, "n_failed": summary.n_failed,
                       "n_skipped": summary.n_skipped})
     return summary, dataset
@@ -436,7 +535,8 @@ def predict(*, bundle, data, out, methods: Sequence[str] | None = None, masks=No
 
 
 def bench(*, bundle, cases, out, root=None, methods: Sequence[str] | None = None, tau: float | None = None,
-          limit: int | None = None, seed: int = 0, resume: bool = True, quiet: bool = False) -> dict:
+          limit: int | None = None, seed: int = 0, resume: bool = True, quiet: bool = False,
+          models: Sequence | None = None) -> dict:
     """Every method of a bundle side by side on a benchmark ``cases.csv`` with true Dice.
 
     The benchmark's ``prediction`` column is the candidate, ``ground_truth`` the truth
@@ -450,7 +550,8 @@ def bench(*, bundle, cases, out, root=None, methods: Sequence[str] | None = None
     started = time.time()
     out = Path(out)
     b = load_bundle(bundle)
-    methods = list(methods or b.methods)
+    _use_models(b, models)
+    methods = _with_members(b, list(methods or _answers(b)))
     tau = b.tau if tau is None else tau
     cases = Path(cases)
     root = Path(root) if root else _guess_root(cases)

@@ -7,6 +7,7 @@ Layout::
                                    parameters and calibrators, sha256 of every weight file
       <method>.safetensors         the method's arrays (network weights, trees as arrays...)
       <method>.calib.safetensors   its calibrator's breakpoints
+      fusion.calib.safetensors     the fused answer's calibrator (when ≥ 2 methods)
 
 Loading checks the hashes, refuses an unknown schema and warns when segqc's version
 differs from the one that wrote the bundle.
@@ -40,6 +41,7 @@ class QCBundle:
     fingerprint: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)           # fit options, timings, validation figures
     default_method: str | None = None
+    fusion: object | None = None                       # segqc.fusion.Fusion over ≥ 2 methods
 
     @property
     def tau(self) -> float:
@@ -95,12 +97,18 @@ def save_bundle(bundle: QCBundle, folder: str | Path) -> Path:
         for f in files:
             hashes[f] = _sha256(folder / f)
         entries[name] = entry
+    fusion_entry = None
+    if bundle.fusion is not None:
+        farr, fusion_entry = bundle.fusion.state()
+        _save_arrays(folder / "fusion.calib.safetensors", farr)
+        hashes["fusion.calib.safetensors"] = _sha256(folder / "fusion.calib.safetensors")
     doc = {
         "schema_version": SCHEMA_VERSION,
         "versions": _versions(),
         "plan": bundle.plan.to_dict(),
         "fingerprint": bundle.fingerprint,
         "methods": entries,
+        "fusion": fusion_entry,
         "default_method": bundle.default_method,
         "info": bundle.info,
         "sha256": hashes,
@@ -155,6 +163,12 @@ def load_bundle(folder: str | Path, methods: list[str] | None = None) -> QCBundl
         if "calibration" in entry:
             bundle.calibrators[name] = DiceCalibrator.from_state(
                 _load_arrays(folder / f"{name}.calib.safetensors"), entry["calibration"])
+    fusion = doc.get("fusion")
+    if fusion and all(m in bundle.methods for m in fusion["members"]):
+        from segqc.fusion import FUSION, Fusion
+
+        bundle.fusion = Fusion.from_state(_load_arrays(folder / "fusion.calib.safetensors"), fusion)
+        bundle.calibrators[FUSION] = bundle.fusion.calibrator_
     if methods is not None and (missing := set(methods) - set(bundle.methods)):
         raise ValueError(f"bundle {folder} has no method(s) {sorted(missing)}; it has {sorted(doc['methods'])}")
     return bundle

@@ -25,6 +25,23 @@ def _common_data(p: argparse.ArgumentParser, what: str) -> None:
                    help=f"folder of {what} masks named like the images (overrides the dataset's own labels)")
 
 
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", dest="models", action="append", type=Path, default=[], metavar="PATH",
+                   help="the segmentation model whose masks are judged, for methods that need it "
+                        "(model_uncertainty); repeat for an ensemble, the first is the one that made the masks")
+    p.add_argument("--model-kind", choices=["monai", "torchscript", "onnx"], default="monai",
+                   help="format of --model: monai (folder or weights file beside a config.json of class + kwargs), "
+                        "torchscript or onnx (preprocessing from a <file>.json beside it)")
+
+
+def _load_models(args):
+    if not getattr(args, "models", None):
+        return None
+    from segqc.models import load_model
+
+    return [load_model(p, args.model_kind, device=getattr(args, "device", "auto")) for p in args.models]
+
+
 def _param(text: str) -> tuple[str, str, object]:
     try:
         key, value = text.split("=", 1)
@@ -52,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", choices=["kvasir", "hippocampus", "both"], default="both",
                    help="which embedded sample to run on")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=["features"],
+                   help="QC methods to fit (small demo settings; more methods take longer)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch and LightGBM CPU threads (None: all cores; 1 on a machine shared with other jobs)")
 
     p = sub.add_parser("fingerprint", formatter_class=fmt,
                        help="measure a reference dataset and plan its preprocessing (fingerprint.json, plan.json)")
@@ -95,8 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="params", action="append", type=_param, default=[], metavar="METHOD.PARAM=VALUE",
                    help="override a method parameter, e.g. --set cnn.epochs=4 (repeatable)")
     p.add_argument("--max-slice-size", type=int, default=128, help="largest model-space slice side in voxels")
+    p.add_argument("--no-fusion", action="store_true",
+                   help="with several methods, do not fit their fusion (a weighted mean of their calibrated "
+                        "Dice, recalibrated; offered as the method `fusion`)")
     p.add_argument("--seed", type=int, default=0, help="random seed (splits, bad masks, networks)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    _model_args(p)
     _common_layout(p)
 
     p = sub.add_parser("predict", formatter_class=fmt,
@@ -107,7 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", default=None,
                    help="methods to run, the first gives the main answer (default: all, bundle's best first)")
     p.add_argument("--no-maps", action="store_true", help="do not write pseudo ground truth / error maps")
+    _model_args(p)
     p.add_argument("--no-resume", action="store_true", help="start over instead of skipping cases already done")
+    p.add_argument("--report", action="store_true",
+                   help="also write report.html: summary, flagged cases first, thumbnails (see `segqc report`)")
     _common_data(p, "candidate")
 
     p = sub.add_parser("bench", formatter_class=fmt,
@@ -120,7 +148,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", default=None, help="methods to compare (default: all in the bundle)")
     p.add_argument("--tau", type=float, default=None, help="failure threshold (default: the bundle's)")
     p.add_argument("--limit", type=int, default=None, help="evaluate a random subset of this many rows")
+    _model_args(p)
     p.add_argument("--no-resume", action="store_true", help="start over instead of skipping rows already done")
+
+    p = sub.add_parser("report", formatter_class=fmt,
+                       help="one self-contained HTML report of a predict (or bench) output folder, to review cases")
+    p.add_argument("qc_dir", type=Path, help="output folder of `segqc predict` or `segqc bench` (or its CSV)")
+    p.add_argument("--out", type=Path, default=None, help="HTML file to write; None means QC_DIR/report.html")
+    p.add_argument("--data", type=Path, default=None,
+                   help="the images + candidate masks given to predict, for the thumbnails; None: the one in run.json")
+    p.add_argument("--thumb-size", type=int, default=None,
+                   help="longer side of a thumbnail panel in pixels (the file grows with its square); "
+                        "None: 112, smaller beyond 1,000 cases")
+    p.add_argument("--title", default=None, help="title of the report; None: named after QC_DIR")
+    _common_data(p, "candidate")
 
     sub.add_parser("methods", help="list the QC methods")
     return parser
@@ -159,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from segqc.demo import run_demo
 
-            return run_demo(out=args.out, dataset=args.dataset, device=args.device)
+            return run_demo(out=args.out, dataset=args.dataset, device=args.device, methods=tuple(args.methods),
+                            n_threads=args.threads)
         if args.command == "fingerprint":
             fp, plan, failed = api.fingerprint_dataset(data=args.data, out=args.out, layout=args.layout,
                                                        max_slice_size=args.max_slice_size)
@@ -183,18 +225,32 @@ def main(argv: list[str] | None = None) -> int:
             api.fit(reference=args.reference, out=args.out, methods=args.methods, layout=args.layout, tau=args.tau,
                     coverage=args.coverage, calibration_fraction=args.calibration_fraction, seed=args.seed,
                     device=args.device, max_slice_size=args.max_slice_size, method_params=params,
-                    extra_pairs=args.extra_pairs, ids=_read_ids(args.ids))
+                    extra_pairs=args.extra_pairs, ids=_read_ids(args.ids), models=_load_models(args),
+                    fuse=not args.no_fusion)
             return EXIT_OK
         if args.command == "predict":
             s, dataset = api.predict(bundle=args.bundle, data=args.data, out=args.out, methods=args.methods,
                                      masks=args.masks, layout=args.layout, save_maps=not args.no_maps,
-                                     resume=not args.no_resume)
+                                     resume=not args.no_resume, models=_load_models(args))
             _print_dataset(dataset)
             print(f"{s.n_done} cases judged, {s.n_failed} failed, {s.n_skipped} already done → {s.out_csv}")
+            if args.report and s.n_done + s.n_failed + s.n_skipped:
+                from segqc.report import write_report
+
+                path = write_report(args.out, data=args.data, layout=args.layout, masks=args.masks)
+                print(f"report: open {path.resolve().as_uri()}")
             return s.exit_code
+        if args.command == "report":
+            from segqc.report import write_report
+
+            path = write_report(args.qc_dir, out=args.out, data=args.data, layout=args.layout, masks=args.masks,
+                                thumb_size=args.thumb_size, title=args.title)
+            print(f"report: open {path.resolve().as_uri()}")
+            return EXIT_OK
         if args.command == "bench":
             result = api.bench(bundle=args.bundle, cases=args.cases, out=args.out, root=args.root,
-                               methods=args.methods, tau=args.tau, limit=args.limit, resume=not args.no_resume)
+                               methods=args.methods, tau=args.tau, limit=args.limit, resume=not args.no_resume,
+                               models=_load_models(args))
             _print_bench(result)
             print(f"written to {args.out}")
             return EXIT_OK
@@ -220,6 +276,10 @@ def _print_dataset(dataset: dict) -> None:
     Console().print(t)
 
 
+def _fmt(v) -> str:
+    return "–" if v is None else f"{v:.3f}"
+
+
 def _print_bench(result: dict) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -232,9 +292,9 @@ def _print_bench(result: dict) -> None:
         o = res["overall"]
         dep = res.get("deployed", {})
         gaps = [v["abs_error_mean_dice"] for k, v in res["dataset_level"].items() if k != "all"]
-        f = (lambda v: "–" if v is None else f"{v:.3f}")
-        t.add_row(name, f(o["pearson"]), f(o["mae"]), f(o["auroc"]), f(o["aurc"]), f(o["ece"]),
-                  f(res["interval_coverage"]), f(dep.get("pearson")), f(dep.get("mae")), f(max(gaps) if gaps else None))
+        t.add_row(name, *(_fmt(v) for v in (o["pearson"], o["mae"], o["auroc"], o["aurc"], o["ece"],
+                                             res["interval_coverage"], dep.get("pearson"), dep.get("mae"),
+                                             max(gaps) if gaps else None)))
     Console().print(t)
 
 

@@ -480,7 +480,8 @@ def plot_risk_coverage(risk: ArrayLike, confidence: ArrayLike, path: str | Path,
     for conf, label, style in ((c, "QC score", "-"), (-r, "optimal", "--")):
         cov, sel, _ = risk_coverage_curve(r, conf)
         if cov.size:
-            ax.step(np.r_[0.0, cov], np.r_[sel[0], sel], where="pre", ls=style, label=f"{label} (AURC = {aurc(r, conf):.3f})")
+            ax.step(np.r_[0.0, cov], np.r_[sel[0], sel], where="pre", ls=style,
+                    label=f"{label} (AURC = {aurc(r, conf):.3f})")
     ax.set(xlim=(0, 1), xlabel="coverage", ylabel="selective risk (mean 1 − Dice)")
     ax.set_ylim(bottom=0)
     if not title and r.size:
@@ -511,7 +512,8 @@ def plot_calibration(
     ax.scatter(mean_p[used], frac_pass[used], color="tab:red", s=16, zorder=3, label="mean p in bin")
     for x, y, k in zip(left[used], frac_pass[used], counts[used]):
         ax.annotate(str(int(k)), (x + width / 2, y), ha="center", va="bottom", fontsize="x-small")
-    ax.set(xlim=(0, 1), ylim=(0, 1.05), aspect="equal", xlabel="predicted P(pass)", ylabel=f"observed fraction Dice ≥ {tau:g}")
+    ax.set(xlim=(0, 1), ylim=(0, 1.05), aspect="equal", xlabel="predicted P(pass)",
+           ylabel=f"observed fraction Dice ≥ {tau:g}")
     ece_txt = "nan" if math.isnan(ece) else f"{ece:.3f}"
     ax.set_title(f"reliability (n = {int(counts.sum())}, ECE = {ece_txt})")
     ax.legend(loc="upper left", fontsize="small")

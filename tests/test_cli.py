@@ -82,11 +82,13 @@ def test_fit_predict_bench_end_to_end(sample, tmp_path, capsys):
     bundle = tmp_path / "bundle"
     ref = tmp_path / "ref"
     shutil.copytree(sample / "kvasir" / "reference", ref)
-    assert main(["fit", str(ref), "--out", str(bundle), "--methods", "features",
+    assert main(["fit", str(ref), "--out", str(bundle), "--methods", "features", "autoencoder",
                  "--set", "features.pairs_per_case=4", "--set", "features.n_estimators=30",
+                 "--set", "autoencoder.epochs=1", "--set", "autoencoder.n_threads=1",
                  "--set", "segmenter.epochs=2", "--set", "segmenter.snapshot_epochs=[1]"]) == 0
     doc = json.loads((bundle / "bundle.json").read_text())
-    assert doc["default_method"] == "features" and doc["sha256"]
+    assert doc["default_method"] in ("features", "autoencoder", "fusion") and doc["sha256"]
+    assert doc["fusion"]["members"] == ["features", "autoencoder"] and "fusion.calib.safetensors" in doc["sha256"]
     cases = _manifest_with_bad_cases(sample, tmp_path)
     out = tmp_path / "qc"
     assert main(["predict", str(cases), "--bundle", str(bundle), "--out", str(out)]) == 3
@@ -116,6 +118,9 @@ def test_fit_predict_bench_end_to_end(sample, tmp_path, capsys):
                  "--root", str(sample)]) == 0
     res = json.loads((tmp_path / "bench" / "bench.json").read_text())
     assert res["n"] == 12 and res["methods"]["features"]["overall"]["n"] == 12
+    assert set(res["methods"]) == {"features", "autoencoder", "fusion"}
+    rows = read_rows(tmp_path / "bench" / "bench.csv")
+    assert all(0 <= float(r["fusion_dice"]) <= 1 and r["fusion_pgt"] == r["features_pgt"] for r in rows)
 
 
 def test_predict_with_missing_bundle_is_a_clear_error(tmp_path, capsys):

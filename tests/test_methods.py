@@ -13,6 +13,13 @@ TINY = {
     "features": {"pairs_per_case": 3, "n_estimators": 20, "segmenter_epochs": 1},
     "cnn": {"epochs": 1, "pairs_per_case": 2, "batch_size": 4},
     "autoencoder": {"epochs": 1, "batch_size": 4},
+    "model_uncertainty": {"n_samples": 2, "pairs_per_case": 1, "n_estimators": 10, "device": "cpu"},
+    "diffusion": {"size": 16, "channels": (8, 8), "train_steps": 2, "batch_size": 4, "timesteps": 50,
+                  "ddim_steps": 2, "n_samples": 2, "device": "cpu"},
+    "nnqc": {"ae_channels": (8, 8), "unet_channels": (8, 16), "expert_channels": (8,), "context_dim": 16,
+             "stage1_steps": 2, "stage2_steps": 2, "batch_size": 4, "pairs_per_case": 1, "n_samples": 2,
+             "ddim_steps": 2, "device": "cpu"},
+    "rca": {"k": 2, "iterations": (5, 3), "shrink": (1,)},
 }
 
 
@@ -31,7 +38,8 @@ def test_method_contract(name, data, kvasir_cases, hippo_cases, tmp_path):
     assert not any(k.endswith("_") for k in vars(method)), "constructor must only store parameters"
     with pytest.raises(NotFittedError):
         method.score(cases[0])
-    assert method.fit(cases, plan, np.random.default_rng(0)) is method
+    kw = {"models": _tiny_models(cases[0], plan, tmp_path)} if method.needs_model else {}
+    assert method.fit(cases, plan, np.random.default_rng(0), **kw) is method
     bad = cases[1].with_mask(np.zeros_like(cases[1].mask))
     for case in (cases[0], bad):
         s = method.score(case)
@@ -47,3 +55,25 @@ def test_method_contract(name, data, kvasir_cases, hippo_cases, tmp_path):
     wrong = cases[0].with_mask(np.full_like(cases[0].mask, 7))
     with pytest.raises(ValueError, match="7"):
         method.score(wrong)
+
+
+def _tiny_models(case, plan, folder):
+    """Two random 2-level MONAI UNets with dropout, as TorchScript files (a bundle refers to files)."""
+    import json
+
+    import torch
+    from monai.networks.nets import UNet
+
+    from segqc.models import load_model
+
+    models = []
+    for seed in range(2):
+        torch.manual_seed(seed)
+        net = UNet(spatial_dims=case.ndim, in_channels=case.n_channels, out_channels=len(plan.labels) + 1,
+                   channels=[4, 8], strides=[2], num_res_units=0, dropout=0.2).eval()
+        path = folder / f"seg{seed}.pt"
+        torch.jit.script(net).save(str(path))
+        pre = {"segqc_preprocessing": {"input_size": [16] * case.ndim, "intensity": "zscore", "resize": "torch"}}
+        (folder / f"seg{seed}.pt.json").write_text(json.dumps(pre))
+        models.append(load_model(path, "torchscript", device="cpu"))
+    return models

@@ -196,12 +196,15 @@ def read_manifest(path: str | Path, *, root: str | Path | None = None, image_col
     refs = []
     seen: dict[str, int] = {}
     used = {id_col, image_col, mask_col, truth_col, group_col}
+
+    def resolve(p):
+        return (root / p) if p and not Path(p).is_absolute() else (Path(p) if p else None)
+
     for row in rows:
         cid = row[id_col]
         # the same image may appear with several candidate masks (one per model)
         key = cid if cid not in seen else f"{cid}#{seen[cid]}"
         seen[cid] = seen.get(cid, 0) + 1
-        resolve = (lambda p: (root / p) if p and not Path(p).is_absolute() else (Path(p) if p else None))
         refs.append(CaseRef(
             case_id=key,
             image=tuple(resolve(p) for p in row[image_col].split(";")),

@@ -16,6 +16,10 @@ METHODS: dict[str, str] = {
     "features": "segqc.methods.features:FeatureRegressor",
     "cnn": "segqc.methods.cnn:CNNRegressor",
     "autoencoder": "segqc.methods.autoencoder:MaskAutoencoder",
+    "model_uncertainty": "segqc.methods.model_uncertainty:ModelUncertainty",
+    "diffusion": "segqc.methods.diffusion_ensemble:DiffusionEnsemble",
+    "nnqc": "segqc.methods.nnqc:NNQC",
+    "rca": "segqc.methods.rca:RCA",
 }
 
 

@@ -50,15 +50,19 @@ class RawScore:
         maps: optional arrays on the case's ORIGINAL grid, e.g. ``pgt`` (labels) and
             ``error`` (float in [0, 1], where the candidate is likely wrong).
         features: extra numbers a fusion / calibration step may use.
+        overall: the case's raw score when it is not the mean of ``dice`` (the fusion's).
     """
 
     dice: dict[int, float]
     hd95: dict[int, float] | None = None
     maps: dict[str, np.ndarray] = field(default_factory=dict)
     features: dict[str, float] = field(default_factory=dict)
+    overall: float | None = None
 
     @property
     def mean_dice(self) -> float:
+        if self.overall is not None:
+            return float(self.overall)
         return float(np.mean(list(self.dice.values()))) if self.dice else float("nan")
 
 

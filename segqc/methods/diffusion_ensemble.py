@@ -1,0 +1,248 @@
+"""Diffusion implicit ensemble (Wolleb et al. 2022, "Diffusion models for implicit image segmentation ensembles").
+
+A denoising diffusion model learns p(mask | image) on the reference cases: its input is the
+noisy one-hot mask (foreground labels, scaled to [-1, 1]) concatenated with the image, in
+segqc's model space (`segqc.preprocess`) resized to ``size`` × ``size`` slices (3D volumes
+slice by slice, with the slice's relative position as an extra channel). At QC time
+``n_samples`` masks are drawn with DDIM; their mean is a pseudo ground truth and their
+variance an uncertainty map, both brought back to the ORIGINAL grid. The raw score of a label
+is the Dice between the candidate and the mean mask, lowered where the samples disagree about
+the candidate's own voxels (mean variance inside the candidate ∪ mean mask).
+
+Networks and schedulers are MONAI's (`DiffusionModelUNet`, `DDPMScheduler`, `DDIMScheduler`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import numpy as np
+
+from segqc.case import Case
+from segqc.methods.base import QCMethod, RawScore, check_is_fitted, check_labels
+from segqc.metrics import binary_dice
+from segqc.utils import resolve_device, torch_threads
+
+__all__ = ["DiffusionEnsemble"]
+
+
+class DiffusionEnsemble(QCMethod):
+    """Image-conditioned diffusion segmenter; N samples → mean mask, variance; QC = agreement.
+
+    Args:
+        size: slice side in pixels the diffusion model works at (64–128 on a CPU).
+        channels: DiffusionModelUNet block widths (attention at the last level).
+        train_steps, batch_size, lr: training (stops early after ``max_minutes``).
+        timesteps: DDPM training steps; ddim_steps: sampling steps; n_samples: masks per case.
+        device: ``auto`` = GPU when present; n_threads: torch CPU threads; seed: sampling noise.
+    """
+
+    name = "diffusion"
+
+    def __init__(self, *, size: int = 64, channels: tuple[int, ...] = (32, 64, 64), train_steps: int = 3000,
+                 batch_size: int = 32, lr: float = 2e-4, timesteps: int = 1000, ddim_steps: int = 10,
+                 n_samples: int = 5, max_minutes: float = 15.0, device: str = "auto", n_threads: int | None = None,
+                 seed: int = 0):
+        self.size = size
+        self.channels = channels
+        self.train_steps = train_steps
+        self.batch_size = batch_size
+        self.lr = lr
+        self.timesteps = timesteps
+        self.ddim_steps = ddim_steps
+        self.n_samples = n_samples
+        self.max_minutes = max_minutes
+        self.device = device
+        self.n_threads = n_threads
+        self.seed = seed
+
+    # -- data --------------------------------------------------------------------------
+    def _slices(self, image_ms: np.ndarray):
+        """(C, Z, S, S) model-space image → (Z, C [+1], size, size) conditioning tensor."""
+        import torch
+        import torch.nn.functional as F
+
+        x = torch.from_numpy(np.ascontiguousarray(image_ms, dtype=np.float32)).permute(1, 0, 2, 3)
+        if x.shape[-1] != self.size:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
+        if self.ndim_ == 3:  # where along the volume the slice is
+            pos = torch.linspace(-1, 1, x.shape[0]).view(-1, 1, 1, 1).expand(-1, 1, self.size, self.size)
+            x = torch.cat([x, pos], 1)
+        return x
+
+    def _targets(self, mask_ms: np.ndarray):
+        """(Z, S, S) model-space labels → (Z, L, size, size) one-hot in [-1, 1] (area-resized, re-binarised)."""
+        import torch
+        import torch.nn.functional as F
+
+        onehot = np.stack([mask_ms == k for k in self.labels_], 1).astype(np.float32)
+        y = torch.from_numpy(onehot)
+        if y.shape[-1] != self.size:
+            y = (F.interpolate(y, size=(self.size, self.size), mode="area") > 0.5).float()
+        return 2 * y - 1
+
+    def _build(self, n_in: int):
+        from monai.networks.nets import DiffusionModelUNet
+
+        ch = tuple(int(c) for c in self.channels)
+        self.net_kwargs_ = {"spatial_dims": 2, "in_channels": len(self.labels_) + n_in,
+                            "out_channels": len(self.labels_), "channels": ch, "num_res_blocks": 1,
+                            "attention_levels": tuple(i == len(ch) - 1 for i in range(len(ch))),
+                            "num_head_channels": ch[-1], "norm_num_groups": min(8, ch[0])}
+        return DiffusionModelUNet(**self.net_kwargs_)
+
+    # -- fitting -----------------------------------------------------------------------
+    def fit(self, cases: list[Case], plan, rng: np.random.Generator, progress=None, **_) -> "DiffusionEnsemble":
+        import torch
+        from monai.networks.schedulers import DDPMScheduler
+
+        from segqc.preprocess import preprocess
+
+        self.labels_ = [int(k) for k in plan.labels]
+        self.plan_ = plan
+        self.ndim_ = plan.ndim
+        dev = resolve_device(self.device)
+        xs, ys = [], []
+        for c in cases:
+            im, mk, _ = preprocess(c, plan)
+            xs.append(self._slices(im))
+            ys.append(self._targets(mk))
+        X, Y = torch.cat(xs), torch.cat(ys)
+        gen = torch.Generator().manual_seed(int(rng.integers(1 << 31)))
+        with torch_threads(self.n_threads):
+            torch.manual_seed(int(rng.integers(1 << 31)))
+            net = self._build(X.shape[1]).to(dev)
+            sched = DDPMScheduler(num_train_timesteps=self.timesteps)
+            opt = torch.optim.AdamW(net.parameters(), lr=self.lr)
+            t0, losses = time.time(), []
+            X, Y = X.to(dev), Y.to(dev)
+            for step in range(int(self.train_steps)):
+                idx = torch.randint(0, len(X), (min(self.batch_size, len(X)),), generator=gen).to(dev)
+                x, y = X[idx], Y[idx]
+                if torch.rand(1, generator=gen).item() < 0.5:  # flips: cheap augmentation, same for both
+                    x, y = x.flip(-1), y.flip(-1)
+                noise = torch.randn(y.shape, generator=gen).to(dev)
+                t = torch.randint(0, self.timesteps, (len(y),), generator=gen).to(dev)
+                pred = net(torch.cat([sched.add_noise(y, noise, t), x], 1), timesteps=t)
+                loss = torch.nn.functional.mse_loss(pred, noise)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append(float(loss.detach()))
+                if progress is not None and (step + 1) % 500 == 0:
+                    progress(f"diffusion: step {step + 1}, loss {np.mean(losses[-500:]):.4f}, "
+                             f"{time.time() - t0:.0f} s")
+                if time.time() - t0 > 60 * self.max_minutes:
+                    break
+        self.net_ = net.eval()
+        self.train_steps_done_ = step + 1
+        self.final_loss_ = float(np.mean(losses[-100:]))
+        return self
+
+    # -- sampling ----------------------------------------------------------------------
+    def sample(self, case: Case) -> tuple[np.ndarray, dict]:
+        """``n_samples`` foreground probabilities in model space, (N, L, Z, size, size) in [0, 1], and props."""
+        import torch
+        from monai.networks.schedulers import DDIMScheduler
+
+        from segqc.preprocess import preprocess
+
+        im, _, props = preprocess(case.with_mask(None), self.plan_)
+        cond = self._slices(im)
+        dev = next(self.net_.parameters()).device
+        n, z = int(self.n_samples), cond.shape[0]
+        sched = DDIMScheduler(num_train_timesteps=self.timesteps)
+        sched.set_timesteps(self.ddim_steps)
+        gen = torch.Generator().manual_seed(int(self.seed))
+        c = cond.to(dev).repeat(n, 1, 1, 1)
+        x = torch.randn((n * z, len(self.labels_), self.size, self.size), generator=gen).to(dev)
+        with torch_threads(self.n_threads), torch.no_grad():
+            for t in sched.timesteps:
+                eps = self.net_(torch.cat([x, c], 1), timesteps=torch.full((len(x),), int(t), device=dev))
+                x, _ = sched.step(eps, int(t), x)
+        p = ((x.clamp(-1, 1) + 1) / 2).cpu().numpy().reshape(n, z, len(self.labels_), self.size, self.size)
+        return p.transpose(0, 2, 1, 3, 4), props
+
+    def _to_model_space(self, p: np.ndarray, props: dict) -> np.ndarray:
+        """(..., Z, size, size) → (..., Z, S, S) at the plan's slice size (linear)."""
+        from segqc.preprocess import resize_inplane
+
+        s = int(self.plan_.slice_size)
+        return p if p.shape[-1] == s else resize_inplane(p, (s, s), mode="linear", antialias=False)
+
+    # -- scoring -----------------------------------------------------------------------
+    def _cached_sample(self, case: Case) -> tuple[np.ndarray, dict]:
+        """`sample`, remembered per image (the candidates of one image, e.g. several checkpoints, share it)."""
+        key = hashlib.blake2b(np.ascontiguousarray(case.image).tobytes(), digest_size=16).digest()
+        cache = self.__dict__.setdefault("_cache", {})
+        if key not in cache:
+            if len(cache) >= 512:
+                cache.pop(next(iter(cache)))
+            cache[key] = self.sample(case)
+        return cache[key]
+
+    def score(self, case: Case) -> RawScore:
+        check_is_fitted(self)
+        check_labels(case.mask, self.labels_)
+        return self.score_samples(case, *self._cached_sample(case))
+
+    def score_samples(self, case: Case, p: np.ndarray, props: dict) -> RawScore:
+        """QC of ``case.mask`` from samples ``p`` (N, L, Z, size, size) of `sample` and its ``props``."""
+        from segqc.preprocess import invert_map
+
+        fg = p.mean(0)
+        var = p.var(0).max(0)                              # (Z, s, s)
+        bg = np.clip(1 - fg.sum(0, keepdims=True), 0, 1)
+        mean = np.concatenate([bg, fg]) / np.maximum(np.concatenate([bg, fg]).sum(0, keepdims=True), 1e-6)
+        mean_o = invert_map(self._to_model_space(mean, props), props, fill=0.0)
+        mean_o[0] = np.where(mean_o.sum(0) == 0, 1.0, mean_o[0])  # voxels cropped away: background
+        var_o = np.clip(4 * invert_map(self._to_model_space(var, props), props), 0, 1).astype(np.float32)
+        lut = np.array([0] + self.labels_, dtype=np.uint8)
+        pgt = lut[mean_o.argmax(0)]
+        cand = np.searchsorted(lut, case.mask).clip(0, len(lut) - 1)
+        err = 1.0 - np.take_along_axis(mean_o, cand[None].astype(np.int64), 0)[0]
+        dice, feats = {}, {}
+        hard = p > 0.5
+        for j, k in enumerate(self.labels_):
+            m, g = case.mask == k, pgt == k
+            agree = binary_dice(m, g)
+            roi = m | g
+            v = float(var_o[roi].mean()) if roi.any() else 0.0
+            pair = [binary_dice(hard[a, j], hard[b, j]) for a in range(len(p)) for b in range(a + 1, len(p))]
+            feats.update({f"agreement_{k}": agree, f"variance_{k}": v,
+                          f"pairwise_dice_{k}": float(np.mean(pair)) if pair else float("nan")})
+            dice[k] = float(np.clip(agree * (1 - v), 0, 1))
+        return RawScore(dice=dice, maps={"pgt": pgt, "variance": var_o, "error": err.astype(np.float32)},
+                        features=feats)
+
+    # -- persistence -------------------------------------------------------------------
+    def state(self) -> tuple[dict[str, np.ndarray], dict]:
+        check_is_fitted(self)
+        arrays = {f"net.{k}": v.detach().cpu().numpy() for k, v in self.net_.state_dict().items()}
+        params = {**self.get_params(), "channels": list(self.channels)}
+        config = {"params": params, "labels_": self.labels_, "plan_": self.plan_.to_dict(), "ndim_": self.ndim_,
+                  "net_kwargs_": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.net_kwargs_.items()},
+                  "train_steps_done_": self.train_steps_done_, "final_loss_": self.final_loss_}
+        return arrays, config
+
+    @classmethod
+    def from_state(cls, arrays: dict[str, np.ndarray], config: dict) -> "DiffusionEnsemble":
+        import torch
+        from monai.networks.nets import DiffusionModelUNet
+
+        from segqc.fingerprint import Plan
+
+        params = dict(config["params"])
+        params["channels"] = tuple(params["channels"])
+        m = cls(**params)
+        m.labels_ = [int(k) for k in config["labels_"]]
+        m.plan_ = Plan.from_dict(config["plan_"])
+        m.ndim_ = int(config["ndim_"])
+        m.net_kwargs_ = config["net_kwargs_"]
+        net = DiffusionModelUNet(**m.net_kwargs_)
+        net.load_state_dict({k[4:]: torch.from_numpy(np.array(v)) for k, v in arrays.items() if k.startswith("net.")})
+        m.net_ = net.to(resolve_device(m.device)).eval()
+        m.train_steps_done_ = config["train_steps_done_"]
+        m.final_loss_ = config["final_loss_"]
+        return m

@@ -1,0 +1,252 @@
+"""QC from the segmentation model's own uncertainty: MC dropout, TTA, deep ensembles (`segqc.uncertainty`).
+
+The method samples the user's model(s) on the case's image, aggregates the samples per label
+(entropies, patch confidence, mutual information, pairwise Dice of the samples, Dice of the
+candidate with the samples' mean) and either reports one aggregation as the raw score or
+(``aggregation="learned"``, the default) maps all of them, from every available source, to
+Dice with gradient boosting, trained on reference cases: the model's own prediction on each
+reference case plus realistic bad masks (`segqc.corrupt`), against the expert masks.
+
+The model is never saved in the bundle: it is referred to by path, kind and sha256
+(`segqc.models.model_ref`), reopened when the bundle is used, and can be replaced at predict
+time (``segqc predict --model``). Caveat: a model's predictions on the cases it was trained on
+are better than on new cases; if the reference cases are its training cases, the learned map
+sees few failures of the model itself (the bad masks make up for part of that).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import numpy as np
+
+from segqc.case import Case
+from segqc.methods.base import QCMethod, RawScore, check_is_fitted, check_labels, make_training_pairs
+from segqc.metrics import binary_dice
+from segqc.uncertainty import AGGREGATIONS, SOURCES, aggregate, sample_probabilities, uncertainty_maps
+from segqc.utils import look_up_option, torch_threads
+
+__all__ = ["ModelUncertainty"]
+
+
+class ModelUncertainty(QCMethod):
+    """Uncertainty of the segmentation model → Dice per label.
+
+    Args:
+        sources: ``auto`` (every usable one: MC dropout if the first model has dropout layers,
+            TTA, an ensemble if two or more models are given) or a comma-separated subset of
+            ``mc_dropout,tta,ensemble``.
+        aggregation: ``learned`` (gradient boosting on every source × aggregation) or
+            ``<source>:<aggregation>``, e.g. ``ensemble:pairwise_dice``, used as the raw score.
+        n_samples: passes per case for MC dropout and TTA.
+        pairs_per_case: bad masks per reference case for the learned map.
+        n_estimators, learning_rate, num_leaves, n_jobs: LightGBM parameters.
+        device: where the model runs when the bundle reopens it (``auto`` = GPU when present).
+        n_threads: torch CPU threads while sampling.
+        seed: TTA parameters and dropout masks (the same for every case, so scores are repeatable).
+    """
+
+    name = "model_uncertainty"
+    needs_model = True
+
+    def __init__(self, *, sources: str = "auto", aggregation: str = "learned", n_samples: int = 8,
+                 pairs_per_case: int = 4, n_estimators: int = 300, learning_rate: float = 0.05,
+                 num_leaves: int = 15, n_jobs: int = 1, device: str = "auto", n_threads: int | None = 1,
+                 seed: int = 0):
+        self.sources = sources
+        self.aggregation = aggregation
+        self.n_samples = n_samples
+        self.pairs_per_case = pairs_per_case
+        self.n_estimators = n_estimators
+        self.learning_rate = learning_rate
+        self.num_leaves = num_leaves
+        self.n_jobs = n_jobs
+        self.device = device
+        self.n_threads = n_threads
+        self.seed = seed
+
+    # -- models ------------------------------------------------------------------------
+    def set_models(self, models: list) -> "ModelUncertainty":
+        """Use these `SegModel` s (first = the one that made the candidates; others = ensemble partners)."""
+        if not models:
+            raise ValueError(f"{self.name} needs the segmentation model: pass --model PATH (repeat for an ensemble)")
+        self._models = list(models)
+        self._cache = None
+        return self
+
+    def _get_models(self) -> list:
+        if getattr(self, "_models", None) is None:
+            from segqc.models import models_from_refs
+
+            if not getattr(self, "model_refs_", None):
+                raise ValueError(f"{self.name} has no segmentation model; pass it with --model")
+            self._models = models_from_refs(self.model_refs_, device=self.device)
+        return self._models
+
+    def _resolve_sources(self, models) -> list[str]:
+        if self.sources == "auto":
+            out = (["mc_dropout"] if models[0].supports_dropout else []) + ["tta"]
+            return out + (["ensemble"] if len(models) > 1 else [])
+        out = [look_up_option(s.strip(), SOURCES, "sampling source") for s in str(self.sources).split(",")]
+        if "ensemble" in out and len(models) < 2:
+            raise ValueError(f"source 'ensemble' needs at least 2 models, got {len(models)}")
+        return out
+
+    def _single(self) -> tuple[str, str] | None:
+        if self.aggregation == "learned":
+            return None
+        if ":" not in str(self.aggregation):
+            raise ValueError(f"aggregation must be 'learned' or '<source>:<aggregation>', got {self.aggregation!r}")
+        src, agg = str(self.aggregation).split(":", 1)
+        return look_up_option(src, SOURCES, "sampling source"), look_up_option(agg, AGGREGATIONS, "aggregation")
+
+    # -- sampling + features -----------------------------------------------------------
+    def samples(self, case: Case) -> dict[str, np.ndarray]:
+        """``{source: (S, L + 1, *spatial) probabilities}`` for the case's image (cached for its last image)."""
+        # keyed on the pixels, not the id: every candidate of one image shares its samples
+        key = (case.image.shape, hashlib.blake2b(np.ascontiguousarray(case.image).tobytes(), digest_size=16).digest())
+        if getattr(self, "_cache", None) is not None and self._cache[0] == key:
+            return self._cache[1]
+        models = self._get_models()
+        out, seconds = {}, {}
+        with torch_threads(self.n_threads):
+            for src in self.sources_:
+                t0 = time.perf_counter()
+                out[src] = sample_probabilities(models, case.image, source=src, n_samples=self.n_samples,
+                                                rng=np.random.default_rng(self.seed))
+                seconds[src] = time.perf_counter() - t0
+        self._last_seconds = seconds
+        self._cache = (key, out)
+        return out
+
+    @property
+    def last_seconds(self) -> dict[str, float]:
+        """Sampling time per source, in seconds, of the last image sampled (for benchmarks)."""
+        return dict(getattr(self, "_last_seconds", {}))
+
+    def case_features(self, case: Case, samples: dict[str, np.ndarray] | None = None) -> dict[int, dict[str, float]]:
+        """``{label: {"<source>.<aggregation>": quality}}`` for the case's candidate mask."""
+        samples = samples if samples is not None else self.samples(case)
+        feats: dict[int, dict[str, float]] = {k: {} for k in self.labels_}
+        for src, s in samples.items():
+            ch = self._get_models()[0].output_labels(s.shape[1])
+            for agg, per_label in aggregate(s, case.mask, ch).items():
+                for k in self.labels_:
+                    feats[k][f"{src}.{agg}"] = per_label.get(k, float("nan"))
+        return feats
+
+    def _row(self, feats: dict[str, float], label: int) -> list[float]:
+        return [float(label)] + [feats.get(n, np.nan) for n in self.feature_names_[1:]]
+
+    # -- fitting -----------------------------------------------------------------------
+    def fit(self, cases: list[Case], plan, rng: np.random.Generator, *, models: list | None = None,
+            extra_pairs: list[Case] | None = None, progress=None, **_) -> "ModelUncertainty":
+        """Learn Dice from the model's uncertainty on ``cases`` (expert masks) and ``extra_pairs``.
+
+        ``models``: `segqc.models.SegModel` list, required (the first made the candidates).
+        """
+        self.set_models(models or [])
+        models = self._models
+        self.labels_ = [int(k) for k in plan.labels]
+        self.sources_ = self._resolve_sources(models)
+        single = self._single()
+        if single and single[0] not in self.sources_:
+            raise ValueError(f"aggregation {self.aggregation!r} needs source {single[0]!r}; "
+                             f"available: {self.sources_}")
+        if single:
+            self.sources_ = [single[0]]  # sample only what the score uses
+        from segqc.models import model_ref
+
+        # in-memory models cannot be saved; the bundle then refuses to save with a clear error
+        self.model_refs_ = [model_ref(m) for m in models] if all(m.path for m in models) else []
+        self.feature_names_ = ["label"] + [f"{s}.{a}" for s in self.sources_ for a in AGGREGATIONS]
+        if single is None:
+            self._fit_booster(cases, rng, extra_pairs, progress)
+        else:
+            self.n_train_ = 0
+        return self
+
+    def _fit_booster(self, cases, rng, extra_pairs, progress) -> None:
+        import lightgbm as lgb
+
+        model = self._models[0]
+        X, y = [], []
+        by_id: dict[str, list[Case]] = {}
+        for case in cases:
+            own = Case(case.case_id, case.image, model.predict_mask(case.image), case.geometry, truth=case.mask,
+                       meta=case.meta)
+            by_id.setdefault(case.case_id, []).append(own)
+            by_id[case.case_id] += make_training_pairs([case], rng, self.pairs_per_case)
+        for p in extra_pairs or []:
+            if p.meta.get("source") == "model" and p.case_id.split("#")[0] in by_id:
+                continue  # the model's own prediction on a fit case: already in
+            by_id.setdefault(p.case_id.split("#")[0], []).append(p)
+        for i, pairs in enumerate(by_id.values()):
+            s = self.samples(pairs[0])  # one sampling per image, shared by all its candidates
+            for p in pairs:
+                check_labels(p.mask, self.labels_)
+                feats = self.case_features(p, s)
+                for k in self.labels_:
+                    X.append(self._row(feats[k], k))
+                    y.append(binary_dice(p.mask == k, p.truth == k))
+            if progress is not None and (i + 1) % 10 == 0:
+                progress(f"{self.name}: sampled {i + 1}/{len(by_id)} reference images")
+        A, y = np.asarray(X, float), np.asarray(y, float)
+        self.model_ = lgb.LGBMRegressor(n_estimators=self.n_estimators, learning_rate=self.learning_rate,
+                                        num_leaves=self.num_leaves, min_child_samples=max(2, min(10, len(y) // 8)),
+                                        subsample=0.8, subsample_freq=1, n_jobs=self.n_jobs,
+                                        random_state=int(rng.integers(1 << 31)), verbose=-1)
+        self.model_.fit(A, y)
+        self.n_train_ = len(y)
+
+    # -- scoring -----------------------------------------------------------------------
+    def score(self, case: Case) -> RawScore:
+        check_is_fitted(self)
+        check_labels(case.mask, self.labels_)
+        s = self.samples(case)
+        feats = self.case_features(case, s)
+        single = self._single()
+        if single is None:
+            pred = np.clip(self.model_.predict(np.asarray([self._row(feats[k], k) for k in self.labels_])), 0, 1)
+            dice = {k: float(v) for k, v in zip(self.labels_, pred)}
+        else:
+            name = f"{single[0]}.{single[1]}"
+            dice = {k: float(np.nan_to_num(feats[k][name], nan=0.0)) for k in self.labels_}
+        # voxel-wise maps from every sample of every source, on the case's own grid
+        allsamp = np.concatenate(list(s.values()))
+        ch = self._get_models()[0].output_labels(allsamp.shape[1])
+        maps = uncertainty_maps(allsamp, ch)
+        mean = allsamp.mean(0)
+        cand = np.searchsorted(ch, case.mask).clip(0, len(ch) - 1)
+        maps["error"] = (1.0 - np.take_along_axis(mean, cand[None].astype(np.int64), 0)[0]).astype(np.float32)
+        flat = {f"{n}.{k}": v for k, f in feats.items() for n, v in f.items()}
+        return RawScore(dice=dice, maps=maps, features=flat)
+
+    # -- persistence -------------------------------------------------------------------
+    def state(self) -> tuple[dict[str, np.ndarray], dict]:
+        check_is_fitted(self)
+        if not self.model_refs_:
+            raise ValueError(f"{self.name} was fitted with an in-memory model; save it as a monai / torchscript / "
+                             "onnx file and fit with segqc.models.load_model(...) to keep it in a bundle")
+        config = {"params": self.get_params(), "labels_": self.labels_, "sources_": self.sources_,
+                  "model_refs_": self.model_refs_, "feature_names_": self.feature_names_, "n_train_": self.n_train_}
+        if hasattr(self, "model_"):
+            config["booster_"] = self.model_.booster_.model_to_string()  # LightGBM text: data, not code
+        return {}, config
+
+    @classmethod
+    def from_state(cls, arrays: dict[str, np.ndarray], config: dict) -> "ModelUncertainty":
+        m = cls(**config["params"])
+        m.labels_ = [int(k) for k in config["labels_"]]
+        m.sources_ = list(config["sources_"])
+        m.model_refs_ = config["model_refs_"]
+        m.feature_names_ = config["feature_names_"]
+        m.n_train_ = config["n_train_"]
+        if config.get("booster_"):
+            import lightgbm as lgb
+
+            from segqc.methods.features import _BoosterRegressor
+
+            m.model_ = _BoosterRegressor(lgb.Booster(model_str=config["booster_"]))
+        return m

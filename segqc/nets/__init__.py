@@ -1,0 +1,1 @@
+"""Network building blocks shared by QC methods (torch is imported inside the modules)."""

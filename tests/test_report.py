@@ -1,0 +1,268 @@
+"""The HTML report, opened in a real headless browser (Debian's `chromium`).
+
+A tiny QC bundle is fitted on a few embedded reference cases (2D RGB Kvasir and 3D
+two-label hippocampus), real candidate masks are judged — a missing and a corrupt file
+among them — and the report is rendered by chromium: the table rows and thumbnails must
+exist after the inline JavaScript ran, and the screenshot must not be blank.
+
+Without chromium the browser tests FAIL (CI installs it: `.ci/run`); set
+``SEGQC_SKIP_BROWSER=1`` to skip them deliberately. ``SEGQC_SCREENSHOT_DIR`` keeps the
+screenshots.
+"""
+
+import csv
+import json
+import os
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from segqc.batch import read_rows
+from segqc.cli import main
+
+# n_jobs=1: LightGBM's OpenMP threads spin badly on a busy 2-core machine (0.2 s per tree seen)
+TINY = {"features": {"pairs_per_case": 2, "n_estimators": 30, "n_jobs": 1},
+        "segmenter": {"epochs": 2, "snapshot_epochs": [1], "channels": [8, 16], "n_folds": 2}}
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    if os.environ.get("SEGQC_SKIP_BROWSER") == "1":
+        pytest.skip("chromium not installed and SEGQC_SKIP_BROWSER=1")
+    pytest.fail("chromium is needed to test the HTML report: `apt-get install -y chromium` (as .ci/run does), "
+                "or set SEGQC_SKIP_BROWSER=1 to skip these tests on purpose")
+
+
+def _browser(html: Path, tmp: Path, *args: str) -> subprocess.CompletedProcess:
+    """Headless chromium, offline: no background networking, no component updates, no sync, no QUIC."""
+    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           "--disable-dev-shm-usage", "--disable-extensions", f"--user-data-dir={tmp / 'chromium-profile'}",
+           "--virtual-time-budget=10000", *args, html.resolve().as_uri()]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+def _render(html: Path, tmp: Path, name: str) -> tuple[str, Path]:
+    """The DOM after the JavaScript ran, and a 1280×1600 screenshot (one browser run)."""
+    shot = tmp / f"{name}.png"
+    res = _browser(html, tmp, "--dump-dom", f"--screenshot={shot}", "--window-size=1280,1600", "--hide-scrollbars")
+    assert res.returncode == 0 and shot.exists(), res.stderr[-2000:]
+    assert "case-row" in res.stdout, f"no table rows after the JavaScript ran: {res.stdout[:500]}"
+    keep = os.environ.get("SEGQC_SCREENSHOT_DIR")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, Path(keep) / shot.name)
+    return res.stdout, shot
+
+
+class _Dom(HTMLParser):
+    """Counts what the browser rendered: case rows (with their flags) and images by class."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows, self.flags, self.imgs, self.ids = 0, [], {}, []
+        self._in_id = False
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        cls = a.get("class") or ""
+        if tag == "tr" and "case-row" in cls:
+            self.rows += 1
+        if tag == "span" and "flag " in cls + " ":
+            self.flags.append(cls.split("flag-")[-1])
+        if tag == "img":
+            self.imgs.setdefault(cls, []).append(a.get("src", ""))
+        self._in_id = tag == "td" and cls == "id"
+
+    def handle_data(self, data):
+        if self._in_id:
+            self.ids.append(data)
+            self._in_id = False
+
+
+def _parse(dom: str) -> _Dom:
+    p = _Dom()
+    p.feed(dom)
+    return p
+
+
+def _not_blank(png: Path) -> None:
+    from PIL import Image
+
+    im = np.asarray(Image.open(png).convert("RGB"), dtype=np.int16)
+    assert im.shape[:2] == (1600, 1280)
+    assert len(np.unique(im.reshape(-1, 3), axis=0)) > 200, "screenshot is (nearly) one colour"
+    assert im.std() > 20
+
+
+def _self_contained(text: str) -> None:
+    # nothing to fetch: no URL at all, no linked stylesheet or script, every static src a data URI
+    assert "http://" not in text and "https://" not in text
+    assert "<link" not in text and "@import" not in text and "<script src" not in text
+    static = re.sub(r"<script.*?</script>", "", text, flags=re.S)
+    assert all(s.startswith("data:image/") for s in re.findall(r"""src=['"]([^'"]+)""", static))
+
+
+def _manifest(sample: Path, tmp: Path, name: str, n: int, bad: bool) -> Path:
+    rows = list(csv.DictReader(open(sample / name / "candidates.csv")))[:n]
+    for r in rows:
+        for k in ("image", "mask", "truth"):
+            r[k] = str(sample / name / r[k])
+    if bad:
+        corrupt = tmp / "corrupt.png"
+        corrupt.write_bytes(b"\x89PNG broken")
+        rows += [dict(rows[0], case_id="missing_file", mask=str(tmp / "nope.png")),
+                 dict(rows[1], case_id="corrupt_file", mask=str(corrupt))]
+    path = tmp / f"{name}_cases.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def _fit(sample: Path, tmp: Path, name: str) -> Path:
+    """A tiny bundle on 8 reference cases (6 to fit, 2 to calibrate): seconds, not minutes."""
+    from segqc import api
+    from segqc.io import load_dataset
+    from segqc.utils import torch_threads
+
+    ref = sample / name / "reference"
+    bundle = tmp / f"{name}_bundle"
+    with torch_threads(1):  # one thread is faster than two fighting over a busy CPU for nets this small
+        api.fit(reference=ref, out=bundle, methods=["features"], ids=[r.case_id for r in load_dataset(ref)][:8],
+                method_params=json.loads(json.dumps(TINY)), calibration_pairs=5, max_slice_size=32, device="cpu")
+    return bundle
+
+
+@pytest.fixture(scope="module")
+def kvasir_qc(sample, tmp_path_factory):
+    """`segqc predict --report` on 6 real Kvasir candidates + a missing and a corrupt mask."""
+    tmp = tmp_path_factory.mktemp("kvasir")
+    bundle = _fit(sample, tmp, "kvasir")
+    out = tmp / "qc"
+    code = main(["predict", str(_manifest(sample, tmp, "kvasir", 6, bad=True)), "--bundle", str(bundle),
+                 "--out", str(out), "--report"])
+    assert code == 3  # partial: two cases could not be read
+    return out
+
+
+def test_predict_report_2d_renders_in_browser(kvasir_qc, tmp_path):
+    html = kvasir_qc / "report.html"
+    text = html.read_text()
+    _self_contained(text)
+    rows = read_rows(kvasir_qc / "predictions.csv")
+    dom, shot = _render(html, tmp_path, "report_kvasir")
+    page = _parse(dom)
+    assert page.rows == len(rows) == 8
+    # flagged first: the two unreadable cases, then every 'review' before any 'pass'
+    order = [{"error": 0, "review": 1, "pass": 2}[f] for f in page.flags]
+    assert order == sorted(order) and order[:2] == [0, 0]
+    assert {"missing_file", "corrupt_file"} <= set(page.ids)
+    for r in rows:  # error rows show their reason
+        if r["status"] == "error":
+            assert r["error"] and r["error"][:30] in dom.replace("&#39;", "'").replace("&quot;", '"')
+    thumbs = page.imgs.get("thumb", [])
+    # every case has a picture: an unreadable mask still leaves the image to look at
+    assert len(thumbs) == 8 and all(s.startswith("data:image/webp;base64,") for s in thumbs)
+    assert len(page.imgs.get("plot", [])) == 3  # truth given: scatter, risk-coverage, calibration
+    assert "true Dice" in dom and "estimated mean Dice" in dom
+    _not_blank(shot)
+
+
+def test_thumbnail_shows_candidate_pgt_and_error_panels(kvasir_qc):
+    import base64
+    import io
+
+    from PIL import Image
+
+    text = (kvasir_qc / "report.html").read_text()
+    data = json.loads(re.search(r'<script type="application/json" id=rows>(.*?)</script>', text, re.S)[1]
+                      .replace("<\\/", "</"))
+    ok = [r for r in data if r["status"] == "ok"]
+    im = Image.open(io.BytesIO(base64.b64decode(ok[0]["thumb"].split(",", 1)[1])))
+    # two panels (overlay, error map) of 112 px side by side; the candidate's yellow is drawn
+    assert im.size[1] == 112 and im.size[0] > 2 * 100
+    rgb = np.asarray(im.convert("RGB")).astype(int)
+    yellowish = (rgb[..., 0] > 180) & (rgb[..., 1] > 160) & (rgb[..., 2] < 110)
+    assert yellowish.sum() > 20
+    bad = [r for r in data if r["status"] == "error"]
+    assert {r["flag"] for r in bad} == {"error"} and all(r["error"] for r in bad)
+
+
+def test_report_3d_two_labels_with_mosaic(sample, tmp_path):
+    bundle = _fit(sample, tmp_path, "hippocampus")
+    out = tmp_path / "qc"
+    assert main(["predict", str(_manifest(sample, tmp_path, "hippocampus", 4, bad=False)), "--bundle", str(bundle),
+                 "--out", str(out)]) == 0
+    html = tmp_path / "h.html"
+    assert main(["report", str(out), "--out", str(html)]) == 0  # images found through run.json
+    dom, shot = _render(html, tmp_path, "report_hippocampus")
+    page = _parse(dom)
+    assert page.rows == 4
+    assert len(page.imgs.get("thumb", [])) == 4 and len(page.imgs.get("mosaic", [])) == 4
+    assert "slice z = " in dom and "per label" in dom
+    _not_blank(shot)
+
+
+def test_large_run_is_paginated_and_sorted(kvasir_qc, tmp_path):
+    """200 rows (real cases repeated under new ids): one page of 50 rows is rendered."""
+    from segqc.report import write_report
+
+    rows = read_rows(kvasir_qc / "predictions.csv")
+    refs_src = {r["case_id"]: r for r in csv.DictReader(open(next(kvasir_qc.parent.glob("kvasir_cases.csv"))))}
+    big = tmp_path / "big"
+    big.mkdir()
+    n = 200
+    with open(big / "predictions.csv", "w", newline="") as f, open(big / "cases.csv", "w", newline="") as g:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        m = csv.DictWriter(g, fieldnames=list(next(iter(refs_src.values()))))
+        w.writeheader()
+        m.writeheader()
+        for i in range(n):
+            r = dict(rows[i % len(rows)])
+            m.writerow(dict(refs_src[r["case_id"]], case_id=f"c{i:04d}"))
+            w.writerow(dict(r, case_id=f"c{i:04d}"))
+    html = write_report(big, data=big / "cases.csv", quiet=True)
+    dom, shot = _render(html, tmp_path, "report_large")
+    page = _parse(dom)
+    assert page.rows == 50 and len(page.imgs.get("thumb", [])) == 50
+    assert f"{n} of {n} cases · page 1 of {n // 50}" in dom
+    assert page.flags[0] == "error"
+    _not_blank(shot)
+
+
+def test_report_without_images_still_lists_every_case(kvasir_qc, tmp_path):
+    from segqc.report import write_report
+
+    shutil.copy(kvasir_qc / "predictions.csv", tmp_path / "predictions.csv")
+    (tmp_path / "run.json").write_text(json.dumps({"options": {"data": str(tmp_path / "gone.csv")}}))
+    html = write_report(tmp_path, quiet=True)
+    text = html.read_text()
+    assert "cannot list the cases" in text and text.count('"status":') == 8
+
+
+def test_report_of_a_folder_without_results_is_a_clear_error(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 1
+    assert "segqc predict" in capsys.readouterr().err
+
+
+def test_pick_slices_finds_the_disagreement():
+    from segqc.report.thumbs import pick_slices
+
+    mask = np.zeros((20, 16, 16), np.uint8)
+    mask[5:15, 4:12, 4:12] = 1
+    pgt = mask.copy()
+    pgt[11, 4:12, 4:12] = 0  # the pGT disagrees on slice 11 only
+    best, mosaic = pick_slices(mask, pgt, n=4)
+    assert best == 11 and mosaic[0] == 5 and mosaic[-1] == 14 and len(mosaic) == 4
+    best, mosaic = pick_slices(np.zeros((6, 4, 4), np.uint8), n=8)  # all empty: whole volume
+    assert mosaic == list(range(6))
