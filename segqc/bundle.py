@@ -15,7 +15,6 @@ differs from the one that wrote the bundle.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ import numpy as np
 
 from segqc import __version__
 from segqc.calibration import DiceCalibrator
+from segqc.utils import sha256_file
 
 __all__ = ["QCBundle", "save_bundle", "load_bundle", "SCHEMA_VERSION"]
 
@@ -46,14 +46,6 @@ class QCBundle:
     @property
     def tau(self) -> float:
         return next(iter(self.calibrators.values())).tau if self.calibrators else 0.8
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _versions() -> dict:
@@ -95,13 +87,13 @@ def save_bundle(bundle: QCBundle, folder: str | Path) -> Path:
             entry["calibration"] = ccfg
             files.append(f"{name}.calib.safetensors")
         for f in files:
-            hashes[f] = _sha256(folder / f)
+            hashes[f] = sha256_file(folder / f)
         entries[name] = entry
     fusion_entry = None
     if bundle.fusion is not None:
         farr, fusion_entry = bundle.fusion.state()
         _save_arrays(folder / "fusion.calib.safetensors", farr)
-        hashes["fusion.calib.safetensors"] = _sha256(folder / "fusion.calib.safetensors")
+        hashes["fusion.calib.safetensors"] = sha256_file(folder / "fusion.calib.safetensors")
     doc = {
         "schema_version": SCHEMA_VERSION,
         "versions": _versions(),
@@ -128,7 +120,7 @@ def _json_default(o):
 
 def bundle_hash(folder: str | Path) -> str:
     """A short hash identifying a bundle (for run records)."""
-    return _sha256(Path(folder) / "bundle.json")[:16]
+    return sha256_file(Path(folder) / "bundle.json")[:16]
 
 
 def load_bundle(folder: str | Path, methods: list[str] | None = None) -> QCBundle:
@@ -151,7 +143,7 @@ def load_bundle(folder: str | Path, methods: list[str] | None = None) -> QCBundl
     for fname, digest in doc.get("sha256", {}).items():
         if not (folder / fname).exists():
             raise FileNotFoundError(f"bundle file {folder / fname} is missing")
-        if _sha256(folder / fname) != digest:
+        if sha256_file(folder / fname) != digest:
             raise ValueError(f"bundle file {folder / fname} does not match its recorded sha256; it was altered")
     bundle = QCBundle(plan=Plan.from_dict(doc["plan"]), fingerprint=doc.get("fingerprint", {}),
                       info=doc.get("info", {}), default_method=doc.get("default_method"))

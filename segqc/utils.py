@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import difflib
+import hashlib
 from collections.abc import Sequence
 from contextlib import contextmanager
 
-__all__ = ["look_up_option", "resolve_device", "torch_threads"]
+__all__ = ["look_up_option", "resolve_device", "torch_threads", "sha256_file"]
 
 
 def look_up_option(value: str, options: Sequence[str], what: str = "option") -> str:
@@ -46,3 +47,12 @@ def torch_threads(n: int | None):
         yield
     finally:
         torch.set_num_threads(old)
+
+
+def sha256_file(path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks (weights can be large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -7,7 +7,6 @@ else ``config.json`` in its folder) in the same format as a MONAI ``config.json`
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import warnings
@@ -16,17 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from segqc.models.base import MODEL_KINDS, Preprocessing, SegModel, TorchModel
-from segqc.utils import look_up_option
+from segqc.utils import look_up_option, sha256_file
 
 __all__ = ["load_model", "load_monai", "OnnxModel", "model_ref", "models_from_refs"]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _sidecar(path: Path) -> dict:
@@ -130,7 +121,7 @@ def model_ref(model: SegModel) -> dict:
     if not model.path:
         raise ValueError(f"{model!r} has no file; save it (monai / torchscript / onnx) to keep it in a bundle")
     path = Path(model.path).resolve()
-    return {"path": str(path), "kind": model.kind, "sha256": _sha256(path),
+    return {"path": str(path), "kind": model.kind, "sha256": sha256_file(path),
             "preprocessing": model.preprocessing.to_dict()}
 
 
@@ -141,7 +132,7 @@ def models_from_refs(refs: list[dict], *, device: str = "auto") -> list[SegModel
         path = Path(ref["path"])
         if not path.exists():
             raise FileNotFoundError(f"the bundle's segmentation model {path} is missing; pass it again with --model")
-        if ref.get("sha256") and _sha256(path) != ref["sha256"]:
+        if ref.get("sha256") and sha256_file(path) != ref["sha256"]:
             warnings.warn(f"segmentation model {path} changed since the bundle was fitted", stacklevel=2)
         out.append(load_model(path, ref["kind"], device=device, preprocessing=ref.get("preprocessing")))
     return out
