@@ -24,6 +24,7 @@ import time
 
 import numpy as np
 
+from segqc.nets.weights import load_net_arrays, net_to_arrays
 from segqc.utils import resolve_device
 
 __all__ = ["CrossFittedSegmenter"]
@@ -179,25 +180,20 @@ class CrossFittedSegmenter:
         return np.moveaxis(p.cpu().numpy(), 0, 1).astype(np.float32)
 
     def state(self) -> tuple[dict[str, np.ndarray], dict]:
-        arrays = {f"fold{k}.{name}": t.detach().cpu().numpy().astype(np.float32)
-                  for k, net in enumerate(self.nets_) for name, t in net.state_dict().items()}
+        arrays = {n: a for k, net in enumerate(self.nets_) for n, a in net_to_arrays(net, f"fold{k}.").items()}
         return arrays, {"params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self).items()
                                    if not k.endswith("_")}, "kwargs_": self.kwargs_}
         # case_ids_/folds_/snapshots are fitting-time state: a loaded segmenter averages all folds
 
     @classmethod
     def from_state(cls, arrays: dict[str, np.ndarray], config: dict) -> "CrossFittedSegmenter":
-        import torch
 
         seg = cls(**config["params"])
         seg.kwargs_ = config["kwargs_"]
         dev = resolve_device(seg.device)
         seg.nets_ = []
         for k in range(seg.n_folds):
-            net = _build(seg.kwargs_)
-            prefix = f"fold{k}."
-            net.load_state_dict({n[len(prefix):]: torch.from_numpy(a) for n, a in arrays.items()
-                                 if n.startswith(prefix)})
+            net = load_net_arrays(_build(seg.kwargs_), arrays, f"fold{k}.", f"segmenter fold {k}")
             seg.nets_.append(net.to(dev).eval())
         return seg
 

@@ -34,6 +34,7 @@ import numpy as np
 from segqc.case import Case
 from segqc.methods.base import QCMethod, RawScore, check_is_fitted, check_labels
 from segqc.metrics import binary_dice, binary_hd95
+from segqc.nets.weights import load_net_arrays, net_to_arrays
 from segqc.utils import torch_threads
 
 __all__ = ["MaskAutoencoder", "build_mask_autoencoder"]
@@ -422,7 +423,7 @@ class MaskAutoencoder(QCMethod):
     # -- persistence -------------------------------------------------------------------
     def state(self) -> tuple[dict[str, np.ndarray], dict]:
         check_is_fitted(self)
-        arrays = {f"net.{k}": v.detach().cpu().float().numpy() for k, v in self.net_.state_dict().items()}
+        arrays = net_to_arrays(self.net_, "net.")
         params = self.get_params()
         params["channels"] = [int(c) for c in params["channels"]]
         config = {"params": params, "labels_": self.labels_, "plan_": self.plan_.to_dict(),
@@ -431,7 +432,6 @@ class MaskAutoencoder(QCMethod):
 
     @classmethod
     def from_state(cls, arrays: dict[str, np.ndarray], config: dict) -> MaskAutoencoder:
-        import torch
 
         from segqc.fingerprint import Plan
         from segqc.utils import resolve_device
@@ -444,12 +444,6 @@ class MaskAutoencoder(QCMethod):
         m.net_args_ = dict(config["net_args_"])
         m.n_train_slices_ = int(config["n_train_slices_"])
         m.history_ = config.get("history_", {})
-        net = build_mask_autoencoder(**m.net_args_)
-        ref = net.state_dict()
-        missing = sorted(set(ref) - {k[4:] for k in arrays if k.startswith("net.")})
-        if missing:
-            raise ValueError(f"autoencoder state lacks weights {missing[:5]}")
-        net.load_state_dict({k: torch.from_numpy(np.asarray(arrays[f"net.{k}"])).to(v.dtype).reshape(v.shape)
-                             for k, v in ref.items()})
+        net = load_net_arrays(build_mask_autoencoder(**m.net_args_), arrays, "net.", "autoencoder")
         m.net_ = net.to(resolve_device(m.device)).eval()
         return m

@@ -28,6 +28,7 @@ import numpy as np
 from segqc.case import Case
 from segqc.methods.base import QCMethod, RawScore, check_is_fitted, check_labels, make_training_pairs
 from segqc.metrics import binary_dice
+from segqc.nets.weights import load_net_arrays, net_to_arrays
 from segqc.utils import torch_threads
 
 __all__ = ["CNNRegressor", "mask_to_model_space"]
@@ -305,7 +306,7 @@ class CNNRegressor(QCMethod):
     # -- persistence ---------------------------------------------------------------------
     def state(self) -> tuple[dict[str, np.ndarray], dict]:
         check_is_fitted(self)
-        arrays = {k: v.detach().cpu().float().numpy() for k, v in self.model_.state_dict().items()}
+        arrays = net_to_arrays(self.model_)
         params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.get_params().items()}
         config = {"params": params, "labels_": self.labels_, "backbone_": self.backbone_,
                   "spatial_dims_": self.spatial_dims_, "n_channels_": self.n_channels_, "z_pad_": self.z_pad_,
@@ -315,7 +316,6 @@ class CNNRegressor(QCMethod):
 
     @classmethod
     def from_state(cls, arrays: dict[str, np.ndarray], config: dict) -> "CNNRegressor":
-        import torch
 
         from segqc.fingerprint import Plan
         from segqc.utils import resolve_device
@@ -335,15 +335,7 @@ class CNNRegressor(QCMethod):
         m.history_ = list(config.get("history_", []))
         m.fit_info_ = dict(config.get("fit_info_", {}))
         m.device_ = resolve_device(m.device)
-        model = _build(m.backbone_)
-        expected = model.state_dict()
-        missing = sorted(set(expected) - set(arrays))
-        unexpected = sorted(set(arrays) - set(expected))
-        if missing or unexpected:
-            raise ValueError(f"cnn weights do not match the network: missing {missing[:5]}, unexpected "
-                             f"{unexpected[:5]}")
-        model.load_state_dict({k: torch.from_numpy(np.asarray(arrays[k])).to(expected[k].dtype) for k in expected})
-        m.model_ = model.to(m.device_).eval()
+        m.model_ = load_net_arrays(_build(m.backbone_), arrays, what="cnn").to(m.device_).eval()
         return m
 
 

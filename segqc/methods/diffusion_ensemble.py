@@ -22,6 +22,7 @@ import numpy as np
 from segqc.case import Case
 from segqc.methods.base import QCMethod, RawScore, check_is_fitted, check_labels
 from segqc.metrics import binary_dice
+from segqc.nets.weights import load_net_arrays, net_to_arrays
 from segqc.utils import resolve_device, torch_threads
 
 __all__ = ["DiffusionEnsemble"]
@@ -219,7 +220,7 @@ class DiffusionEnsemble(QCMethod):
     # -- persistence -------------------------------------------------------------------
     def state(self) -> tuple[dict[str, np.ndarray], dict]:
         check_is_fitted(self)
-        arrays = {f"net.{k}": v.detach().cpu().numpy() for k, v in self.net_.state_dict().items()}
+        arrays = net_to_arrays(self.net_, "net.")
         params = {**self.get_params(), "channels": list(self.channels)}
         config = {"params": params, "labels_": self.labels_, "plan_": self.plan_.to_dict(), "ndim_": self.ndim_,
                   "net_kwargs_": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.net_kwargs_.items()},
@@ -228,7 +229,6 @@ class DiffusionEnsemble(QCMethod):
 
     @classmethod
     def from_state(cls, arrays: dict[str, np.ndarray], config: dict) -> "DiffusionEnsemble":
-        import torch
         from monai.networks.nets import DiffusionModelUNet
 
         from segqc.fingerprint import Plan
@@ -240,8 +240,7 @@ class DiffusionEnsemble(QCMethod):
         m.plan_ = Plan.from_dict(config["plan_"])
         m.ndim_ = int(config["ndim_"])
         m.net_kwargs_ = config["net_kwargs_"]
-        net = DiffusionModelUNet(**m.net_kwargs_)
-        net.load_state_dict({k[4:]: torch.from_numpy(np.array(v)) for k, v in arrays.items() if k.startswith("net.")})
+        net = load_net_arrays(DiffusionModelUNet(**m.net_kwargs_), arrays, "net.", "diffusion")
         m.net_ = net.to(resolve_device(m.device)).eval()
         m.train_steps_done_ = config["train_steps_done_"]
         m.final_loss_ = config["final_loss_"]

@@ -36,6 +36,7 @@ import numpy as np
 from segqc.case import Case
 from segqc.methods.base import QCMethod, RawScore, check_is_fitted, check_labels, make_training_pairs
 from segqc.metrics import binary_dice, binary_hd95
+from segqc.nets.weights import load_net_arrays, net_to_arrays
 from segqc.utils import look_up_option, torch_threads
 
 __all__ = ["NNQC", "CONFIGS", "relative_positions"]
@@ -548,7 +549,7 @@ class NNQC(QCMethod):
         check_is_fitted(self)
         arrays = {}
         for name, net in (("vae", self.vae_), ("unet", self.unet_), ("toe", self.toe_)):
-            arrays |= {f"{name}.{k}": v.detach().cpu().float().numpy() for k, v in net.state_dict().items()}
+            arrays |= net_to_arrays(net, f"{name}.")
         params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.get_params().items()}
         config = {"params": params, "labels_": self.labels_, "plan_": self.plan_.to_dict(), "cfg_": self.cfg_,
                   "scale_": self.scale_, "seed_": self.seed_, "fit_info_": self.fit_info_,
@@ -557,7 +558,6 @@ class NNQC(QCMethod):
 
     @classmethod
     def from_state(cls, arrays: dict[str, np.ndarray], config: dict) -> NNQC:
-        import torch
 
         from segqc.fingerprint import Plan
         from segqc.utils import resolve_device
@@ -574,12 +574,6 @@ class NNQC(QCMethod):
         m.device_ = resolve_device(m.device)
         vae, unet, toe, m.scheduler_ = m._build()
         for name, net in (("vae", vae), ("unet", unet), ("toe", toe)):
-            ref = net.state_dict()
-            missing = sorted(k for k in ref if f"{name}.{k}" not in arrays)
-            if missing:
-                raise ValueError(f"nnqc state lacks {name} weights {missing[:5]}")
-            net.load_state_dict({k: torch.from_numpy(np.asarray(arrays[f"{name}.{k}"])).to(v.dtype).reshape(v.shape)
-                                 for k, v in ref.items()})
-            net.to(m.device_).eval()
+            load_net_arrays(net, arrays, f"{name}.", f"nnqc {name}").to(m.device_).eval()
         m.vae_, m.unet_, m.toe_ = vae, unet, toe
         return m
