@@ -409,14 +409,13 @@ def _true_mean_dice(case: Case, labels) -> float:
 
 def score_case(bundle, case: Case, methods: Sequence[str], *, maps_dir: Path | None = None) -> dict:
     """All methods' answers for one case as one flat row (the first method is the main answer)."""
+    from segqc.fusion import FUSION
     from segqc.io.images import is_photo, write_mask
 
     plan = bundle.plan
     if case.ndim != plan.ndim or case.n_channels != plan.n_channels:
         raise ValueError(f"case is {case.ndim}D with {case.n_channels} channel(s); the bundle expects "
                          f"{plan.ndim}D with {plan.n_channels}")
-    from segqc.fusion import FUSION
-
     row: dict = {}
     raws: dict = {}
     methods = _with_members(bundle, methods)  # the fusion needs every member's answer

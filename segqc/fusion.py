@@ -31,7 +31,7 @@ def _out_of_fold_calibrated(raw: np.ndarray, true: np.ndarray, tau: float, n_fol
     out = np.empty(len(raw))
     for k in range(n_folds):
         test = folds == k
-        out[test] = Fusion._member_calibrator(raw[~test], true[~test], tau).predict_dice(raw[test])
+        out[test] = DiceCalibrator(tau=tau).fit(raw[~test], true[~test]).predict_dice(raw[test])
     return out
 
 
@@ -74,10 +74,6 @@ class Fusion:
     def state(self) -> tuple[dict[str, np.ndarray], dict]:
         arrays, config = self.calibrator_.state()
         return arrays, {"members": self.members, "weights": self.weights_.tolist(), "calibration": config}
-
-    @staticmethod
-    def _member_calibrator(raw: np.ndarray, true: np.ndarray, tau: float) -> DiceCalibrator:
-        return DiceCalibrator(tau=tau).fit(raw, true)
 
     @classmethod
     def from_state(cls, arrays: dict[str, np.ndarray], config: dict) -> "Fusion":

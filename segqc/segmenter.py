@@ -187,7 +187,6 @@ class CrossFittedSegmenter:
 
     @classmethod
     def from_state(cls, arrays: dict[str, np.ndarray], config: dict) -> "CrossFittedSegmenter":
-
         seg = cls(**config["params"])
         seg.kwargs_ = config["kwargs_"]
         dev = resolve_device(seg.device)

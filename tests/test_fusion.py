@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from segqc.calibration import DiceCalibrator
 from segqc.fusion import Fusion
 
 
@@ -24,7 +25,7 @@ def test_fusion_beats_members_and_ignores_noise():
     assert w["noise"] < 0.1 and w["a"] > 0.3 and w["b"] > 0.3 and sum(w.values()) == pytest.approx(1)
     # on fresh cases, fused calibrated Dice follows the truth better than either member alone
     t2, r2 = _members(seed=1)
-    member_cal = {m: Fusion._member_calibrator(raws[m], true, 0.8) for m in fusion.members}
+    member_cal = {m: DiceCalibrator(tau=0.8).fit(raws[m], true) for m in fusion.members}
     cal = {m: member_cal[m].predict_dice(r2[m]) for m in fusion.members}
     fused = np.array([fusion.fused_raw({m: cal[m][i] for m in fusion.members}) for i in range(len(t2))])
     pred = fusion.calibrator_.predict_dice(fused)

@@ -432,7 +432,6 @@ class MaskAutoencoder(QCMethod):
 
     @classmethod
     def from_state(cls, arrays: dict[str, np.ndarray], config: dict) -> MaskAutoencoder:
-
         from segqc.fingerprint import Plan
         from segqc.utils import resolve_device
 

@@ -316,7 +316,6 @@ class CNNRegressor(QCMethod):
 
     @classmethod
     def from_state(cls, arrays: dict[str, np.ndarray], config: dict) -> "CNNRegressor":
-
         from segqc.fingerprint import Plan
         from segqc.utils import resolve_device
 

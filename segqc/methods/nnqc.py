@@ -558,7 +558,6 @@ class NNQC(QCMethod):
 
     @classmethod
     def from_state(cls, arrays: dict[str, np.ndarray], config: dict) -> NNQC:
-
         from segqc.fingerprint import Plan
         from segqc.utils import resolve_device
 
