@@ -100,7 +100,7 @@ def resize_labels(mask: np.ndarray, size: tuple[int, int], *, mode: str = "oneho
             chunk = torch.from_numpy(flat[s:s + step].astype(np.int64))
             onehot = (chunk[:, None] == lab_t[None, :, None, None]).float()
             r = F.interpolate(onehot, size=size, mode="bilinear", align_corners=False, antialias=aa)
-            # numpy: torch.argmax over dim 1 is ~8x slower on CPU here; both take the first maximum
+            # numpy's argmax: torch's over dim 1 is several times slower on CPU; both take the first maximum
             out[s:s + step] = labels[r.numpy().argmax(axis=1)]
     return out.reshape(*lead, *size)
 
