@@ -6,6 +6,7 @@ Usage (from the repository root, with ../shared beside it):
     .venv/bin/python benchmarks/nnqc_bench.py kvasir --fit-limit 120 --limit 200 \
         --set max_minutes=8 --segmenter max_minutes=3 --ablate samples steps     # a quick CPU look
     .venv/bin/python benchmarks/nnqc_bench.py kvasir --ablate samples steps image candidate
+    .venv/bin/python benchmarks/nnqc_bench.py kvasir --bundle runs/bench/kvasir/bundle --ablate samples steps
 
 Writes <out>/<dataset>/{bundle,bench}/, <out>/<dataset>/nnqc_bench.json (bench metrics,
 timings, the fit's stage-1 / stage-2 info) and, with ``--ablate``, the ablation table:
@@ -92,6 +93,10 @@ def main() -> None:
     ap.add_argument("--set", nargs="*", default=[], help="nnqc parameters, e.g. max_minutes=8 config=cpu")
     ap.add_argument("--segmenter", nargs="*", default=[], help="reference segmenter parameters")
     ap.add_argument("--ablate", nargs="*", default=[], choices=["samples", "steps", "image", "candidate"])
+    ap.add_argument("--bundle", type=Path, default=None,
+                    help="an nnQC bundle already fitted on the reference ids (e.g. by run_benchmark.py): "
+                         "skip its fit and bench and ablate it; refits (image, candidate) use --set, so give the "
+                         "parameters the bundle was fitted with")
     ap.add_argument("--ablation-limit", type=int, default=200, help="rows used by the ablations")
     ap.add_argument("--no-model-failures", action="store_true",
                     help="skip the reference segmenter (bad masks from segqc.corrupt only; quicker ablations)")
@@ -120,12 +125,26 @@ def main() -> None:
         report.setdefault("fit_total_s", {})[tag or "main"] = round(time.time() - t0, 1)
         return bdir
 
-    bdir = fit("", {})
-    bundle = load_bundle(bdir)
+    bdir = args.bundle or fit("", {})
+    bundle = load_bundle(bdir, methods=["nnqc"])
     seen = set(bundle.info["fit_ids"]) | set(bundle.info["calibration_ids"])
     rows = read_manifest(cases_csv, root=args.shared)
     if {r.case_id.split("#")[0] for r in rows} & seen:
         raise SystemExit("benchmark rows overlap the fitting cases")
+    method = bundle.methods["nnqc"]
+    report["fit_info"] = method.fit_info_
+    report["config"] = method.cfg_
+    save = out / "nnqc_bench.json"
+    save.parent.mkdir(parents=True, exist_ok=True)
+    if not args.bundle:
+        _bench(args, bdir, cases_csv, out, bundle, report, save)
+    if args.ablate:
+        _ablate(args, cases_csv, bundle, method, report, save, fit)
+    save.write_text(json.dumps(report, indent=1, default=str))
+    print(f"written {save}")
+
+
+def _bench(args, bdir, cases_csv, out, bundle, report, save) -> None:
     t0 = time.time()
     result = api.bench(bundle=bdir, cases=cases_csv, root=args.shared, out=out / "bench", methods=["nnqc"],
                        limit=args.limit, seed=args.seed, quiet=True)
@@ -133,44 +152,39 @@ def main() -> None:
     report["bench"] = result["methods"]["nnqc"]
     report["bench_n"] = n
     report["bench_s_per_case"] = round((time.time() - t0) / max(n, 1), 4)
-    method = bundle.methods["nnqc"]
-    report["fit_info"] = method.fit_info_
     report["fit_seconds_nnqc"] = bundle.info["fit"]["nnqc"]["fit_seconds"]
-    report["config"] = method.cfg_
-    save = out / "nnqc_bench.json"
     save.write_text(json.dumps(report, indent=1, default=str))  # again after each ablation: a killed run keeps these
     overall = report["bench"]["overall"]
     print(f"nnqc on {args.dataset} ({n} rows): " + ", ".join(f"{k}={_fmt(overall.get(k))}" for k in
                                                              ("pearson", "mae", "auroc", "aurc")))
 
-    if args.ablate:
-        refs = read_manifest(cases_csv, root=args.shared, mask_col="prediction", truth_col="ground_truth")
-        pick = sorted(np.random.default_rng(args.seed + 1).choice(len(refs), min(args.ablation_limit, len(refs)),
-                                                                  replace=False))
-        cases = [refs[i].load() for i in pick]
-        true = np.array([float(refs[i].extra["dice"]) for i in pick])
-        tau = bundle.tau
-        abl = report.setdefault("ablation", {"n": len(cases)})
-        variants = [("main (K=%d, %d steps)" % (method.n_samples, method.ddim_steps), None, {})]
-        if "samples" in args.ablate:
-            variants.append(("K=1", None, {"n_samples": 1}))
-        if "steps" in args.ablate:
-            variants += [(f"ddim_steps={s}", None, {"ddim_steps": s}) for s in (2, 10)]
-        for what, extra in (("image", {"use_image_expert": False}), ("candidate", {"use_candidate": False})):
-            if what in args.ablate:
-                variants.append((f"no_{what}", extra, {}))
-        for name, refit, kw in variants:
-            m = method if refit is None else load_bundle(fit(f"_{name}", refit)).methods["nnqc"]
-            abl[name] = _score_rows(m, cases, true, tau, **kw)
-            if refit is not None:
-                abl[name]["fit_info"] = m.fit_info_
-            save.write_text(json.dumps(report, indent=1, default=str))
-        for k, v in abl.items():
-            if isinstance(v, dict):
-                print(f"  {k}: " + ", ".join(f"{m}={_fmt(v[m])}" for m in ("r", "mae_raw", "auroc", "aurc",
-                                                                            "s_per_case")))
-    save.write_text(json.dumps(report, indent=1, default=str))
-    print(f"written {save}")
+
+def _ablate(args, cases_csv, bundle, method, report, save, fit) -> None:
+    refs = read_manifest(cases_csv, root=args.shared, mask_col="prediction", truth_col="ground_truth")
+    pick = sorted(np.random.default_rng(args.seed + 1).choice(len(refs), min(args.ablation_limit, len(refs)),
+                                                              replace=False))
+    cases = [refs[i].load() for i in pick]
+    true = np.array([float(refs[i].extra["dice"]) for i in pick])
+    tau = bundle.tau
+    abl = report.setdefault("ablation", {"n": len(cases)})
+    variants = [(f"main (K={method.n_samples}, {method.ddim_steps} steps)", None, {})]
+    if "samples" in args.ablate:
+        variants.append(("K=1", None, {"n_samples": 1}))
+    if "steps" in args.ablate:
+        variants += [(f"ddim_steps={s}", None, {"ddim_steps": s}) for s in (2, 10)]
+    for what, extra in (("image", {"use_image_expert": False}), ("candidate", {"use_candidate": False})):
+        if what in args.ablate:
+            variants.append((f"no_{what}", extra, {}))
+    for name, refit, kw in variants:
+        m = method if refit is None else load_bundle(fit(f"_{name}", refit)).methods["nnqc"]
+        abl[name] = _score_rows(m, cases, true, tau, **kw)
+        if refit is not None:
+            abl[name]["fit_info"] = m.fit_info_
+        save.write_text(json.dumps(report, indent=1, default=str))
+    for k, v in abl.items():
+        if isinstance(v, dict):
+            print(f"  {k}: " + ", ".join(f"{m}={_fmt(v[m])}" for m in ("r", "mae_raw", "auroc", "aurc",
+                                                                        "s_per_case")))
 
 
 if __name__ == "__main__":
