@@ -6,7 +6,7 @@ Usage (from the repository root, with ../shared beside it):
     .venv/bin/python benchmarks/nnqc_bench.py kvasir --fit-limit 120 --limit 200 \
         --set max_minutes=8 --segmenter max_minutes=3 --ablate samples steps     # a quick CPU look
     .venv/bin/python benchmarks/nnqc_bench.py kvasir --ablate samples steps image candidate
-    .venv/bin/python benchmarks/nnqc_bench.py kvasir --bundle runs/bench/kvasir/bundle --ablate samples steps
+    .venv/bin/python benchmarks/nnqc_bench.py kvasir --bundle runs/bench_nnqc/kvasir/bundle --ablate samples steps
 
 Writes <out>/<dataset>/{bundle,bench}/, <out>/<dataset>/nnqc_bench.json (bench metrics,
 timings, the fit's stage-1 / stage-2 info) and, with ``--ablate``, the ablation table:
