@@ -26,7 +26,7 @@ def main() -> None:
     from segqc.fingerprint import compute_fingerprint, plan_from_fingerprint
     from segqc.io import load_dataset
     from segqc.methods.diffusion_ensemble import DiffusionEnsemble
-    from segqc.metrics import binary_dice
+    from segqc.metrics import dice
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("dataset", choices=sorted(DATA))
@@ -50,12 +50,11 @@ def main() -> None:
     print(f"{m.train_steps_done_} training steps, final loss {m.final_loss_:.4f}")
     for steps in args.ddim_steps:
         m.ddim_steps = steps
-        t0, dice = time.time(), []
+        t0, scores = time.time(), []
         for c in held:
-            pgt = m.score_samples(c, *m.sample(c)).maps["pgt"]
-            dice.append(np.mean([binary_dice(pgt == k, c.mask == k) for k in m.labels_]))
+            scores.append(dice(m.score_samples(c, *m.sample(c)).maps["pgt"], c.mask, m.labels_))
         print(f"prediction={args.prediction}, {steps} DDIM steps: held-out reference Dice(pGT, expert) "
-              f"{np.mean(dice):.3f} over {len(held)} cases, {(time.time() - t0) / len(held):.2f} s per case")
+              f"{np.mean(scores):.3f} over {len(held)} cases, {(time.time() - t0) / len(held):.2f} s per case")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ the better mask. The bundle must have been fitted on `reference` ids only (as by
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import time
 from pathlib import Path
@@ -41,11 +40,9 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     bench = SHARED / "benchmarks" / args.dataset
-    with open(bench / "cases.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
     refs = read_manifest(bench / "cases.csv", root=SHARED, mask_col="prediction", truth_col="ground_truth")
-    pick = [i for i, r in enumerate(rows)
-            if (r["checkpoint"] == args.checkpoint if args.checkpoint else r["is_deployed"] == "True")]
+    pick = [i for i, r in enumerate(refs) if (r.extra["checkpoint"] == args.checkpoint if args.checkpoint
+                                              else r.extra["is_deployed"] == "True")]
     if not pick:
         raise SystemExit(f"no row of checkpoint {args.checkpoint!r}")
     if args.limit and args.limit < len(pick):
