@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # torch==2.13.0 first: it is the CPU build (a plain `torch` would pull CUDA wheels)
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test venv clean bench
+.PHONY: demo test venv browser clean bench
 
 $(BIN)/segqc: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,11 @@ venv: $(BIN)/segqc
 demo: venv
 	$(BIN)/segqc demo --out runs/demo
 
-test: venv
+# the report test opens the HTML report in headless chromium: installed here when missing
+browser:
+	bash tools/ensure_browser.sh
+
+test: venv browser
 	$(BIN)/python -m pytest tests
 
 clean:

@@ -65,7 +65,7 @@ def main() -> None:
     refs = read_manifest(shared / "benchmarks" / "kvasir" / "cases.csv", root=shared, mask_col="prediction",
                          truth_col="ground_truth", group_col="checkpoint")
     test_ids = set(split["test"])
-    refs = [r for r in refs if r.case_id.split("#")[0] in test_ids]
+    refs = [r for r in refs if r.extra["source_id"] in test_ids]
     rng = np.random.default_rng(args.seed)
     pick = sorted(rng.choice(len(refs), size=min(args.rows, len(refs)), replace=False))
     true, pred, groups, t_score = [], [], [], 0.0

@@ -129,7 +129,7 @@ def main() -> None:
     bundle = load_bundle(bdir, methods=["nnqc"])
     seen = set(bundle.info["fit_ids"]) | set(bundle.info["calibration_ids"])
     rows = read_manifest(cases_csv, root=args.shared)
-    if {r.case_id.split("#")[0] for r in rows} & seen:
+    if {r.extra["source_id"] for r in rows} & seen:
         raise SystemExit("benchmark rows overlap the fitting cases")
     method = bundle.methods["nnqc"]
     report["fit_info"] = method.fit_info_

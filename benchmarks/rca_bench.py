@@ -55,8 +55,8 @@ def time_cases(bundle_dir: Path, rows, n: int) -> dict:
     method = load_bundle(bundle_dir, methods=["rca"]).methods["rca"]
     seen, picked = set(), []
     for r in rows:  # distinct images: the first candidate of each pays the registration
-        if r.case_id.split("#")[0] not in seen:
-            seen.add(r.case_id.split("#")[0])
+        if r.extra["source_id"] not in seen:
+            seen.add(r.extra["source_id"])
             picked.append(r)
         if len(picked) == n:
             break
@@ -115,7 +115,7 @@ def main() -> None:
     timings["fit_info"] = bundle.info["fit"]["rca"]
     seen = set(bundle.info["fit_ids"]) | set(bundle.info["calibration_ids"])
     rows = read_manifest(bench_dir / "cases.csv", root=SHARED, mask_col="prediction", truth_col="ground_truth")
-    leaked = {r.case_id.split("#")[0] for r in rows} & seen
+    leaked = {r.extra["source_id"] for r in rows} & seen
     if leaked:
         raise SystemExit(f"benchmark rows overlap the fitting cases: {sorted(leaked)[:5]}")
     t0 = time.time()

@@ -64,7 +64,7 @@ def main() -> None:
     # a guard against leakage: no benchmark row may come from a case the bundle was fitted on
     seen = set(bundle.info["fit_ids"]) | set(bundle.info["calibration_ids"])
     rows = read_manifest(bench_dir / "cases.csv", root=SHARED)
-    leaked = {r.case_id.split("#")[0] for r in rows} & seen
+    leaked = {r.extra["source_id"] for r in rows} & seen
     if leaked:
         raise SystemExit(f"benchmark rows overlap the fitting cases: {sorted(leaked)[:5]}")
     t0 = time.time()

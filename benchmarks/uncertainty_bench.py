@@ -261,8 +261,8 @@ def _compare(args, test: dict, subsets: dict, preds: dict) -> dict:
     key_idx = {(c, k): i for i, (c, k) in enumerate(zip(test["case_id"], test["checkpoint"]))}
     for path in args.compare:
         rows = [r for r in csv.DictReader(open(path)) if r["status"] == "ok"]
-        for r in rows:  # `segqc bench` makes repeated ids unique with a '#<n>' suffix
-            r["case_id"] = r["case_id"].split("#")[0]
+        for r in rows:  # repeated ids are made unique by `segqc bench`; source_id is the one in cases.csv
+            r["case_id"] = r.get("source_id") or r["case_id"].split("#")[0]
         methods = [c[:-5] for c in rows[0] if c.endswith("_dice") and c != "dice_pred" and not c.startswith("dice")]
         for sub, mask in subsets.items():
             hits = [(key_idx[(r["case_id"], r["group"])], r) for r in rows

@@ -10,13 +10,13 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from segqc.batch import BatchSummary, read_rows, run_batch
+from segqc.batch import BatchSummary, failure_reason, read_rows, run_batch
 from segqc.case import Case
-from segqc.errors import CaseError
 from segqc.io.layouts import CaseRef, load_dataset, read_manifest
 
 __all__ = ["load_cases", "fingerprint_dataset", "compute_metrics", "evaluate_csv", "fit", "predict", "bench",
@@ -57,9 +57,10 @@ def load_cases(refs: Sequence[CaseRef], *, require_mask: bool = True, descriptio
         for ref in refs:
             try:
                 cases.append(ref.load(require_mask=require_mask))
-            except CaseError as e:
-                failed.append((e.case_id, e.reason))
-                console.print(f"[red]segqc: case {e.case_id} skipped:[/red] {e.reason}", highlight=False)
+            except Exception as e:  # noqa: BLE001 — one unreadable case never stops the run
+                reason = failure_reason(e)
+                failed.append((ref.case_id, reason))
+                console.print(f"[red]segqc: case {ref.case_id} skipped:[/red] {reason}", highlight=False)
             progress.advance(task)
     return cases, failed
 
@@ -115,8 +116,9 @@ def compute_metrics(*, data, out, layout: str = "auto", masks=None, truth=None, 
 
     refs = _refs(data, layout=layout)
     if masks is not None:  # dataset labels are the truth, `masks` the candidates
-        cand = {r.case_id: r.mask for r in _refs(data, layout=layout, masks=masks)}
-        refs = [CaseRef(r.case_id, r.image, cand.get(r.case_id), truth=r.mask, group=r.group) for r in refs]
+        cand = {r.case_id: r for r in _refs(data, layout=layout, masks=masks)}
+        refs = [replace(r, mask=c.mask if c else None, truth=r.mask, problem=r.problem or (c.problem if c else None))
+                for r in refs for c in [cand.get(r.case_id)]]
     labels: list[int] = sorted({int(k) for k in (truth or [])})
 
     def one(case: Case) -> dict:
@@ -132,8 +134,15 @@ def compute_metrics(*, data, out, layout: str = "auto", masks=None, truth=None, 
     # columns are known only after the first case; collect label columns up front
     first_labels = labels or _peek_labels(refs)
     cols = ["dice", "hd95"] + [f"{m}_{k}" for k in first_labels for m in ("dice", "hd95")]
+    identity = {"command": "metrics", "data": _where(data), "masks": _where(masks), "layout": layout,
+                "labels": first_labels}
     return run_batch(refs, one, Path(out) / "metrics.csv", columns=cols, resume=resume, description="metrics",
-                     quiet=quiet)
+                     quiet=quiet, identity=identity)
+
+
+def _where(path) -> str | None:
+    """An absolute path for run records (in-memory case lists have none)."""
+    return None if path is None or isinstance(path, (list, tuple)) else str(Path(path).resolve())
 
 
 def _peek_labels(refs: Sequence[CaseRef]) -> list[int]:
@@ -212,9 +221,10 @@ def fit(*, reference, out, methods: Sequence[str] = ("features",), layout: str =
         calibration_fraction: share of reference cases held out for calibration.
         calibration_pairs: bad masks per held-out case.
         method_params: ``{method: {param: value}}`` overriding a method's defaults.
-        extra_pairs: manifest (``image, mask, truth``) of the user's own model's
-            predictions on reference cases: extra training pairs, and calibration pairs
-            for the ones that fall into the held-out split.
+        extra_pairs: manifest (``case_id, image, mask, truth``) of the user's own model's
+            predictions on reference cases, ``case_id`` the reference case's id (repeated
+            for several masks of one case) or a ``reference_id`` column naming it: extra
+            training pairs, and calibration pairs for those of held-out reference cases.
         ids: restrict the reference cases to these ids (e.g. a benchmark's reference split).
         fuse: with two or more methods, also fit their fusion (`segqc.fusion`), offered
             as the method ``fusion``.
@@ -249,6 +259,7 @@ def fit(*, reference, out, methods: Sequence[str] = ("features",), layout: str =
     if len(cases) < 4:
         raise ValueError(f"fit needs at least 4 readable reference cases, got {len(cases)}")
     fp = compute_fingerprint(cases)
+    _refuse_rare_labels(cases, fp)
     plan = plan_from_fingerprint(fp, max_slice_size=max_slice_size)
     fit_idx, cal_idx = _split(len(cases), calibration_fraction, rng)
     fit_cases, cal_cases = [cases[i] for i in fit_idx], [cases[i] for i in cal_idx]
@@ -259,7 +270,7 @@ def fit(*, reference, out, methods: Sequence[str] = ("features",), layout: str =
         for c in extra:
             if c.truth is None:
                 raise ValueError(f"extra pair {c.case_id} has no truth mask")
-            (extra_cal if c.case_id.split("#")[0] in cal_ids else extra_fit).append(c)
+            (extra_cal if c.reference_id in cal_ids else extra_fit).append(c)
     console = _console()
     console.print(f"segqc fit: {len(fit_cases)} cases to fit, {len(cal_cases)} held out for calibration; "
                   f"plan {plan.ndim}D, {plan.modality}, slice {plan.slice_size}, labels {list(plan.labels)}")
@@ -337,13 +348,33 @@ def fit(*, reference, out, methods: Sequence[str] = ("features",), layout: str =
     return bundle
 
 
+def _refuse_rare_labels(cases: list[Case], fp: dict) -> None:
+    """Refuse a label that only one reference case has: it can be neither learned nor calibrated.
+
+    (The plan's labels are measured on every reference mask, so no reference mask can hold
+    a label outside the plan; a label this rare is the one way a mask can be off, most
+    often a typo in that mask.) `fit` needs at least 4 reference cases before this check.
+    """
+    rare = [int(k) for k, n in fp["label_case_count"].items() if n < 2]
+    if not rare:
+        return
+    present = {c.case_id: set(np.unique(c.mask).tolist()) - {0} for c in cases}
+    problems = []
+    for k in rare:
+        (where,) = [cid for cid, labs in present.items() if k in labs]
+        others = sorted(set().union(*(labs for cid, labs in present.items() if cid != where)))
+        problems.append(f"label {k} is only in reference case {where} (the other cases have labels {others})")
+    raise ValueError("; ".join(problems) + ": a label needs at least 2 reference cases to be learned and "
+                     "calibrated; fix that mask or remap its labels")
+
+
 def _own_model_pairs(model, fit_cases, cal_cases, plan, console):
     """The user's model on the reference cases: (its mask, expert mask) pairs, fit and calibration parts."""
     t0 = time.time()
     out = []
     for cases in (fit_cases, cal_cases):
         out.append([Case(f"{c.case_id}#model", c.image, model.predict_mask(c.image), c.geometry, truth=c.mask,
-                         meta={**c.meta, "source": "model"}) for c in cases])
+                         meta={**c.meta, "source": "model", "reference_id": c.case_id}) for c in cases])
     d = [_true_mean_dice(p, plan.labels) for p in out[0] + out[1]]
     console.print(f"  segmentation model on the reference cases: Dice mean {np.mean(d):.3f} "
                   f"(min {np.min(d):.3f}) in {time.time() - t0:.0f} s; these become extra pairs")
@@ -360,6 +391,7 @@ def _use_models(bundle, models) -> None:
 
 def _model_failures(fit_cases, cal_cases, plan, rng, device, params: dict, console):
     """Train the cross-fitted reference segmenter; its snapshot predictions become bad masks."""
+    from segqc.labels import to_index, to_labels
     from segqc.preprocess import invert_mask, preprocess
     from segqc.segmenter import CrossFittedSegmenter
 
@@ -368,18 +400,19 @@ def _model_failures(fit_cases, cal_cases, plan, rng, device, params: dict, conso
     ms_cal = {c.case_id: preprocess(c, plan) for c in cal_cases}
     snapshots = tuple(params.pop("snapshot_epochs", (1, 2, 3, 5, 8, 13, 21, 30)))
     seg = CrossFittedSegmenter(**{"device": device, **params})
-    seg.fit([(im, mk) for im, mk, _ in ms_fit], len(plan.labels), rng,
+    # the segmenter's classes are label indices 0..L, whatever the label values
+    seg.fit([(im, to_index(mk, plan.labels)) for im, mk, _ in ms_fit], len(plan.labels), rng,
             progress=lambda msg: console.print(f"  {msg}", highlight=False), case_ids=[c.case_id for c in fit_cases],
             snapshot_epochs=snapshots, predict_on={cid: im for cid, (im, _, _) in ms_cal.items()})
-    lut = np.array([0] + list(plan.labels), dtype=np.uint8)
     props = {c.case_id: p for c, (_, _, p) in zip(fit_cases, ms_fit)} | {k: v[2] for k, v in ms_cal.items()}
 
     def pairs(cases):
         out = []
         for c in cases:
             for tag, mask_ms in seg.snapshot_masks_.get(c.case_id, []):
-                cand = lut[invert_mask(mask_ms, props[c.case_id])]
-                out.append(Case(c.case_id, c.image, cand, c.geometry, truth=c.mask, meta={**c.meta, "source": tag}))
+                cand = to_labels(invert_mask(mask_ms, props[c.case_id]), plan.labels)
+                out.append(Case(c.case_id, c.image, cand, c.geometry, truth=c.mask,
+                                meta={**c.meta, "source": tag, "reference_id": c.case_id}))
         return out
 
     fit_pairs, cal_pairs = pairs(fit_cases), pairs(cal_cases)
@@ -438,7 +471,7 @@ def score_case(bundle, case: Case, methods: Sequence[str], *, maps_dir: Path | N
         if maps_dir is not None and raw.maps and name != FUSION:
             photo = case.meta.get("image") and is_photo(case.meta["image"][0])
             ext = ".png" if photo else ".nii.gz"
-            safe = case.case_id.replace("/", "_").replace("#", "_")
+            safe = _file_stem(case.case_id)
             for key, arr in raw.maps.items():
                 out_arr = arr if arr.dtype != np.float32 else (np.clip(arr, 0, 1) * 255).astype(np.uint8)
                 path = write_mask(maps_dir / name / f"{safe}_{key}{ext}", out_arr, case.geometry)
@@ -453,6 +486,20 @@ def score_case(bundle, case: Case, methods: Sequence[str], *, maps_dir: Path | N
 
         row["dice_true"] = dice_fn(case.mask, case.truth, list(plan.labels))
     return row
+
+
+def _file_stem(case_id: str) -> str:
+    """A file name for a case's maps: the id where it is safe, else a cleaned id + a hash of the real one.
+
+    Two ids never share a file (``a/b`` and ``a_b`` differ by their hash suffix).
+    """
+    import hashlib
+    import re
+
+    clean = re.sub(r"[^\w.~+-]", "_", case_id).lstrip(".")[:120] or "case"
+    if clean == case_id:
+        return clean
+    return f"{clean}-{hashlib.sha256(case_id.encode()).hexdigest()[:10]}"
 
 
 def _fused_score(bundle, case: Case, raws: dict):
@@ -494,6 +541,11 @@ def _columns(bundle, methods: Sequence[str], with_truth: bool) -> list[str]:
     return cols + (["dice_true"] if with_truth else [])
 
 
+def _num(value) -> float:
+    """A CSV cell as a float; empty (a case without a truth mask) is NaN."""
+    return float(value) if value not in (None, "") else float("nan")
+
+
 def predict(*, bundle, data, out, methods: Sequence[str] | None = None, masks=None, layout: str = "auto",
             save_maps: bool = True, resume: bool = True, quiet: bool = False,
             models: Sequence | None = None) -> tuple[BatchSummary, dict]:
@@ -513,18 +565,20 @@ def predict(*, bundle, data, out, methods: Sequence[str] | None = None, masks=No
     methods = _with_members(b, methods)
     refs = _refs(data, layout=layout, masks=masks)
     with_truth = any(r.truth is not None for r in refs)
+    identity = {"command": "predict", "bundle": bundle_hash(bundle), "methods": methods, "maps": save_maps,
+                "data": _where(data), "masks": _where(masks), "layout": layout,
+                "models": [repr(m) for m in models or []]}
     summary = run_batch(refs, lambda c: score_case(b, c, methods, maps_dir=out / "maps" if save_maps else None),
                         out / "predictions.csv", columns=_columns(b, methods, with_truth), resume=resume,
-                        description="QC", quiet=quiet)
+                        description="QC", quiet=quiet, identity=identity)
     rows = [r for r in read_rows(out / "predictions.csv") if r["status"] == "ok"]
-    dataset = estimate_groups([float(r["dice_pred"]) for r in rows], [float(r["p_pass"]) for r in rows],
+    dataset = estimate_groups([_num(r["dice_pred"]) for r in rows], [_num(r["p_pass"]) for r in rows],
                               [r["group"] or "all" for r in rows], tau=b.tau,
-                              true_dice=[float(r["dice_true"]) for r in rows] if with_truth else None)
+                              true_dice=[_num(r.get("dice_true")) for r in rows] if with_truth else None)
     (out / "dataset.json").write_text(json.dumps(dataset, indent=1))
     # absolute paths, so that `segqc report` finds the images from anywhere
-    write_run_record(out, "predict", {"bundle": str(Path(bundle).resolve()), "data": str(Path(data).resolve()),
-                                      "masks": str(Path(masks).resolve()) if masks else None, "layout": layout,
-                                      "methods": methods}, started,
+    write_run_record(out, "predict", {"bundle": str(Path(bundle).resolve()), "data": _where(data),
+                                      "masks": _where(masks), "layout": layout, "methods": methods}, started,
                      {"bundle_hash": bundle_hash(bundle), "n_ok": summary.n_done, "n_failed": summary.n_failed,
                       "n_skipped": summary.n_skipped})
     return summary, dataset
@@ -543,7 +597,7 @@ def bench(*, bundle, cases, out, root=None, methods: Sequence[str] | None = None
     Writes ``bench.csv`` (row by row), ``bench.json`` and per-method plots.
     """
     from segqc import evaluation as ev
-    from segqc.bundle import load_bundle
+    from segqc.bundle import bundle_hash, load_bundle
     from segqc.population import estimate_groups
 
     started = time.time()
@@ -557,14 +611,16 @@ def bench(*, bundle, cases, out, root=None, methods: Sequence[str] | None = None
     refs = read_manifest(cases, root=root, mask_col="prediction", truth_col="ground_truth", group_col="checkpoint")
     if limit is not None and limit < len(refs):
         refs = [refs[i] for i in sorted(np.random.default_rng(seed).choice(len(refs), limit, replace=False))]
-    extra_cols = ["model", "is_deployed"]
+    extra_cols = ["model", "is_deployed", "source_id"]  # source_id: the image's id as in cases.csv
+    identity = {"command": "bench", "bundle": bundle_hash(bundle), "methods": methods, "cases": _where(cases),
+                "root": _where(root), "limit": limit, "seed": seed, "models": [repr(m) for m in models or []]}
     summary = run_batch(refs, lambda c: {**score_case(b, c, methods),
                                          **{k: c.meta.get(k, "") for k in extra_cols}},
                         out / "bench.csv", columns=_columns(b, methods, True) + extra_cols, resume=resume,
-                        description="bench", quiet=quiet)
+                        description="bench", quiet=quiet, identity=identity)
     rows = [r for r in read_rows(out / "bench.csv") if r["status"] == "ok"]
     truth = {r.case_id: r.extra.get("dice") for r in refs}
-    true = np.array([float(truth.get(r["case_id"]) or r["dice_true"]) for r in rows])
+    true = np.array([_num(truth.get(r["case_id"]) or r["dice_true"]) for r in rows])
     groups = [r["group"] for r in rows]
     deployed = np.array([r.get("is_deployed") == "True" for r in rows])
     result = {"cases": str(cases), "n": len(rows), "n_failed": summary.n_failed, "tau": tau, "methods": {}}
@@ -588,8 +644,10 @@ def bench(*, bundle, cases, out, root=None, methods: Sequence[str] | None = None
 
 def _guess_root(cases: Path) -> Path:
     """Benchmark paths are relative to ``shared/``: walk up until the first path resolves."""
-    first = read_manifest(cases, root=cases.parent)[0].image[0]
-    rel = first.relative_to(cases.parent)
+    listed = [r for r in read_manifest(cases, root=cases.parent) if r.image]
+    if not listed:
+        return cases.parent
+    rel = listed[0].image[0].relative_to(cases.parent)
     for parent in [cases.parent, *cases.parents]:
         if (parent / rel).exists():
             return parent

@@ -87,9 +87,20 @@ class DiceCalibrator:
         return arrays, {"tau": self.tau, "coverage": self.coverage, "radius_": self.radius_, "n_": self.n_}
 
     @classmethod
-    def from_state(cls, arrays: dict[str, np.ndarray], config: dict) -> "DiceCalibrator":
-        cal = cls(tau=config["tau"], coverage=config["coverage"])
-        for k, v in arrays.items():
-            setattr(cal, k, np.asarray(v, float))
+    def from_state(cls, arrays: dict[str, np.ndarray], config: dict) -> DiceCalibrator:
+        """Rebuild from `state`, refusing state that would fail or answer nonsense only at predict time."""
+        cal = cls(tau=float(config["tau"]), coverage=float(config["coverage"]))
         cal.radius_, cal.n_ = float(config["radius_"]), int(config["n_"])
+        if not (0 < cal.tau < 1 and 0 < cal.coverage < 1 and 0 <= cal.radius_ <= 1):
+            raise ValueError(f"calibrator needs tau and coverage in (0, 1) and a radius in [0, 1], got tau={cal.tau}, "
+                             f"coverage={cal.coverage}, radius={cal.radius_}")
+        for x, y in (("dice_x_", "dice_y_"), ("pass_x_", "pass_y_")):
+            xs, ys = (np.asarray(arrays.get(k, []), float) for k in (x, y))
+            # np.interp needs non-empty, increasing breakpoints; isotonic values lie in [0, 1]
+            if not (xs.ndim == 1 and xs.size and xs.shape == ys.shape and np.all(np.diff(xs) >= 0)
+                    and np.isfinite(xs).all() and np.all((ys >= 0) & (ys <= 1))):
+                raise ValueError(f"calibrator arrays {x} / {y} must be equal-length 1-D breakpoints, increasing "
+                                 "and finite, with values in [0, 1]")
+            setattr(cal, x, xs)
+            setattr(cal, y, ys)
         return cal

@@ -1,18 +1,20 @@
 """`segqc` command line: parses arguments and calls `segqc.api` by keyword, nothing else.
 
 Exit codes: 0 success; 1 failure (nothing processed, bad options); 3 partial failure
-(some cases could not be processed: see the ``error`` column and stderr).
+(some cases could not be processed: see the ``error`` column and stderr); 130
+interrupted (Ctrl-C: the rows written so far are kept, run again to resume).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from segqc import __version__
-from segqc.batch import EXIT_ALL_FAILED, EXIT_OK
+from segqc.batch import EXIT_ALL_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from segqc.io.layouts import LAYOUTS
 from segqc.methods import METHODS
 
@@ -254,8 +256,18 @@ def main(argv: list[str] | None = None) -> int:
             _print_bench(result)
             print(f"written to {args.out}")
             return EXIT_OK
-    except (ValueError, FileNotFoundError) as e:
+    except KeyboardInterrupt:
+        print(f"segqc {args.command}: interrupted; the rows written so far are kept: run the same command again "
+              "to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ValueError, OSError) as e:
         print(f"segqc {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_ALL_FAILED
+    except Exception as e:  # noqa: BLE001 — a defect of segqc: one line, the traceback on request
+        if os.environ.get("SEGQC_DEBUG") == "1":
+            raise
+        print(f"segqc {args.command}: internal error ({type(e).__name__}: {e}); rerun with SEGQC_DEBUG=1 for the "
+              "traceback and please report it", file=sys.stderr)
         return EXIT_ALL_FAILED
     return EXIT_ALL_FAILED
 

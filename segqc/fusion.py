@@ -76,8 +76,11 @@ class Fusion:
         return arrays, {"members": self.members, "weights": self.weights_.tolist(), "calibration": config}
 
     @classmethod
-    def from_state(cls, arrays: dict[str, np.ndarray], config: dict) -> "Fusion":
+    def from_state(cls, arrays: dict[str, np.ndarray], config: dict) -> Fusion:
         cal = DiceCalibrator.from_state(arrays, config["calibration"])
         fusion = cls(config["members"], tau=cal.tau, coverage=cal.coverage)
-        fusion.calibrator_, fusion.weights_ = cal, np.asarray(config["weights"], float)
+        weights = np.asarray(config["weights"], float)
+        if weights.shape != (len(fusion.members),) or not np.all((weights >= 0) & (weights <= 1)):
+            raise ValueError(f"fusion needs one weight in [0, 1] per member {fusion.members}, got {config['weights']}")
+        fusion.calibrator_, fusion.weights_ = cal, weights
         return fusion

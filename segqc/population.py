@@ -47,10 +47,11 @@ def estimate_groups(pred_dice: Sequence[float], p_pass: Sequence[float], groups:
                "mean_dice_ci": _boot(d, rng, n_boot),
                "share_pass": float(p.mean()) if p.size else float("nan"),
                "share_pass_ci": _boot(p, rng, n_boot)}
-        if t is not None:
-            tt = t[sel]
-            row["true_mean_dice"] = float(np.nanmean(tt)) if tt.size else float("nan")
-            row["true_share_pass"] = float(np.nanmean(tt >= tau)) if tt.size else float("nan")
+        if t is not None:  # rows without a truth (NaN) are left out of the true figures, not counted as fails
+            tt = t[sel][np.isfinite(t[sel])]
+            row["n_with_truth"] = int(tt.size)
+            row["true_mean_dice"] = float(tt.mean()) if tt.size else float("nan")
+            row["true_share_pass"] = float(np.mean(tt >= tau)) if tt.size else float("nan")
             row["abs_error_mean_dice"] = abs(row["mean_dice"] - row["true_mean_dice"])
         out[str(name)] = row
     return out

@@ -31,6 +31,7 @@ from itertools import combinations
 import numpy as np
 from scipy import ndimage
 
+from segqc.labels import to_labels
 from segqc.metrics import binary_dice
 from segqc.utils import look_up_option
 
@@ -272,6 +273,5 @@ def uncertainty_maps(samples: np.ndarray, channel_labels) -> dict[str, np.ndarra
     h = ent(mean, 0)
     mi = np.clip(h - ent(samples, 1).mean(0), 0, 1)
     var = np.clip(4 * samples.var(0).max(0), 0, 1)
-    lut = np.asarray(channel_labels, dtype=np.uint8)
     return {"entropy": h.astype(np.float32), "mutual_information": mi.astype(np.float32),
-            "variance": var.astype(np.float32), "pgt": lut[mean.argmax(0)]}
+            "variance": var.astype(np.float32), "pgt": to_labels(mean.argmax(0), list(channel_labels)[1:])}

@@ -3,5 +3,5 @@
 from segqc.io.images import is_photo, read_image, read_mask, write_image, write_mask
 from segqc.io.layouts import LAYOUTS, CaseRef, detect_layout, load_dataset, read_manifest
 
-__all__ = ["read_image", "read_mask", "write_image", "write_mask", "is_photo",
-           "CaseRef", "load_dataset", "detect_layout", "read_manifest", "LAYOUTS"]
+__all__ = ["LAYOUTS", "CaseRef", "detect_layout", "is_photo", "load_dataset", "read_image", "read_manifest",
+           "read_mask", "write_image", "write_mask"]

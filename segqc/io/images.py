@@ -3,22 +3,68 @@
 NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr) and MetaImage (.mha, .mhd) go through
 SimpleITK so that spacing, origin and direction are kept; PNG / JPG / BMP / TIFF
 photographs go through Pillow with unit spacing and RGB kept as three channels.
+
+Every reader checks the size in the header against `MAX_VOXELS` before reading pixels,
+and every damaged file (truncated, bad gzip stream, not an image) becomes a ValueError
+that names it, so that one bad file fails one case, not the batch.
 """
 
 from __future__ import annotations
 
+import gzip
+import math
+import os
+import re
+import struct
+import warnings
+import zlib
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from segqc.case import Geometry
 
-__all__ = ["read_image", "read_mask", "write_mask", "write_image", "is_photo", "MEDICAL_SUFFIXES", "PHOTO_SUFFIXES"]
+__all__ = ["MAX_VOXELS", "MEDICAL_SUFFIXES", "PHOTO_SUFFIXES", "is_photo", "read_image", "read_mask", "write_image",
+           "write_mask"]
 
 MEDICAL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
 # A label map has few distinct values; more means a probability map or a lossy JPEG mask.
 MAX_LABELS = 64
+
+
+# Peak memory of `segqc predict` (features) grows by ~70-85 bytes per voxel above ~0.7 GiB
+# (benchmarks/memory.py); 100 bytes per voxel leaves a margin for the other methods' buffers.
+BYTES_PER_VOXEL = 100
+
+
+def _default_limit() -> int:
+    """512 × 512 × 1024 voxels, or less on a machine whose memory could not hold that case."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX: keep the fixed limit
+        return 512 * 512 * 1024
+    return int(min(512 * 512 * 1024, max(2**24, (total - 2**30) // BYTES_PER_VOXEL)))
+
+
+def _limit_from_env(env=os.environ) -> int:
+    value = env.get("SEGQC_MAX_VOXELS", "").strip()
+    if not value:
+        return _default_limit()
+    try:
+        limit = int(value)
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise ValueError(f"SEGQC_MAX_VOXELS must be a positive whole number of voxels, got {value!r}")
+    return limit
+
+
+# Largest image read, in voxels per channel, checked from the header before any pixel is read:
+# a corrupt header or a whole-slide picture would otherwise exhaust memory mid-batch.
+MAX_VOXELS = _limit_from_env()
 
 
 def suffix_of(path: str | Path) -> str:
@@ -41,72 +87,195 @@ def _check_exists(path: Path) -> None:
                          f"expected one of {', '.join(MEDICAL_SUFFIXES + PHOTO_SUFFIXES)}")
 
 
-def _read_sitk(path: Path) -> tuple[np.ndarray, Geometry, int]:
-    """Array in (Z, Y, X) order, geometry, and the number of components (vector pixels)."""
+def _too_large(path: Path, size: str) -> ValueError:
+    return ValueError(f"{path} is too large to read: {size}, above the limit of {MAX_VOXELS:,} voxels per channel; "
+                      "set the environment variable SEGQC_MAX_VOXELS to raise it")
+
+
+def _check_voxels(path: Path, shape: tuple[int, ...]) -> None:
+    """Refuse an image whose header gives more than `MAX_VOXELS` voxels per channel."""
+    n = math.prod(shape)
+    if n > MAX_VOXELS:
+        raise _too_large(path, f"{' x '.join(map(str, shape))} = {n:,} voxels")
+
+
+def _count_nonfinite(arr: np.ndarray) -> int:
+    return 0 if arr.dtype.kind != "f" else int(arr.size - np.count_nonzero(np.isfinite(arr)))
+
+
+def _sitk_error(path: Path, e: RuntimeError) -> ValueError:
+    """A one-line reason from SimpleITK's multi-line message (source locations, object addresses)."""
+    lines = [line.strip() for line in str(e).strip().splitlines()] or [""]
+    # MetaImage ends with a bare errno line ("Reason: No such file or directory") that means nothing alone
+    why = " ".join(lines[-2:]) if lines[-1].startswith("Reason:") else lines[-1]
+    why = re.sub(r"^ITK ERROR: \w+\(0x[0-9a-fA-F]+\): ", "", why)
+    return ValueError(f"cannot read {path}: the file is damaged, truncated or not a valid image ({why})")
+
+
+def _read_sitk(path: Path) -> tuple[np.ndarray, Geometry, int, int]:
+    """Array in (Z, Y, X) order, geometry, number of components (vector pixels) and of NaN / inf voxels.
+
+    The header is read first, so an oversized image is refused before its pixels are.
+    """
     import SimpleITK as sitk
 
-    try:
-        img = sitk.ReadImage(str(path))
-    except RuntimeError as e:  # SimpleITK raises RuntimeError for corrupt files
-        raise ValueError(f"cannot read {path}: {str(e).strip().splitlines()[-1]}") from None
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:  # SimpleITK raises RuntimeError for corrupt files
+        reader.ReadImageInformation()
+        _check_voxels(path, reader.GetSize()[:3][::-1])  # a 4D NIfTI's fourth axis holds channels
+        nonfinite = _scan_nifti(path) if suffix_of(path) in NIFTI_SUFFIXES else None
+        img = reader.Execute()
+    except RuntimeError as e:
+        raise _sitk_error(path, e) from None
     arr = sitk.GetArrayFromImage(img)
+    if nonfinite is None:
+        nonfinite = _count_nonfinite(arr)
     dim = img.GetDimension()
     spacing = tuple(float(s) for s in img.GetSpacing())[::-1]
     origin = tuple(float(o) for o in img.GetOrigin())[::-1]
     # SimpleITK direction is row-major in (x, y, z); reverse both axes for array order.
     d = np.asarray(img.GetDirection(), dtype=float).reshape(dim, dim)[::-1, ::-1]
     if dim == 4:  # 4D NIfTI (MSD multi-modal): last physical axis is the channel axis
-        return arr, Geometry(spacing[1:], origin[1:], tuple(d[1:, 1:].ravel().tolist())), arr.shape[0]
+        return arr, Geometry(spacing[1:], origin[1:], tuple(d[1:, 1:].ravel().tolist())), arr.shape[0], nonfinite
     geometry = Geometry(spacing, origin, tuple(d.ravel().tolist()))
-    return arr, geometry, img.GetNumberOfComponentsPerPixel()
+    return arr, geometry, img.GetNumberOfComponentsPerPixel(), nonfinite
 
 
 # NIfTI datatype codes of floating-point voxels → numpy dtype names
 _NIFTI_FLOATS = {16: "f4", 64: "f8"}
+# Single-file NIfTI-1 / NIfTI-2 headers: size, magic (offset, bytes), offsets and formats of
+# datatype + bitpix, dim[8] and vox_offset.
+_NIFTI_HEADERS = ((348, 344, b"n+1\0", 70, 40, "8h", 108, "f"), (540, 4, b"n+2\0", 12, 16, "8q", 168, "q"))
+_CHUNK = 1 << 24  # bytes read at a time when streaming a volume: memory stays bounded whatever its size
 
 
-def _nifti_nonfinite(path: Path) -> int:
-    """Count NaN / inf voxels in a float NIfTI file by reading its raw data.
+class _NiftiLayout(NamedTuple):
+    """Where the voxels of a NIfTI file lie, according to its header."""
 
-    SimpleITK's NIfTI reader silently replaces NaN with 0, so a corrupt float volume
-    would pass unnoticed; this reads the voxels as stored (NIfTI-1 and NIfTI-2).
-    """
-    import gzip
+    offset: int  # first voxel byte
+    end: int  # one past the last voxel byte
+    float_dtype: str | None  # numpy dtype of floating-point voxels (which may be NaN / inf), else None
 
-    opener = gzip.open if str(path).lower().endswith(".gz") else open
-    with opener(path, "rb") as f:
-        head = f.read(540)
+
+def _nifti_layout(head: bytes) -> _NiftiLayout | None:
+    """Parse a NIfTI-1 or NIfTI-2 single-file header in either byte order; None if it is not one we can check."""
+    for size, at_magic, magic, at_type, at_dim, dim_fmt, at_offset, offset_fmt in _NIFTI_HEADERS:
+        if len(head) < size or head[at_magic:at_magic + 4] != magic:
+            continue
         for order in "<>":
-            size = np.frombuffer(head[:4], order + "i4")[0]
-            if size in (348, 540):
-                break
-        else:
-            return 0  # not a header we know: leave it to SimpleITK
-        if size == 348:
-            datatype = int(np.frombuffer(head[70:72], order + "i2")[0])
-            offset = int(np.frombuffer(head[108:112], order + "f4")[0])
-        else:
-            datatype = int(np.frombuffer(head[12:14], order + "i2")[0])
-            offset = int(np.frombuffer(head[168:176], order + "i8")[0])
-        if datatype not in _NIFTI_FLOATS:
-            return 0
-        f.seek(max(offset, size))
-        data = np.frombuffer(f.read(), order + _NIFTI_FLOATS[datatype])
-    return int(np.sum(~np.isfinite(data)))
+            if struct.unpack_from(order + "i", head)[0] != size:
+                continue
+            datatype, bitpix = struct.unpack_from(order + "2h", head, at_type)
+            dim = struct.unpack_from(order + dim_fmt, head, at_dim)
+            offset = struct.unpack_from(order + offset_fmt, head, at_offset)[0]
+            shape = dim[1:dim[0] + 1]
+            if not (1 <= dim[0] <= 7 and min(shape) >= 1 and bitpix >= 1 and 0 <= offset < 2 ** 62):
+                return None  # an implausible header: SimpleITK's own reading decides
+            start = max(int(offset), size + 4)  # the 4 extension-flag bytes always precede the voxels
+            dtype = order + _NIFTI_FLOATS[datatype] if datatype in _NIFTI_FLOATS else None
+            return _NiftiLayout(start, start + (math.prod(shape) * bitpix + 7) // 8, dtype)
+    return None
 
 
-def _read_photo(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+class _VoxelScan:
+    """Bytes of a stream seen so far, and the NaN / inf among its float voxels.
 
+    Chunks are fed in order and need not align with voxels: a partial voxel waits for the next chunk.
+    """
+
+    def __init__(self, layout: _NiftiLayout):
+        self.layout, self.got, self.nonfinite, self._tail = layout, 0, 0, b""
+
+    def feed(self, chunk: bytes) -> None:
+        start, self.got = self.got, self.got + len(chunk)
+        lo, hi = max(self.layout.offset - start, 0), min(self.layout.end - start, len(chunk))
+        if self.layout.float_dtype is None or lo >= hi:
+            return
+        data = self._tail + chunk[lo:hi]
+        n = len(data) // np.dtype(self.layout.float_dtype).itemsize
+        values = np.frombuffer(data, self.layout.float_dtype, count=n)
+        self.nonfinite += n - int(np.count_nonzero(np.isfinite(values)))
+        self._tail = data[values.nbytes:]
+
+
+def _chunks(stream, first: bytes):
+    chunk = first
+    while chunk:
+        yield chunk
+        chunk = stream.read(_CHUNK)
+
+
+def _scan_nifti(path: Path) -> int:
+    """Check that a NIfTI file holds every voxel its header promises; return how many are NaN / inf.
+
+    SimpleITK reads a short file, or a gzip stream cut short, as if the missing voxels were 0, and
+    turns NaN into 0: both would pass unnoticed. One streaming pass over the (decompressed) bytes
+    checks both, without a second copy of the volume in memory.
+
+    Raises:
+        ValueError: the file is truncated or its gzip stream is damaged (bad CRC, cut short).
+    """
+    with open(path, "rb") as raw:
+        packed = raw.read(2) == b"\x1f\x8b"  # by content: some tools gzip a .nii, or name a plain file .nii.gz
+        raw.seek(0)
+        stream = gzip.GzipFile(fileobj=raw) if packed else raw
+        scan = None
+        try:
+            head = stream.read(_NIFTI_HEADERS[-1][0])
+            layout = _nifti_layout(head)
+            if layout is None:
+                return 0
+            scan = _VoxelScan(layout)
+            if packed or layout.float_dtype:
+                for chunk in _chunks(stream, head):
+                    scan.feed(chunk)
+            else:  # nothing to inflate or scan: the file size says it all
+                scan.got = os.fstat(raw.fileno()).st_size
+        except (EOFError, OSError, zlib.error) as e:  # gzip: cut short, bad CRC, corrupt deflate data
+            where = f" after {scan.got:,} of {scan.layout.end:,} bytes" if scan else ""
+            raise ValueError(f"{path} is truncated or damaged: reading it failed{where} ({e})") from None
+    if scan.got < layout.end:
+        raise ValueError(f"{path} is truncated or damaged: its header promises {layout.end:,} bytes "
+                         f"(voxels from byte {layout.offset:,}) but it holds {scan.got:,}"
+                         + (" once decompressed" if packed else ""))
+    return scan.nonfinite
+
+
+# Pillow modes read as stored; the others become RGB
+_PHOTO_MODES = ("L", "RGB", "I", "I;16", "F", "1")
+
+
+def _open_photo(path: Path):
+    """Open a photograph lazily, refusing it from its size before any pixel is decoded."""
+    from PIL import Image
+
+    # Pillow's own bomb guard warns above MAX_IMAGE_PIXELS and fails above twice that; tie it to
+    # MAX_VOXELS so that one limit decides, and the refusal says how to raise it.
+    Image.MAX_IMAGE_PIXELS = MAX_VOXELS
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused just below
+        try:
+            im = Image.open(path)
+        except Image.DecompressionBombError:
+            raise _too_large(path, f"more than {2 * MAX_VOXELS:,} pixels") from None
     try:
-        with Image.open(path) as im:
+        _check_voxels(path, im.size[::-1])
+    except ValueError:
+        im.close()
+        raise
+    return im
+
+
+def _read_photo(path: Path, *, labels: bool = False) -> np.ndarray:
+    """Pixels of a photograph; a palette picture gives its colours, or its indices when it holds labels."""
+    try:
+        with _open_photo(path) as im:
             im.load()
-            if im.mode in ("RGBA", "P", "CMYK", "YCbCr", "LA"):
-                im = im.convert("RGB")
-            elif im.mode not in ("L", "RGB", "I", "I;16", "F", "1"):
+            if im.mode not in _PHOTO_MODES and not (labels and im.mode == "P"):
                 im = im.convert("RGB")
             return np.asarray(im)
-    except (UnidentifiedImageError, OSError) as e:
+    except OSError as e:  # also UnidentifiedImageError (not an image) and truncated files
         raise ValueError(f"cannot read {path}: {e}") from None
 
 
@@ -115,6 +284,10 @@ def read_image(path: str | Path | list) -> tuple[np.ndarray, Geometry]:
 
     A list of paths (nnU-Net ``_0000``, ``_0001``... files) is stacked as channels after
     checking that they share one grid.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: unsupported, damaged or truncated file, more than `MAX_VOXELS` voxels, NaN / inf voxels.
     """
     if isinstance(path, (list, tuple)):
         parts = [read_image(p) for p in path]
@@ -131,16 +304,13 @@ def read_image(path: str | Path | list) -> tuple[np.ndarray, Geometry]:
     if is_photo(path):
         arr = _read_photo(path)
         arr = arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)
-        geometry = Geometry.identity(2)
+        geometry, bad = Geometry.identity(2), _count_nonfinite(arr)
     else:
-        arr, geometry, ncomp = _read_sitk(path)
+        arr, geometry, ncomp, bad = _read_sitk(path)
         if ncomp > 1 and arr.ndim == geometry.ndim + 1 and arr.shape[-1] == ncomp:
             arr = np.moveaxis(arr, -1, 0)  # vector pixels (e.g. RGB NRRD) → channels first
         elif arr.ndim == geometry.ndim:
             arr = arr[None]
-    bad = 0 if np.all(np.isfinite(arr)) else int(np.sum(~np.isfinite(arr)))
-    if not bad and arr.dtype.kind == "f" and suffix_of(path) in (".nii", ".nii.gz"):
-        bad = _nifti_nonfinite(path)
     if bad:
         raise ValueError(f"image {path} contains {bad} NaN or infinite values")
     arr = arr.astype(np.float32, copy=False)
@@ -150,32 +320,37 @@ def read_image(path: str | Path | list) -> tuple[np.ndarray, Geometry]:
 def read_mask(path: str | Path) -> tuple[np.ndarray, Geometry]:
     """Read a label mask as uint8/uint16 ``(Z, Y, X)`` / ``(Y, X)`` plus its geometry.
 
-    0/255 photographs are mapped to 0/1. A mask with non-integer values, NaNs or more
-    than 64 distinct values is refused: it is a probability map or a lossy JPEG, not
-    labels.
+    0/255 photographs are mapped to 0/1; a palette picture gives its indices. A mask with
+    non-integer, negative or non-finite values, labels above 65535 or more than 64 distinct
+    values is refused: it is a probability map or a lossy JPEG, not labels.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: unsupported, damaged or truncated file, too large, or not a label map.
     """
     path = Path(path)
     _check_exists(path)
     if is_photo(path):
-        arr = _read_photo(path)
+        arr = _read_photo(path, labels=True)
         if arr.ndim == 3:  # an RGB-saved mask: accept only if grey (all channels equal)
             if not (np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2])):
                 raise ValueError(f"mask {path} is a colour image; expected a single-channel label image")
             arr = arr[..., 0]
-        geometry = Geometry.identity(2)
+        geometry, bad = Geometry.identity(2), _count_nonfinite(arr)
     else:
-        arr, geometry, ncomp = _read_sitk(path)
+        arr, geometry, ncomp, bad = _read_sitk(path)
         if ncomp > 1 or arr.ndim != geometry.ndim:
             raise ValueError(f"mask {path} has {max(ncomp, arr.shape[0])} components; expected one label per voxel")
-    if arr.dtype.kind == "f":
-        if np.isnan(arr).any() or (suffix_of(path) in (".nii", ".nii.gz") and _nifti_nonfinite(path)):
-            raise ValueError(f"mask {path} contains NaN values")
-        if not np.all(arr == np.round(arr)):
-            raise ValueError(f"mask {path} has non-integer values (a probability map?); expected integer labels")
+    if bad:
+        raise ValueError(f"mask {path} contains {bad} NaN or infinite values")
+    if arr.dtype.kind == "f" and not np.all(arr == np.round(arr)):
+        raise ValueError(f"mask {path} has non-integer values (a probability map?); expected integer labels")
     if arr.dtype.kind == "b":
         arr = arr.astype(np.uint8)
     if arr.size and arr.min() < 0:
         raise ValueError(f"mask {path} has negative values (min {arr.min()}); expected labels ≥ 0")
+    if arr.max(initial=0) > np.iinfo(np.uint16).max:  # would wrap around in the uint16 result
+        raise ValueError(f"mask {path} has label {arr.max()}; expected labels below 65536")
     values = np.unique(arr)
     if set(values.tolist()) <= {0, 255} and is_photo(path):
         arr = (arr > 0).astype(np.uint8)

@@ -27,7 +27,7 @@ from segqc.case import Case
 from segqc.errors import CaseError
 from segqc.io.images import MEDICAL_SUFFIXES, PHOTO_SUFFIXES, read_image, read_mask, suffix_of
 
-__all__ = ["CaseRef", "load_dataset", "detect_layout", "read_manifest", "LAYOUTS"]
+__all__ = ["LAYOUTS", "CaseRef", "detect_layout", "load_dataset", "read_manifest"]
 
 LAYOUTS = ("auto", "nnunet", "msd", "flat", "csv")
 _CHANNEL = re.compile(r"^(?P<id>.+)_(?P<ch>\d{4})$")
@@ -43,27 +43,41 @@ class CaseRef:
     truth: Path | None = None
     group: str | None = None
     extra: dict = field(default_factory=dict, hash=False, compare=False)
+    # why this case cannot be loaded, found while listing (no mask file, empty manifest cell): raised by `load()`
+    problem: str | None = None
 
     def load(self, *, require_mask: bool = True, tol: float = 1e-3) -> Case:
         """Read image, mask and (optional) truth, and check they share one grid.
 
         Raises:
-            CaseError: naming this case and the reason (missing file, unreadable file,
-                shape or geometry mismatch, non-label mask, NaNs).
+            CaseError: naming this case and the reason (a problem found while listing it,
+                missing or unreadable file, shape or geometry mismatch, non-label mask, NaNs).
         """
+        if self.problem:
+            raise CaseError(self.case_id, self.problem)
+        if not self.image:
+            raise CaseError(self.case_id, "no image file for this case")
+        reading = self.image[0]  # the file being read, for an error that does not name it
         try:
             image, geometry = read_image(list(self.image) if len(self.image) > 1 else self.image[0])
             mask = truth = None
             if self.mask is not None:
+                reading = self.mask
                 mask = self._read_on_grid(self.mask, image, geometry, tol, "mask")
             elif require_mask:
                 raise ValueError("no mask file for this case")
             if self.truth is not None:
+                reading = self.truth
                 truth = self._read_on_grid(self.truth, image, geometry, tol, "truth")
         except CaseError:
             raise
+        except MemoryError:
+            raise CaseError(self.case_id, f"not enough memory to read {reading} "
+                                          "(SEGQC_MAX_VOXELS limits the size of a case)") from None
         except (OSError, ValueError, RuntimeError) as e:
             raise CaseError(self.case_id, str(e)) from None
+        except Exception as e:  # a reader's own defect: still this case's error, not the batch's
+            raise CaseError(self.case_id, f"cannot read {reading}: {type(e).__name__}: {e}") from e
         meta = {"image": [str(p) for p in self.image], "mask": str(self.mask) if self.mask else None,
                 "group": self.group, **self.extra}
         return Case(self.case_id, image, mask, geometry, truth=truth, meta=meta)
@@ -115,17 +129,22 @@ def load_dataset(path: str | Path, *, layout: str = "auto", masks: str | Path | 
         masks: a masks folder to pair with the images folder ``path`` (flat layout);
             overrides the dataset's own labels (e.g. candidate masks of a model).
         split: ``Tr`` or ``Ts`` for nnU-Net / MSD folders.
-        require_masks: raise when an image has no mask.
+        require_masks: an image without a mask is an error (of its own case, raised by
+            `CaseRef.load`); otherwise its `CaseRef` simply has no mask.
 
     Returns:
         `CaseRef` list sorted by case id.
+
+    Raises:
+        FileNotFoundError: no such dataset, or masks are required and no image has one.
+        ValueError: unknown layout, or a malformed folder or manifest.
     """
     from segqc.utils import look_up_option
 
     layout = look_up_option(layout, LAYOUTS)
     path = Path(path)
     if masks is not None and layout == "auto" and path.is_dir() and not (path / "imagesTr").is_dir():
-        return _pair(_list_files(path), Path(masks), require_masks, str_id=_strip)
+        return _pair(_singles(_list_files(path)), Path(masks), require_masks)
     if layout == "auto":
         layout = detect_layout(path)
     if layout == "csv":
@@ -136,6 +155,7 @@ def load_dataset(path: str | Path, *, layout: str = "auto", masks: str | Path | 
             raise FileNotFoundError(f"{images} does not exist")
         label_dir = Path(masks) if masks is not None else path / f"labels{split}"
         files = _list_files(images)
+        require = require_masks and label_dir.is_dir()  # no labels folder: an unlabelled (test) split
         if layout == "nnunet":
             groups: dict[str, list[Path]] = {}
             for f in files:
@@ -143,18 +163,16 @@ def load_dataset(path: str | Path, *, layout: str = "auto", masks: str | Path | 
                 if not m:
                     raise ValueError(f"{f.name} in an nnU-Net folder lacks the _0000 channel suffix")
                 groups.setdefault(m["id"], []).append(f)
-            refs = []
-            for cid, chans in sorted(groups.items()):
-                mask = _find(label_dir, cid, suffix_of(chans[0]))
-                if mask is None and require_masks and label_dir.is_dir():
-                    raise FileNotFoundError(f"no label for case {cid} in {label_dir}")
-                refs.append(CaseRef(cid, tuple(sorted(chans)), mask))
-            return refs
-        require = require_masks and label_dir.is_dir()
-        return _pair(files, label_dir, require, str_id=_strip)
+            return _pair([(cid, tuple(sorted(chans))) for cid, chans in sorted(groups.items())], label_dir, require)
+        return _pair(_singles(files), label_dir, require)
     # flat
     mask_dir = Path(masks) if masks else next(path / m for m in ("masks", "labels") if (path / m).is_dir())
-    return _pair(_list_files(path / "images"), mask_dir, require_masks, str_id=_strip)
+    return _pair(_singles(_list_files(path / "images")), mask_dir, require_masks)
+
+
+def _singles(files: list[Path]) -> list[tuple[str, tuple[Path, ...]]]:
+    """One case per file, named by its stem."""
+    return [(_strip(f), (f,)) for f in files]
 
 
 def _find(folder: Path, stem: str, prefer_suffix: str) -> Path | None:
@@ -167,14 +185,26 @@ def _find(folder: Path, stem: str, prefer_suffix: str) -> Path | None:
     return None
 
 
-def _pair(images: list[Path], mask_dir: Path, require: bool, str_id) -> list[CaseRef]:
+def _pair(cases: list[tuple[str, tuple[Path, ...]]], mask_dir: Path, require: bool) -> list[CaseRef]:
+    """A `CaseRef` per ``(case id, image files)`` with its mask from ``mask_dir``.
+
+    A case without a mask is listed all the same, to fail alone when loaded (one error row,
+    not a refused run); but when no case has one, the folder or the naming is wrong.
+
+    Raises:
+        FileNotFoundError: masks are required and no case has one.
+    """
     refs = []
-    for img in images:
-        cid = str_id(img)
-        mask = _find(mask_dir, cid, suffix_of(img))
-        if mask is None and require:
-            raise FileNotFoundError(f"no mask named {cid}.* in {mask_dir} for image {img.name}")
-        refs.append(CaseRef(cid, (img,), mask))
+    # a.png and a.jpg side by side share a stem: the second one is listed as a~2 (ids stay unique)
+    for (cid, images), key in zip(cases, _unique_ids([(cid, True) for cid, _ in cases])):
+        mask = _find(mask_dir, cid, suffix_of(images[0]))
+        problem = f"no mask named {cid}.* in {mask_dir}" if mask is None and require else None
+        refs.append(CaseRef(key, images, mask, problem=problem))
+    if require and refs and all(r.mask is None for r in refs):
+        if not mask_dir.is_dir():
+            raise FileNotFoundError(f"mask folder {mask_dir} does not exist")
+        raise FileNotFoundError(f"no image has a mask in {mask_dir}: masks must be named like their images, "
+                                f"e.g. {refs[0].case_id}{suffix_of(refs[0].image[0])}")
     return refs
 
 
@@ -183,34 +213,67 @@ def read_manifest(path: str | Path, *, root: str | Path | None = None, image_col
                   id_col: str = "case_id") -> list[CaseRef]:
     """Read a CSV manifest; other columns are kept in ``CaseRef.extra``.
 
-    Missing files are not checked here: they fail their own case when it is loaded.
+    UTF-8 (with or without a BOM), any line ends; cells are stripped. Missing files are not
+    checked here, and a row without an image path is listed all the same: a bad row fails its
+    own case when loaded, never the listing.
+
+    Case ids are unique: the first row with an id keeps it; a repeated id (the same image with
+    one candidate mask per model) becomes ``<id>~2``, ``<id>~3``... and a row without one
+    ``row<N>`` (N: its row in the file, the header being row 1), skipping ids already used
+    anywhere in the manifest. ``extra["source_id"]`` keeps the id as written (or ``row<N>``),
+    so that candidates of one image can be matched with it.
     """
     path = Path(path)
     root = Path(root) if root is not None else path.parent
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {id_col, image_col} - set(reader.fieldnames or [])
-        if missing:
-            raise ValueError(f"manifest {path} lacks column(s) {sorted(missing)}; has {reader.fieldnames}")
-        rows = list(reader)
-    refs = []
-    seen: dict[str, int] = {}
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            reader.fieldnames = [c.strip() for c in reader.fieldnames or []]
+            missing = {id_col, image_col} - set(reader.fieldnames)
+            if missing:
+                raise ValueError(f"manifest {path} lacks column(s) {sorted(missing)}; has {reader.fieldnames}")
+            rows = []
+            for row in reader:
+                # short rows give None cells; cells beyond the header (key None) have no column to go to
+                cells = {k: (v or "").strip() for k, v in row.items() if k is not None}
+                if any(cells.values()):  # a row of empty cells (a spreadsheet's padding) lists nothing
+                    rows.append((reader.line_num, cells))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"manifest {path} is not UTF-8 text ({e})") from None
     used = {id_col, image_col, mask_col, truth_col, group_col}
+    wanted = [(cells[id_col] or f"row{n}", bool(cells[id_col])) for n, cells in rows]
 
-    def resolve(p):
-        return (root / p) if p and not Path(p).is_absolute() else (Path(p) if p else None)
+    def resolve(p: str) -> Path | None:
+        return (root / p) if p else None  # an absolute p stays itself
 
-    for row in rows:
-        cid = row[id_col]
-        # the same image may appear with several candidate masks (one per model)
-        key = cid if cid not in seen else f"{cid}#{seen[cid]}"
-        seen[cid] = seen.get(cid, 0) + 1
+    refs = []
+    for (n, cells), key, (source, _) in zip(rows, _unique_ids(wanted), wanted):
+        images = tuple(root / p for p in (p.strip() for p in cells[image_col].split(";")) if p)
         refs.append(CaseRef(
             case_id=key,
-            image=tuple(resolve(p) for p in row[image_col].split(";")),
-            mask=resolve(row.get(mask_col) or ""),
-            truth=resolve(row.get(truth_col) or ""),
-            group=row.get(group_col) or None,
-            extra={k: v for k, v in row.items() if k not in used},
+            image=images,
+            mask=resolve(cells.get(mask_col, "")),
+            truth=resolve(cells.get(truth_col, "")),
+            group=cells.get(group_col) or None,
+            extra={**{k: v for k, v in cells.items() if k not in used}, "source_id": source},
+            problem=None if images else f"manifest row {n} has no image path",
         ))
     return refs
+
+
+def _unique_ids(wanted: list[tuple[str, bool]]) -> list[str]:
+    """Ids for ``(id, written in the manifest)`` pairs: each as is when free, else ``<id>~2``, ``<id>~3``...
+
+    An id written in the manifest is reserved for its first row, so that no generated id takes it.
+    """
+    written = {w for w, given in wanted if given}
+    used: set[str] = set()
+    out = []
+    for w, given in wanted:
+        key, k = w, 1
+        while key in used or (key in written and not (given and key == w)):
+            k += 1
+            key = f"{w}~{k}"
+        used.add(key)
+        out.append(key)
+    return out

@@ -32,6 +32,7 @@ import time
 import numpy as np
 
 from segqc.case import Case
+from segqc.labels import to_index, to_labels
 from segqc.methods.base import QCMethod, RawScore, check_is_fitted, check_labels
 from segqc.metrics import binary_dice, binary_hd95
 from segqc.nets.weights import load_net_arrays, net_to_arrays
@@ -172,17 +173,6 @@ def _corrupt_onehot(y, gen, p_corrupt: float):
     return out
 
 
-def _index_lut(labels: list[int]) -> np.ndarray:
-    """Label value → channel index (0 = background, then the labels in order)."""
-    lut = np.zeros(max(labels) + 1, dtype=np.int64)
-    lut[np.asarray(labels)] = np.arange(1, len(labels) + 1)
-    return lut
-
-
-def _label_dtype(labels: list[int]):
-    return np.uint8 if max(labels, default=0) <= 255 else np.int32
-
-
 class MaskAutoencoder(QCMethod):
     """Denoising mask autoencoder; QC score = Dice(candidate, its reconstruction) per label.
 
@@ -269,7 +259,6 @@ class MaskAutoencoder(QCMethod):
             raise ValueError("fit needs at least one reference case with an expert mask")
         seed = int(rng.integers(2**31)) if self.seed is None else int(self.seed)
         device = resolve_device(self.device)
-        lut = _index_lut(labels)
 
         slices, n_empty = [], 0
         for case in cases:
@@ -277,7 +266,7 @@ class MaskAutoencoder(QCMethod):
                 case = case.load()
             check_labels(case.mask, labels, f"expert mask of {case.case_id}")
             _, m_ms, _ = preprocess(case, plan)
-            idx = lut[m_ms].astype(np.uint8 if len(labels) < 255 else np.int16)
+            idx = to_index(m_ms, labels, what=f"expert mask of {case.case_id}")
             slices.append(idx)
             n_empty += int((~idx.reshape(len(idx), -1).any(1)).sum())
             if progress is not None:
@@ -379,13 +368,12 @@ class MaskAutoencoder(QCMethod):
         from segqc.preprocess import preprocess
 
         check_is_fitted(self)
-        check_labels(case.mask, self.labels_)
         with torch_threads(self.n_threads):
             _, m_ms, props = preprocess(case, self.plan_)
-            idx = _index_lut(self.labels_)[m_ms]
+            idx = to_index(m_ms, self.labels_, what="candidate mask")
             return self._probs(idx), idx, props
 
-    def score(self, case: Case) -> RawScore:
+    def _score_case(self, case: Case) -> RawScore:
         """Dice and HD95 (mm) of the candidate against its reconstruction, on the original grid.
 
         Dice follows `segqc.metrics` (both empty → 1, one empty → 0, never NaN); HD95 is
@@ -402,8 +390,7 @@ class MaskAutoencoder(QCMethod):
     def _score(self, case: Case, probs: np.ndarray, idx: np.ndarray, props: dict) -> RawScore:
         from segqc.preprocess import invert_map, invert_mask
 
-        values = np.asarray([0] + self.labels_, dtype=_label_dtype(self.labels_))
-        recon = invert_mask(values[probs.argmax(1)], props)
+        recon = invert_mask(to_labels(probs.argmax(1), self.labels_), props)
         p_cand = np.take_along_axis(probs, idx[:, None], axis=1)[:, 0]
         error = np.clip(invert_map(1.0 - p_cand, props, fill=0.0), 0.0, 1.0).astype(np.float32)
         cand = case.mask

@@ -12,11 +12,13 @@ predictions on reference cases.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from segqc.case import Case
+from segqc.labels import unknown_labels
 
 __all__ = ["QCMethod", "RawScore", "NotFittedError", "check_is_fitted", "check_labels", "make_training_pairs"]
 
@@ -35,9 +37,9 @@ def check_labels(mask: np.ndarray | None, labels, what: str = "candidate mask") 
     """Refuse a mask with labels the fitted method has never seen, quoting them."""
     if mask is None:
         raise ValueError(f"the {what} is missing (case.mask is None)")
-    unknown = set(np.unique(mask).tolist()) - {0} - {int(k) for k in labels}
+    unknown = unknown_labels(mask, labels)
     if unknown:
-        raise ValueError(f"{what} has label(s) {sorted(unknown)} unknown to the bundle (labels {list(labels)})")
+        raise ValueError(f"{what} has label(s) {unknown} unknown to the bundle (labels {list(labels)})")
 
 
 @dataclass
@@ -67,7 +69,11 @@ class RawScore:
 
 
 class QCMethod:
-    """Base class: constructor stores keyword parameters only; learned state ends in ``_``."""
+    """Base class: constructor stores keyword parameters only; learned state ends in ``_``.
+
+    A method implements ``fit`` (setting ``labels_``, the plan's labels), ``_score_case``
+    (called by `score`), ``state`` and ``from_state``.
+    """
 
     name: str = "base"
     needs_model: bool = False
@@ -75,10 +81,27 @@ class QCMethod:
     def get_params(self) -> dict:
         return {k: v for k, v in vars(self).items() if not k.endswith("_") and not k.startswith("_")}
 
+    @classmethod
+    def param_names(cls) -> set[str]:
+        """The constructor's keyword parameters: the names `get_params` returns, and all a bundle may set."""
+        return {p.name for p in inspect.signature(cls.__init__).parameters.values()
+                if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self"}
+
     def fit(self, cases: list[Case], plan, rng: np.random.Generator) -> "QCMethod":
         raise NotImplementedError
 
     def score(self, case: Case) -> RawScore:
+        """The raw score of ``case.mask``.
+
+        Every method's scoring starts here, so a candidate is checked once: an unfitted
+        method, or a label the method never learned (a wrong answer otherwise), is an error.
+        """
+        check_is_fitted(self)
+        check_labels(case.mask, self.labels_)
+        return self._score_case(case)
+
+    def _score_case(self, case: Case) -> RawScore:
+        """The method's own scoring, of a candidate that `score` has checked."""
         raise NotImplementedError
 
     def state(self) -> tuple[dict[str, np.ndarray], dict]:

@@ -26,7 +26,7 @@ import time
 import numpy as np
 
 from segqc.case import Case
-from segqc.methods.base import QCMethod, RawScore, check_is_fitted, check_labels, make_training_pairs
+from segqc.methods.base import QCMethod, RawScore, check_is_fitted, make_training_pairs
 from segqc.metrics import binary_dice
 from segqc.nets.weights import load_net_arrays, net_to_arrays
 from segqc.utils import torch_threads
@@ -285,16 +285,12 @@ class CNNRegressor(QCMethod):
         return self
 
     # -- scoring -------------------------------------------------------------------------
-    def score(self, case: Case) -> RawScore:
+    def _score_case(self, case: Case) -> RawScore:
         """Predicted Dice per foreground label of ``case.mask`` (values in [0, 1])."""
         import torch
 
         from segqc.preprocess import preprocess
 
-        check_is_fitted(self)
-        if case.mask is None:
-            raise ValueError(f"case {case.case_id} has no candidate mask to score")
-        check_labels(case.mask, self.labels_)
         img, _, props = preprocess(case.with_mask(None), self.plan_)
         soft = mask_to_model_space(case.mask, props, self.labels_, self.plan_)
         x = torch.from_numpy(self._input(img, soft)[None]).to(self.device_)

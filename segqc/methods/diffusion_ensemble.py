@@ -27,7 +27,8 @@ import time
 import numpy as np
 
 from segqc.case import Case
-from segqc.methods.base import QCMethod, RawScore, check_is_fitted, check_labels
+from segqc.labels import to_index, to_labels
+from segqc.methods.base import QCMethod, RawScore, check_is_fitted
 from segqc.metrics import binary_dice
 from segqc.nets.weights import load_net_arrays, net_to_arrays
 from segqc.utils import resolve_device, torch_threads
@@ -199,9 +200,7 @@ class DiffusionEnsemble(QCMethod):
             cache[key] = self.sample(case)
         return cache[key]
 
-    def score(self, case: Case) -> RawScore:
-        check_is_fitted(self)
-        check_labels(case.mask, self.labels_)
+    def _score_case(self, case: Case) -> RawScore:
         return self.score_samples(case, *self._cached_sample(case))
 
     def score_samples(self, case: Case, p: np.ndarray, props: dict) -> RawScore:
@@ -215,9 +214,8 @@ class DiffusionEnsemble(QCMethod):
         mean_o = invert_map(self._to_model_space(mean, props), props, fill=0.0)
         mean_o[0] = np.where(mean_o.sum(0) == 0, 1.0, mean_o[0])  # voxels cropped away: background
         var_o = np.clip(4 * invert_map(self._to_model_space(var, props), props), 0, 1).astype(np.float32)
-        lut = np.array([0] + self.labels_, dtype=np.uint8)
-        pgt = lut[mean_o.argmax(0)]
-        cand = np.searchsorted(lut, case.mask).clip(0, len(lut) - 1)
+        pgt = to_labels(mean_o.argmax(0), self.labels_)
+        cand = to_index(case.mask, self.labels_, what="candidate mask")
         err = 1.0 - np.take_along_axis(mean_o, cand[None].astype(np.int64), 0)[0]
         dice, feats = {}, {}
         hard = p > 0.5

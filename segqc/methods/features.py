@@ -20,11 +20,14 @@ masks (`segqc.corrupt`) of the reference cases, plus any user-supplied predictio
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 from scipy import ndimage
 
 from segqc.case import Case
-from segqc.methods.base import QCMethod, RawScore, check_is_fitted, check_labels, make_training_pairs
+from segqc.labels import to_index, to_labels
+from segqc.methods.base import QCMethod, RawScore, check_is_fitted, make_training_pairs
 from segqc.metrics import binary_dice
 
 __all__ = ["FeatureRegressor", "mask_features"]
@@ -146,12 +149,12 @@ def _image_features(img: np.ndarray, m: np.ndarray, spacing, ref_stats: dict) ->
     return f
 
 
-def _agreement_features(m: np.ndarray, proba: np.ndarray, label: int, spacing) -> dict[str, float]:
-    """Candidate label mask ``m`` vs the segmenter's probabilities ``proba`` (L+1, ...)."""
+def _agreement_features(m: np.ndarray, proba: np.ndarray, channel: int, spacing) -> dict[str, float]:
+    """Candidate label mask ``m`` vs the segmenter's probabilities ``proba`` (L+1, ...) of its ``channel``."""
     from segqc.metrics import binary_hd95
 
-    p = proba[label]
-    seg = proba.argmax(0) == label
+    p = proba[channel]
+    seg = proba.argmax(0) == channel
     n, ps = int(m.sum()), float(p.sum())
     f = {"seg_dice": binary_dice(m, seg),
          "seg_soft_dice": float(2 * (p * m).sum() / max(n + ps, 1e-6)) if n + ps > 0 else 1.0,
@@ -188,7 +191,9 @@ def mask_features(case: Case, label: int, ref_stats: dict, proba: np.ndarray | N
         others = (case.mask > 0) & ~m
         f["contact_other_labels"] = float((ndimage.binary_dilation(m) & others).sum() / max(m.sum(), 1))
     if proba is not None:
-        f.update(_agreement_features(m, proba, label, case.spacing))
+        # the segmenter's channels follow the plan's label order, as ref_stats["labels"] does
+        channel = 1 + list(ref_stats["labels"]).index(str(label))
+        f.update(_agreement_features(m, proba, channel, case.spacing))
     return f
 
 
@@ -280,7 +285,7 @@ class FeatureRegressor(QCMethod):
             if segmenter is None:
                 segmenter = CrossFittedSegmenter(epochs=self.segmenter_epochs, max_minutes=self.segmenter_minutes,
                                                  device=self.device)
-                segmenter.fit([(im, mk) for im, mk, _ in ms], len(labels), rng, progress=progress,
+                segmenter.fit([(im, to_index(mk, labels)) for im, mk, _ in ms], len(labels), rng, progress=progress,
                               case_ids=[c.case_id for c in cases])
             self.segmenter_ = segmenter
             # each reference case is judged by the network that did not see it
@@ -323,20 +328,16 @@ class FeatureRegressor(QCMethod):
         return np.array([[r.get(k, np.nan) for k in self.feature_names_] for r in rows], dtype=np.float64)
 
     # -- scoring -----------------------------------------------------------------------
-    def score(self, case: Case) -> RawScore:
-        check_is_fitted(self)
-        check_labels(case.mask, self.labels_)
+    def _score_case(self, case: Case) -> RawScore:
         proba = self._proba(case)
         rows = [mask_features(case, k, self.ref_stats_, proba) for k in self.labels_]
         pred = np.clip(self.model_.predict(self._matrix(rows)), 0.0, 1.0)
         maps = {}
         if proba is not None:
-            pgt = proba.argmax(0)
-            lut = np.array([0] + list(self.labels_), dtype=np.uint8)
-            cand = np.searchsorted(lut, case.mask)  # candidate labels → channel index
+            cand = to_index(case.mask, self.labels_)
             # error map: probability that the candidate's label at a voxel is wrong
             err = 1.0 - np.take_along_axis(proba, cand[None].astype(np.int64), 0)[0]
-            maps = {"pgt": lut[pgt], "error": err.astype(np.float32)}
+            maps = {"pgt": to_labels(proba.argmax(0), self.labels_), "error": err.astype(np.float32)}
         return RawScore(dice={k: float(v) for k, v in zip(self.labels_, pred)}, maps=maps)
 
     # -- persistence -------------------------------------------------------------------
@@ -351,9 +352,7 @@ class FeatureRegressor(QCMethod):
         return arrays, config
 
     @classmethod
-    def from_state(cls, arrays: dict[str, np.ndarray], config: dict) -> "FeatureRegressor":
-        import lightgbm as lgb
-
+    def from_state(cls, arrays: dict[str, np.ndarray], config: dict) -> FeatureRegressor:
         m = cls(**config["params"])
         from segqc.fingerprint import Plan
 
@@ -363,10 +362,15 @@ class FeatureRegressor(QCMethod):
             from segqc.segmenter import CrossFittedSegmenter
 
             m.segmenter_ = CrossFittedSegmenter.from_state(arrays, config["segmenter_"])
+        elif m.segmenter:
+            raise ValueError("features: 'segmenter' is on but no segmenter state was saved")
         m.ref_stats_ = config["ref_stats_"]
-        m.feature_names_ = config["feature_names_"]
+        m.feature_names_ = [str(k) for k in config["feature_names_"]]
         m.n_train_ = config["n_train_"]
-        m.model_ = _BoosterRegressor(lgb.Booster(model_str=config["booster_"]))
+        m.model_ = booster_from_text(config["booster_"])
+        if m.model_.booster_.num_feature() != len(m.feature_names_):
+            raise ValueError(f"features: the booster takes {m.model_.booster_.num_feature()} features, the state "
+                             f"names {len(m.feature_names_)}")
         return m
 
 
@@ -379,3 +383,98 @@ class _BoosterRegressor:
     def predict(self, X: np.ndarray) -> np.ndarray:
         return self.booster_.predict(X)
 
+
+# A fitted LightGBM text model (`Booster.model_to_string`) ends its trees with this line.
+_END_OF_TREES = "\nend of trees\n"
+# per-tree arrays LightGBM reads: one value per leaf, or per internal node (num_leaves - 1)
+_LEAF_ARRAYS = ("leaf_value", "leaf_weight", "leaf_count")
+_NODE_ARRAYS = ("split_feature", "split_gain", "threshold", "decision_type", "left_child", "right_child",
+                "internal_value", "internal_weight", "internal_count")
+_REQUIRED_ARRAYS = ("leaf_value", "split_feature", "threshold", "decision_type", "left_child", "right_child")
+_INT_KEYS = ("num_leaves", "max_feature_idx", "leaf_count", "split_feature", "decision_type", "left_child",
+             "right_child", "internal_count")
+_MAX_TREE_LINES = 22  # LightGBM reads at most this many lines of a tree and skips the rest
+# numbers as LightGBM writes them; Python's int() and float() also take forms (1_000, "infinity") that its
+# parser reads differently, which would make the counts checked here differ from the ones it reads
+_INT = re.compile(r"-?\d+")
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|[-+]?(inf|nan)", re.IGNORECASE)
+
+
+def booster_from_text(text) -> _BoosterRegressor:
+    """Rebuild a LightGBM regressor from its text model, refusing text LightGBM cannot read safely.
+
+    LightGBM's parser does not always fail with an exception on malformed text: it aborts the
+    process on an error while parsing trees in parallel (as the ``tree_sizes`` header line asks),
+    reads past the end of a truncated section or of an array shorter than ``num_leaves`` says,
+    and follows child indices without bounds checks. So the trees are checked here first, and
+    LightGBM gets the header without ``tree_sizes`` and the trees only (parsed one after the
+    other, where its remaining errors are exceptions); the parameters section after the trees
+    is not needed to predict.
+    """
+    import lightgbm as lgb
+
+    end = text.find(_END_OF_TREES) if isinstance(text, str) else -1
+    if end < 0 or not text.startswith("tree\n") or "\0" in text or "\r" in text:
+        raise ValueError("the booster text is not a complete LightGBM model (it starts with 'tree' and holds "
+                         "'end of trees')")
+    head, *trees = re.split(r"^Tree=(.*)\n", text[: end + 1], flags=re.MULTILINE)
+    # the header's parser is bounds-checked: only the fields the checks below need are read
+    header = dict(line.split("=", 1) for line in head.split("\n") if "=" in line)
+    if (header.get("num_class"), header.get("num_tree_per_iteration"), header.get("objective")) != (
+            "1", "1", "regression"):
+        raise ValueError("the booster is not a LightGBM single-output regression model")
+    n_features = _values(header, "max_feature_idx", 1, "the booster header")[0] + 1
+    for index, block in zip(trees[::2], trees[1::2]):
+        where = f"booster tree {index}"
+        _check_tree(_key_values(block, where), n_features, where)
+    model = re.sub(r"^tree_sizes=.*\n", "", text[: end + len(_END_OF_TREES)], flags=re.MULTILINE)
+    try:
+        return _BoosterRegressor(lgb.Booster(model_str=model))
+    except lgb.basic.LightGBMError as e:
+        raise ValueError(f"LightGBM cannot read the booster text: {e}") from None
+
+
+def _key_values(block: str, where: str) -> dict[str, str]:
+    """A tree's ``key=value`` lines up to the first blank line, after which nothing may follow.
+
+    LightGBM reads a tree line by line up to a blank line and scans each for "=" without a bound.
+    """
+    lines = block.split("\n")
+    n = lines.index("") if "" in lines else len(lines)
+    if any(lines[n:]) or n > _MAX_TREE_LINES or not all("=" in line for line in lines[:n]):
+        raise ValueError(f"{where} is not a block of key=value lines")
+    return dict(line.split("=", 1) for line in lines[:n])
+
+
+def _values(kv: dict[str, str], key: str, count: int, where: str) -> list:
+    """The ``count`` numbers under ``key``: LightGBM reads some arrays without checking their length."""
+    parse, pattern = (int, _INT) if key in _INT_KEYS else (float, _FLOAT)
+    tokens = kv.get(key, "").split(" ")
+    if tokens == [""]:
+        tokens = []
+    if not all(pattern.fullmatch(t) for t in tokens):
+        raise ValueError(f"{where}: {key} must hold {parse.__name__}s separated by single spaces")
+    if len(tokens) != count:
+        raise ValueError(f"{where}: {key} holds {len(tokens)} values, not {count}")
+    return [parse(t) for t in tokens]
+
+
+def _check_tree(kv: dict[str, str], n_features: int, where: str) -> None:
+    """Array lengths, feature and child indices: what LightGBM trusts without checking."""
+    n_leaves = _values(kv, "num_leaves", 1, where)[0]
+    if n_leaves < 1 or kv.get("num_cat") != "0" or kv.get("is_linear", "0") != "0":
+        raise ValueError(f"{where}: needs num_leaves ≥ 1, no categorical splits and no linear leaves")
+    if n_leaves == 1:  # LightGBM reads nothing but the leaf value of a one-leaf tree
+        _values(kv, "leaf_value", 1, where)
+        return
+    if missing := [k for k in _REQUIRED_ARRAYS if k not in kv]:
+        raise ValueError(f"{where}: lacks {missing}")
+    arrays = {k: _values(kv, k, n_leaves if k in _LEAF_ARRAYS else n_leaves - 1, where)
+              for k in _LEAF_ARRAYS + _NODE_ARRAYS if k in kv}
+    if any(not 0 <= f < n_features for f in arrays["split_feature"]) or any(
+            not 0 <= d < 128 or d & 1 for d in arrays["decision_type"]):  # bit 0: a categorical split
+        raise ValueError(f"{where}: splits on a feature out of range or on a categorical feature")
+    # a child is a later internal node (index > its parent's, so traversal ends) or a leaf ~index
+    for node, children in enumerate(zip(arrays["left_child"], arrays["right_child"])):
+        if any(not (node < c < n_leaves - 1 if c >= 0 else ~c < n_leaves) for c in children):
+            raise ValueError(f"{where}: node {node} has a child index out of range")

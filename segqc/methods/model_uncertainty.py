@@ -22,6 +22,7 @@ import time
 import numpy as np
 
 from segqc.case import Case
+from segqc.labels import to_index
 from segqc.methods.base import QCMethod, RawScore, check_is_fitted, check_labels, make_training_pairs
 from segqc.metrics import binary_dice
 from segqc.uncertainty import AGGREGATIONS, SOURCES, aggregate, sample_probabilities, uncertainty_maps
@@ -179,9 +180,9 @@ class ModelUncertainty(QCMethod):
             by_id.setdefault(case.case_id, []).append(own)
             by_id[case.case_id] += make_training_pairs([case], rng, self.pairs_per_case)
         for p in extra_pairs or []:
-            if p.meta.get("source") == "model" and p.case_id.split("#")[0] in by_id:
+            if p.meta.get("source") == "model" and p.reference_id in by_id:
                 continue  # the model's own prediction on a fit case: already in
-            by_id.setdefault(p.case_id.split("#")[0], []).append(p)
+            by_id.setdefault(p.reference_id, []).append(p)
         for i, pairs in enumerate(by_id.values()):
             s = self.samples(pairs[0])  # one sampling per image, shared by all its candidates
             for p in pairs:
@@ -201,9 +202,7 @@ class ModelUncertainty(QCMethod):
         self.n_train_ = len(y)
 
     # -- scoring -----------------------------------------------------------------------
-    def score(self, case: Case) -> RawScore:
-        check_is_fitted(self)
-        check_labels(case.mask, self.labels_)
+    def _score_case(self, case: Case) -> RawScore:
         s = self.samples(case)
         feats = self.case_features(case, s)
         single = self._single()
@@ -218,7 +217,8 @@ class ModelUncertainty(QCMethod):
         ch = self._get_models()[0].output_labels(allsamp.shape[1])
         maps = uncertainty_maps(allsamp, ch)
         mean = allsamp.mean(0)
-        cand = np.searchsorted(ch, case.mask).clip(0, len(ch) - 1)
+        # a label the model has no channel for counts as background: its error is 1 − p(background)
+        cand = to_index(case.mask, ch[1:], strict=False)
         maps["error"] = (1.0 - np.take_along_axis(mean, cand[None].astype(np.int64), 0)[0]).astype(np.float32)
         flat = {f"{n}.{k}": v for k, f in feats.items() for n, v in f.items()}
         return RawScore(dice=dice, maps=maps, features=flat)
@@ -236,7 +236,7 @@ class ModelUncertainty(QCMethod):
         return {}, config
 
     @classmethod
-    def from_state(cls, arrays: dict[str, np.ndarray], config: dict) -> "ModelUncertainty":
+    def from_state(cls, arrays: dict[str, np.ndarray], config: dict) -> ModelUncertainty:
         m = cls(**config["params"])
         m.labels_ = [int(k) for k in config["labels_"]]
         m.sources_ = list(config["sources_"])
@@ -244,9 +244,7 @@ class ModelUncertainty(QCMethod):
         m.feature_names_ = config["feature_names_"]
         m.n_train_ = config["n_train_"]
         if config.get("booster_"):
-            import lightgbm as lgb
+            from segqc.methods.features import booster_from_text
 
-            from segqc.methods.features import _BoosterRegressor
-
-            m.model_ = _BoosterRegressor(lgb.Booster(model_str=config["booster_"]))
+            m.model_ = booster_from_text(config["booster_"])
         return m

@@ -34,6 +34,7 @@ import time
 import numpy as np
 
 from segqc.case import Case
+from segqc.labels import to_index, to_labels
 from segqc.methods.base import QCMethod, RawScore, check_is_fitted, check_labels, make_training_pairs
 from segqc.metrics import binary_dice, binary_hd95
 from segqc.nets.weights import load_net_arrays, net_to_arrays
@@ -93,12 +94,6 @@ def _mask_to_ms(mask: np.ndarray, props: dict, plan) -> np.ndarray:
     if any(p for pp in props["pad"] for p in pp):
         m = np.pad(m, [(0, 0)] + [tuple(p) for p in props["pad"]])
     return np.ascontiguousarray(m)
-
-
-def _lut(labels: list[int]) -> np.ndarray:
-    lut = np.zeros(max(labels) + 1, dtype=np.uint8)
-    lut[np.asarray(labels)] = np.arange(1, len(labels) + 1)
-    return lut
 
 
 def _hd95_finite(a: np.ndarray, b: np.ndarray, spacing, shape) -> float:
@@ -285,7 +280,6 @@ class NNQC(QCMethod):
         cfg = self.cfg_
         budget = 60.0 * float(cfg["max_minutes"])
         seed = int(rng.integers(2**31)) if self.seed is None else int(self.seed)
-        lut = _lut(self.labels_)
         n_cls = len(self.labels_) + 1
         S = int(plan.slice_size)
         W = min(S, cfg["work_size"]) if cfg["work_size"] else S
@@ -299,14 +293,13 @@ class NNQC(QCMethod):
             img, m, pr = preprocess(c, plan)
             images.append(self._work_image(img))
             props.append(pr)
-            truths.append(self._work_mask(lut[m]))
+            truths.append(self._work_mask(to_index(m, self.labels_)))
             ids[c.case_id] = i
         pairs = make_training_pairs(cases, rng, int(self.pairs_per_case))
         src = [ids[p.case_id] for p in pairs]
         for p in extra_pairs:  # model-made failures on a reference case share its image
-            key = p.case_id.split("#")[0]
-            if key in ids and cases[ids[key]].shape == p.shape:
-                src.append(ids[key])
+            if p.reference_id in ids and cases[ids[p.reference_id]].shape == p.shape:
+                src.append(ids[p.reference_id])
             else:
                 img, _, pr = preprocess(p.with_mask(None), plan)
                 images.append(self._work_image(img))
@@ -317,8 +310,11 @@ class NNQC(QCMethod):
         # stage-2 slices: (image index, z, candidate index slice, truth index slice, position)
         s_img, s_z, s_cand, s_true, s_pos = [], [], [], [], []
         for p, i in zip(pairs, src):
-            cand = self._work_mask(lut[_mask_to_ms(p.mask, props[i], plan)])
-            true = self._work_mask(lut[_mask_to_ms(p.truth, props[i], plan)])
+            # a candidate's label outside the plan (a corruption's label-1 blobs on an empty mask
+            # of a {2} dataset) is background here: scoring refuses such candidates anyway
+            cand = self._work_mask(to_index(_mask_to_ms(p.mask, props[i], plan), self.labels_, strict=False))
+            true = self._work_mask(to_index(_mask_to_ms(p.truth, props[i], plan), self.labels_,
+                                            what=f"expert mask of {p.case_id}"))
             pos = relative_positions(cand)
             keep = np.flatnonzero(cand.reshape(len(cand), -1).any(1) | true.reshape(len(true), -1).any(1))
             empty = np.setdiff1d(np.arange(len(cand)), keep)
@@ -501,13 +497,12 @@ class NNQC(QCMethod):
         from segqc.preprocess import invert_map, invert_mask, preprocess
 
         check_is_fitted(self)
-        check_labels(case.mask, self.labels_)
         with torch_threads(self.n_threads):
             img, m, props = preprocess(case, self.plan_)
             from segqc.preprocess import resize_inplane
 
             S, W, _ = self.sides_
-            cand_s = _lut(self.labels_)[m]                                  # (Z, S, S) channel indices
+            cand_s = to_index(m, self.labels_, what="candidate mask")       # (Z, S, S) channel indices
             cand = self._work_mask(cand_s)
             imgs = self._work_image(img).astype(np.float32).transpose(1, 0, 2, 3)   # (Z, C, P, P)
             samples = self.sample_slices(imgs, cand, relative_positions(cand), n_samples, ddim_steps)[..., :W, :W]
@@ -517,13 +512,12 @@ class NNQC(QCMethod):
             pgt_idx = votes.argmax(0)                                        # majority vote, (Z, S, S)
             agree_pgt = np.take_along_axis(votes, pgt_idx[None], 0)[0]
             agree_cand = np.take_along_axis(votes, cand_s[None].astype(np.int64), 0)[0]
-            values = np.asarray([0] + self.labels_, dtype=np.uint8 if max(self.labels_) < 256 else np.int32)
-            pgt = invert_mask(values[pgt_idx], props)
+            pgt = invert_mask(to_labels(pgt_idx, self.labels_), props)
             disagreement = np.clip(invert_map(1.0 - agree_pgt, props), 0, 1).astype(np.float32)
             error = np.clip(invert_map(1.0 - agree_cand, props), 0, 1).astype(np.float32)
         return pgt, disagreement, error
 
-    def score(self, case: Case) -> RawScore:
+    def _score_case(self, case: Case) -> RawScore:
         """Dice per label and HD95 (mm) between the candidate and the pGT, on the original grid.
 
         Never NaN: Dice follows `segqc.metrics` (both empty → 1, one empty → 0); HD95 is

@@ -45,6 +45,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from segqc.case import Case
+from segqc.labels import to_index, to_labels
 from segqc.methods.base import QCMethod, RawScore, check_is_fitted, check_labels
 from segqc.metrics import binary_dice, binary_hd95
 from segqc.utils import look_up_option
@@ -236,8 +237,6 @@ class RCA(QCMethod):
         pick = np.arange(len(cases))
         if len(cases) > self.max_atlases:
             pick = np.sort(np.random.default_rng(seed).choice(len(cases), int(self.max_atlases), replace=False))
-        lut = np.zeros(max(labels) + 1, dtype=np.uint8)
-        lut[labels] = np.arange(1, len(labels) + 1)
         images, masks, spacings, ids = [], [], [], []
         for i in pick:
             case = cases[int(i)]
@@ -245,7 +244,7 @@ class RCA(QCMethod):
             im, mk, props = preprocess(case, plan)
             lum, spacing = _to_atlas_space(im, props, plan.modality)
             images.append(lum.astype(np.float16))
-            masks.append(lut[_unpad(mk, props)].reshape(lum.shape))
+            masks.append(to_index(_unpad(mk, props), labels).reshape(lum.shape))
             spacings.append(spacing)
             ids.append(case.case_id)
         self.labels_ = labels
@@ -326,7 +325,7 @@ class RCA(QCMethod):
         return res, props
 
     # -- scoring -----------------------------------------------------------------------
-    def score(self, case: Case) -> RawScore:
+    def _score_case(self, case: Case) -> RawScore:
         """Best Dice per label over the warped atlases (``aggregate``), HD95 (mm) against the best one.
 
         Dice follows `segqc.metrics` (both empty → 1, one empty → 0: never NaN, also for
@@ -340,10 +339,7 @@ class RCA(QCMethod):
         (thumbnail correlation of the most similar atlas), ``n_atlases`` and
         ``register_seconds``.
         """
-        check_is_fitted(self)
-        check_labels(case.mask, self.labels_)
         res, props = self.warped_atlases(case)
-        values = np.asarray([0] + self.labels_, dtype=np.int32)
         n_lab = len(self.labels_)
         if "original" not in res:  # label indices on the original grid, (k, *case.shape)
             res["original"] = _to_original(res["warped"], props, n_lab)
@@ -354,9 +350,7 @@ class RCA(QCMethod):
         counts = np.stack([(warped == i).sum(0) for i in range(n_lab + 1)])
         vote = counts.argmax(0)  # ties → lower index (background first)
         cand = case.mask
-        cand_idx = np.zeros(cand.shape, dtype=np.uint8)
-        for i, k in enumerate(self.labels_, start=1):
-            cand_idx[cand == k] = i
+        cand_idx = to_index(cand, self.labels_)
         dice, hd, feats = {}, {}, {}
         per_atlas = np.zeros((len(warped), n_lab))
         for i, k in enumerate(self.labels_, start=1):
@@ -377,7 +371,7 @@ class RCA(QCMethod):
                       "similarity_top": float(res["similarity"][0]), "n_atlases": float(len(warped)),
                       "register_seconds": float(res["seconds"])})
         error = (warped != cand_idx[None]).mean(0).astype(np.float32)
-        pgt = values[vote].astype(cand.dtype if cand.dtype.kind in "iu" else np.int32)
+        pgt = to_labels(vote, self.labels_).astype(cand.dtype if cand.dtype.kind in "iu" else np.int32)
         return RawScore(dice=dice, hd95=hd, maps={"pgt": pgt, "error": error}, features=feats)
 
     # -- persistence -------------------------------------------------------------------
