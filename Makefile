@@ -11,7 +11,7 @@ TORCH ?= torch==2.13.0
 $(BIN)/segqc: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e ".[test,ray]"
 	touch $@
 
 venv: $(BIN)/segqc

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from segqc.case import Case
 from segqc.io.layouts import CaseRef, load_dataset, read_manifest
 
 __all__ = ["load_cases", "fingerprint_dataset", "compute_metrics", "evaluate_csv", "fit", "predict", "bench",
-           "score_case", "write_run_record", "sample_data_dir"]
+           "score_case", "score_cases", "bundle_scorer", "write_dataset", "write_run_record", "sample_data_dir"]
 
 
 def sample_data_dir() -> Path:
@@ -44,7 +45,9 @@ def _progress(console=None):
 def _refs(data, *, layout: str = "auto", masks=None, require_masks: bool = True) -> list[CaseRef]:
     if isinstance(data, (list, tuple)):
         return list(data)
-    return load_dataset(data, layout=layout, masks=masks, require_masks=require_masks)
+    # absolute paths: a case read by another process (a Ray actor on another machine) finds the same file
+    return load_dataset(Path(data).absolute(), layout=layout, masks=None if masks is None else Path(masks).absolute(),
+                        require_masks=require_masks)
 
 
 def load_cases(refs: Sequence[CaseRef], *, require_mask: bool = True, description: str = "loading",
@@ -442,19 +445,52 @@ def _true_mean_dice(case: Case, labels) -> float:
 
 def score_case(bundle, case: Case, methods: Sequence[str], *, maps_dir: Path | None = None) -> dict:
     """All methods' answers for one case as one flat row (the first method is the main answer)."""
+    row = score_cases(bundle, [case], methods, maps_dir=maps_dir)[0]
+    if isinstance(row, Exception):
+        raise row
+    return row
+
+
+def score_cases(bundle, cases: Sequence[Case], methods: Sequence[str], *,
+                maps_dir: Path | None = None) -> list[dict | Exception]:
+    """`score_case` of several cases: each method scores them as one batch (`QCMethod.score_batch`).
+
+    A case that cannot be scored gets its exception in its place; the others are answered.
+    """
+    from segqc.fusion import FUSION
+
+    methods = _with_members(bundle, methods)  # the fusion needs every member's answer
+    plan = bundle.plan
+    errors: list[Exception | None] = [
+        None if (c.ndim, c.n_channels) == (plan.ndim, plan.n_channels) else
+        ValueError(f"case is {c.ndim}D with {c.n_channels} channel(s); the bundle expects {plan.ndim}D with "
+                   f"{plan.n_channels}") for c in cases]
+    raws: list[dict] = [{} for _ in cases]
+    for name in dict.fromkeys(m for m in methods if m != FUSION):
+        live = [i for i, e in enumerate(errors) if e is None]
+        for i, raw in zip(live, bundle.methods[name].score_batch([cases[i] for i in live])):
+            if isinstance(raw, Exception):
+                errors[i] = raw
+            else:
+                raws[i][name] = raw
+    out: list[dict | Exception] = []
+    for case, raw, err in zip(cases, raws, errors):
+        try:
+            out.append(err or _row(bundle, case, methods, raw, maps_dir))
+        except Exception as e:  # noqa: BLE001 — e.g. a map that cannot be written: this case's error
+            out.append(e)
+    return out
+
+
+def _row(bundle, case: Case, methods: Sequence[str], raws: dict, maps_dir: Path | None) -> dict:
+    """One case's row from its methods' raw scores: calibrated answers, maps written, true Dice if known."""
     from segqc.fusion import FUSION
     from segqc.io.images import is_photo, write_mask
 
-    plan = bundle.plan
-    if case.ndim != plan.ndim or case.n_channels != plan.n_channels:
-        raise ValueError(f"case is {case.ndim}D with {case.n_channels} channel(s); the bundle expects "
-                         f"{plan.ndim}D with {plan.n_channels}")
     row: dict = {}
-    raws: dict = {}
-    methods = _with_members(bundle, methods)  # the fusion needs every member's answer
     for i, name in enumerate(methods):
         if name not in raws:
-            raws[name] = _fused_score(bundle, case, raws) if name == FUSION else bundle.methods[name].score(case)
+            raws[name] = _fused_score(bundle, case, raws)
         raw = raws[name]
         cal = bundle.calibrators[name]
         d = float(cal.predict_dice(raw.mean_dice))
@@ -484,7 +520,7 @@ def score_case(bundle, case: Case, methods: Sequence[str], *, maps_dir: Path | N
     if case.truth is not None:
         from segqc.metrics import dice as dice_fn
 
-        row["dice_true"] = dice_fn(case.mask, case.truth, list(plan.labels))
+        row["dice_true"] = dice_fn(case.mask, case.truth, list(bundle.plan.labels))
     return row
 
 
@@ -548,10 +584,22 @@ def _num(value) -> float:
 
 def predict(*, bundle, data, out, methods: Sequence[str] | None = None, masks=None, layout: str = "auto",
             save_maps: bool = True, resume: bool = True, quiet: bool = False,
-            models: Sequence | None = None) -> tuple[BatchSummary, dict]:
-    """Bundle + images + candidate masks → ``predictions.csv`` (row by row) and ``dataset.json``."""
+            models: Sequence | None = None, engine: str = "local", batch_size: int | None = None,
+            workers: int | None = None, address: str | None = None, gpus_per_worker: float = 0.0,
+            num_parts: int = 1, part_id: int = 0) -> tuple[BatchSummary, dict]:
+    """Bundle + images + candidate masks → ``predictions.csv`` (row by row) and ``dataset.json``.
+
+    Args:
+        engine: ``local`` (this process) or ``ray`` (Ray Data: reading in tasks, scoring in
+            an actor pool that loads the bundle once per actor; `segqc.ray_engine`).
+        batch_size: cases scored together by each method (default: 16 with a GPU, else 1).
+        workers, address, gpus_per_worker: the Ray engine's actors, cluster and GPUs per actor.
+        num_parts, part_id: judge only part ``part_id`` of ``num_parts`` (cases ``part_id``,
+            ``part_id + num_parts``, … of the listing), for schedulers without Ray; `segqc
+            merge` joins the parts' folders.
+    """
     from segqc.bundle import bundle_hash, load_bundle
-    from segqc.population import estimate_groups
+    from segqc.shards import select_part
 
     started = time.time()
     out = Path(out)
@@ -564,24 +612,69 @@ def predict(*, bundle, data, out, methods: Sequence[str] | None = None, masks=No
             raise ValueError(f"method {m!r} is not in bundle {bundle}; it has {answers}")
     methods = _with_members(b, methods)
     refs = _refs(data, layout=layout, masks=masks)
-    with_truth = any(r.truth is not None for r in refs)
+    with_truth = any(r.truth is not None for r in refs)  # of all parts: every part has the same columns
+    refs = select_part(refs, num_parts, part_id)
     identity = {"command": "predict", "bundle": bundle_hash(bundle), "methods": methods, "maps": save_maps,
                 "data": _where(data), "masks": _where(masks), "layout": layout,
-                "models": [repr(m) for m in models or []]}
-    summary = run_batch(refs, lambda c: score_case(b, c, methods, maps_dir=out / "maps" if save_maps else None),
-                        out / "predictions.csv", columns=_columns(b, methods, with_truth), resume=resume,
-                        description="QC", quiet=quiet, identity=identity)
-    rows = [r for r in read_rows(out / "predictions.csv") if r["status"] == "ok"]
-    dataset = estimate_groups([_num(r["dice_pred"]) for r in rows], [_num(r["p_pass"]) for r in rows],
-                              [r["group"] or "all" for r in rows], tau=b.tau,
-                              true_dice=[_num(r.get("dice_true")) for r in rows] if with_truth else None)
-    (out / "dataset.json").write_text(json.dumps(dataset, indent=1))
+                "models": [repr(m) for m in models or []], "num_parts": num_parts, "part_id": part_id}
+    maps_dir = out.absolute() / "maps" if save_maps else None  # the same path from every worker
+    if engine == "ray":  # each actor loads the bundle itself: only its path travels
+        make_scorer = partial(bundle_scorer, str(bundle), methods, maps_dir, list(models or []))
+    else:
+        def make_scorer():  # the bundle loaded above, in this process
+            return partial(score_cases, b, methods=methods, maps_dir=maps_dir)
+    summary = run_batch(refs, None, out / "predictions.csv", columns=_columns(b, methods, with_truth),
+                        resume=resume, description="QC", quiet=quiet, identity=identity, make_scorer=make_scorer,
+                        engine=_engine(engine, batch_size, workers, address, gpus_per_worker))
+    dataset = write_dataset(out, b.tau, with_truth)
     # absolute paths, so that `segqc report` finds the images from anywhere
     write_run_record(out, "predict", {"bundle": str(Path(bundle).resolve()), "data": _where(data),
-                                      "masks": _where(masks), "layout": layout, "methods": methods}, started,
+                                      "masks": _where(masks), "layout": layout, "methods": methods,
+                                      "engine": engine, "num_parts": num_parts, "part_id": part_id}, started,
                      {"bundle_hash": bundle_hash(bundle), "n_ok": summary.n_done, "n_failed": summary.n_failed,
                       "n_skipped": summary.n_skipped})
     return summary, dataset
+
+
+def bundle_scorer(bundle, methods: Sequence[str], maps_dir: Path | None, models: Sequence = ()):
+    """A scorer of case lists with its own copy of the bundle (built once per process or Ray actor)."""
+    from segqc.bundle import load_bundle
+
+    b = load_bundle(bundle)
+    _use_models(b, models)
+    return partial(score_cases, b, methods=methods, maps_dir=maps_dir)
+
+
+def default_batch_size() -> int:
+    """Cases scored together: 16 where a GPU can run them at once, 1 on a CPU (no gain there)."""
+    import torch
+
+    return 16 if torch.cuda.is_available() else 1
+
+
+def _engine(name: str, batch_size: int | None, workers: int | None, address: str | None, gpus_per_worker: float):
+    from segqc.batch import LocalEngine
+    from segqc.utils import look_up_option
+
+    name = look_up_option(name, ["local", "ray"], "engine")
+    batch_size = batch_size or default_batch_size()
+    if name == "local":
+        return LocalEngine(batch_size)
+    from segqc.ray_engine import RayEngine
+
+    return RayEngine(batch_size=batch_size, workers=workers, address=address, gpus_per_worker=gpus_per_worker)
+
+
+def write_dataset(out: Path, tau: float, with_truth: bool) -> dict:
+    """``dataset.json`` from every ok row of ``out/predictions.csv``: the model's estimated performance."""
+    from segqc.population import estimate_groups
+
+    rows = [r for r in read_rows(out / "predictions.csv") if r["status"] == "ok"]
+    dataset = estimate_groups([_num(r["dice_pred"]) for r in rows], [_num(r["p_pass"]) for r in rows],
+                              [r["group"] or "all" for r in rows], tau=tau,
+                              true_dice=[_num(r.get("dice_true")) for r in rows] if with_truth else None)
+    (out / "dataset.json").write_text(json.dumps(dataset, indent=1))
+    return dataset
 
 
 # ----------------------------------------------------------------------------- bench

@@ -18,16 +18,17 @@ import io
 import json
 import math
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from segqc.case import Case
 from segqc.errors import CaseError
 from segqc.io.layouts import CaseRef
 
-__all__ = ["run_batch", "BatchSummary", "read_rows", "failure_reason", "EXIT_OK", "EXIT_PARTIAL", "EXIT_ALL_FAILED",
-           "EXIT_INTERRUPTED"]
+__all__ = ["run_batch", "BatchSummary", "LocalEngine", "read_rows", "failure_reason", "per_case", "load_case",
+           "score_loaded", "EXIT_OK", "EXIT_PARTIAL", "EXIT_ALL_FAILED", "EXIT_INTERRUPTED"]
 
 EXIT_OK, EXIT_ALL_FAILED, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 3, 130
 
@@ -76,24 +77,85 @@ def failure_reason(e: BaseException) -> str:
     return f"internal error ({type(e).__name__}: {e}); please report it"
 
 
-def run_batch(refs: Sequence[CaseRef], fn: Callable[[Case], dict], out_csv: str | Path, *,
+def per_case(fn: Callable[[Case], dict]) -> Callable[[list[Case]], list[dict | Exception]]:
+    """A scorer of case lists from a function of one case (its exception in the case's place)."""
+    def score(cases: list[Case]) -> list[dict | Exception]:
+        out: list[dict | Exception] = []
+        for case in cases:
+            try:
+                out.append(fn(case))
+            except Exception as e:  # noqa: BLE001 — becomes this case's error row
+                out.append(e)
+        return out
+
+    return score
+
+
+class LocalEngine:
+    """Cases in this process, ``batch_size`` at a time (batches let network methods use a GPU well).
+
+    An engine turns the cases to do into ``(ref, row)`` pairs, in their order; a row is the
+    scorer's dict for a case, or the exception that case raised. ``make_scorer`` is called
+    once, where the scoring runs (here: this process; `segqc.ray_engine`: each actor).
+    """
+
+    def __init__(self, batch_size: int = 1):
+        if batch_size < 1:
+            raise ValueError(f"batch size must be ≥ 1, got {batch_size}")
+        self.batch_size = int(batch_size)
+
+    def rows(self, refs: Sequence[CaseRef], make_scorer: Callable[[], Callable], *,
+             require_mask: bool = True) -> Iterator[tuple[CaseRef, dict | Exception]]:
+        score = make_scorer()
+        for start in range(0, len(refs), self.batch_size):
+            chunk = refs[start:start + self.batch_size]
+            loaded = [load_case(ref, require_mask) for ref in chunk]
+            yield from zip(chunk, score_loaded(score, loaded))
+
+
+def load_case(ref: CaseRef, require_mask: bool) -> Case | Exception:
+    """The case, or why it cannot be read."""
+    try:
+        return ref.load(require_mask=require_mask)
+    except Exception as e:  # noqa: BLE001 — becomes this case's error row
+        return e
+
+
+def score_loaded(score: Callable[[list[Case]], list], loaded: list[Case | Exception]) -> list[dict | Exception]:
+    """Score the cases that could be read; those that could not keep their exception."""
+    cases = [c for c in loaded if isinstance(c, Case)]
+    try:
+        results = iter(score(cases) if cases else [])
+    except Exception as e:  # noqa: BLE001 — a scorer that fails as a whole fails each of its cases
+        results = iter([e] * len(cases))
+    return [next(results) if isinstance(c, Case) else c for c in loaded]
+
+
+def run_batch(refs: Sequence[CaseRef], fn: Callable[[Case], dict] | None, out_csv: str | Path, *,
               columns: Sequence[str], require_mask: bool = True, resume: bool = True,
-              description: str = "cases", quiet: bool = False, identity: dict | None = None) -> BatchSummary:
-    """Apply ``fn`` to each loaded case and append its row to ``out_csv``.
+              description: str = "cases", quiet: bool = False, identity: dict | None = None,
+              make_scorer: Callable[[], Callable] | None = None, engine=None) -> BatchSummary:
+    """Score each case and append its row to ``out_csv``, as the rows come.
 
     Args:
-        refs: cases to process (loaded one at a time).
+        refs: cases to process (loaded one batch at a time, by the engine).
         fn: returns a dict of result columns for one case; whatever it raises for a
-            bad case becomes that case's error row.
+            bad case becomes that case's error row. Or, instead:
+        make_scorer: returns a function of a list of cases → a dict or an exception per
+            case (built where the engine scores, e.g. once per Ray actor).
         columns: result columns, in order; ``case_id``, ``group``, ``status`` and
             ``error`` are added in front.
         resume: skip ids already in ``out_csv``; otherwise the file is overwritten.
         identity: what the rows depend on (bundle hash, options…), JSON-able; resuming
             a file written with another identity raises ValueError.
+        engine: `LocalEngine` (default) or `segqc.ray_engine.RayEngine`.
     """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    if make_scorer is None:
+        make_scorer = partial(per_case, fn)
+    engine = engine or LocalEngine()
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     header = ["case_id", "group", "status", "error", *columns]
@@ -104,7 +166,7 @@ def run_batch(refs: Sequence[CaseRef], fn: Callable[[Case], dict], out_csv: str 
     done = _resume(out_csv, header, identity or {}) if resume else set()
     if not resume:
         out_csv.unlink(missing_ok=True)
-        _write_identity(out_csv, identity or {})
+        write_identity(out_csv, identity or {})
     todo = [r for r in refs if r.case_id not in done]
     summary = BatchSummary(len(refs), 0, 0, len(refs) - len(todo), out_csv)
     new_file = not out_csv.exists()
@@ -112,34 +174,31 @@ def run_batch(refs: Sequence[CaseRef], fn: Callable[[Case], dict], out_csv: str 
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
         disable=quiet, console=Console(stderr=True),
     ) as progress:
-        writer = csv.DictWriter(f, fieldnames=header, extrasaction="ignore")
         if new_file:
-            writer.writeheader()
+            f.write(format_row(header, dict(zip(header, header))))
         task = progress.add_task(description, total=len(todo))
-        for ref in todo:
+        for ref, result in engine.rows(todo, make_scorer, require_mask=require_mask):
             row = {"case_id": ref.case_id, "group": ref.group or ""}
-            try:
-                case = ref.load(require_mask=require_mask)
-                row.update(fn(case))
-                row["status"] = "ok"
-                summary.n_done += 1
-            except Exception as e:  # noqa: BLE001 — one bad case never stops the batch
-                reason = failure_reason(e)
-                row = {"case_id": ref.case_id, "group": ref.group or "", "status": "error", "error": reason}
+            if isinstance(result, BaseException):
+                reason = failure_reason(result)
+                row.update(status="error", error=reason)
                 summary.n_failed += 1
                 # stderr, so the reason is seen even when stdout is piped into a file
                 if quiet:
                     print(f"segqc: case {ref.case_id} failed: {reason}", file=sys.stderr)
                 else:
                     progress.console.print(f"[red]segqc: case {ref.case_id} failed:[/red] {reason}", highlight=False)
+            else:
+                row.update(result, status="ok")
+                summary.n_done += 1
             # one write per row, so an interrupted run leaves at most one torn row (redone on resume)
-            f.write(_format_row(header, row))
+            f.write(format_row(header, row))
             f.flush()
             progress.advance(task)
     return summary
 
 
-def _format_row(header: Sequence[str], row: dict) -> str:
+def format_row(header: Sequence[str], row: dict) -> str:
     buf = io.StringIO()
     csv.DictWriter(buf, fieldnames=list(header), extrasaction="ignore").writerow(
         {k: _fmt(v).replace("\n", " ").replace("\r", " ") for k, v in row.items()})
@@ -150,7 +209,7 @@ def _identity_path(out_csv: Path) -> Path:
     return out_csv.with_name(out_csv.stem + ".resume.json")
 
 
-def _write_identity(out_csv: Path, identity: dict) -> None:
+def write_identity(out_csv: Path, identity: dict) -> None:
     tmp = _identity_path(out_csv).with_suffix(".tmp")
     tmp.write_text(json.dumps(identity, indent=1, sort_keys=True, default=str))
     tmp.replace(_identity_path(out_csv))
@@ -160,7 +219,7 @@ def _resume(out_csv: Path, header: list[str], identity: dict) -> set[str]:
     """Ids already done in ``out_csv``; keeps only whole, parsable ok rows (the rest is redone)."""
     identity = json.loads(json.dumps(identity, sort_keys=True, default=str))
     if not out_csv.exists():
-        _write_identity(out_csv, identity)
+        write_identity(out_csv, identity)
         return set()
     id_path = _identity_path(out_csv)
     try:

@@ -139,6 +139,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", action="store_true",
                    help="also write report.html: summary, flagged cases first, thumbnails (see `segqc report`)")
     _common_data(p, "candidate")
+    g = p.add_argument_group("scale", "many cases: batches, a Ray cluster, or parts for a scheduler (see README)")
+    g.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local: this process; ray: Ray Data (reading in tasks, scoring in actors that load the "
+                        "bundle once; needs `pip install segqc[ray]`)")
+    g.add_argument("--batch-size", type=int, default=None,
+                   help="cases each method scores at once (None: 16 with a GPU, 1 on CPU)")
+    g.add_argument("--workers", type=int, default=None, help="Ray: scoring actors (None: one per CPU / GPU)")
+    g.add_argument("--address", default=None,
+                   help="Ray: cluster to join (auto, ray://host:10001; None: a local Ray on this machine)")
+    g.add_argument("--gpus-per-worker", type=float, default=0.0, help="Ray: GPUs per scoring actor (e.g. 0.5)")
+    g.add_argument("--num-parts", type=int, default=1,
+                   help="split the cases into this many parts (one per Slurm / Kubernetes task); join with "
+                        "`segqc merge`")
+    g.add_argument("--part-id", type=int, default=0, help="which part this run judges, 0..num-parts-1")
+
+    p = sub.add_parser("merge", formatter_class=fmt,
+                       help="join the output folders of `predict --num-parts K --part-id i` into one")
+    p.add_argument("parts", type=Path, nargs="+", help="the K part folders (e.g. qc_part_*)")
+    p.add_argument("--out", type=Path, required=True, help="output folder: the merged predictions, maps, "
+                                                          "dataset.json (from all cases) and run.json")
 
     p = sub.add_parser("bench", formatter_class=fmt,
                        help="all methods of a bundle on a benchmark cases.csv with true Dice, side by side")
@@ -233,7 +253,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "predict":
             s, dataset = api.predict(bundle=args.bundle, data=args.data, out=args.out, methods=args.methods,
                                      masks=args.masks, layout=args.layout, save_maps=not args.no_maps,
-                                     resume=not args.no_resume, models=_load_models(args))
+                                     resume=not args.no_resume, models=_load_models(args), engine=args.engine,
+                                     batch_size=args.batch_size, workers=args.workers, address=args.address,
+                                     gpus_per_worker=args.gpus_per_worker, num_parts=args.num_parts,
+                                     part_id=args.part_id)
             _print_dataset(dataset)
             print(f"{s.n_done} cases judged, {s.n_failed} failed, {s.n_skipped} already done → {s.out_csv}")
             if args.report and s.n_done + s.n_failed + s.n_skipped:
@@ -242,6 +265,14 @@ def main(argv: list[str] | None = None) -> int:
                 path = write_report(args.out, data=args.data, layout=args.layout, masks=args.masks)
                 print(f"report: open {path.resolve().as_uri()}")
             return s.exit_code
+        if args.command == "merge":
+            from segqc.shards import merge_parts
+
+            counts, dataset = merge_parts(args.parts, args.out)
+            _print_dataset(dataset)
+            print(f"{len(args.parts)} parts merged: {counts['n_ok']} cases judged, {counts['n_failed']} failed "
+                  f"→ {args.out / 'predictions.csv'}")
+            return EXIT_OK if counts["n_failed"] == 0 else 3
         if args.command == "report":
             from segqc.report import write_report
 

@@ -35,8 +35,8 @@ from segqc.labels import to_labels
 from segqc.metrics import binary_dice
 from segqc.utils import look_up_option
 
-__all__ = ["SOURCES", "AGGREGATIONS", "TTATransform", "tta_transforms", "sample_probabilities", "aggregate",
-           "uncertainty_maps", "binary_entropy"]
+__all__ = ["SOURCES", "AGGREGATIONS", "TTATransform", "tta_transforms", "sample_probabilities",
+           "sample_probabilities_many", "aggregate", "uncertainty_maps", "binary_entropy"]
 
 SOURCES = ("mc_dropout", "tta", "ensemble")
 AGGREGATIONS = ("mean_entropy", "foreground_entropy", "boundary_excluded_entropy", "patch_min_confidence",
@@ -160,40 +160,77 @@ def sample_probabilities(models: list, image: np.ndarray, *, source: str, n_samp
         source: ``mc_dropout``, ``tta`` or ``ensemble``.
         n_samples: passes for ``mc_dropout`` / ``tta`` (ignored for ``ensemble``).
         rng: draws the TTA parameters and the dropout seed (deterministic by default).
-        batch_size: passes per network call (memory).
+        batch_size: passes per network call (memory): exactly that many for ``mc_dropout``,
+            at least that many otherwise (`sample_probabilities_many`).
     """
-    import torch
+    return sample_probabilities_many(models, [image], source=source, n_samples=n_samples, rngs=[rng],
+                                     batch_size=batch_size)[0]
 
+
+def sample_probabilities_many(models: list, images: list[np.ndarray], *, source: str, n_samples: int = 8,
+                              rngs: list[np.random.Generator | None] | None = None,
+                              batch_size: int = 8) -> list[np.ndarray]:
+    """`sample_probabilities` of several images, each with its own ``rng`` (None: seed 0).
+
+    TTA and ensemble passes of all the images share network calls (inputs of one size; as many
+    passes per call as `segqc.nets.batching.MAX_ELEMENTS` input values allow, at least
+    ``batch_size``), and an image's samples do not depend on the others. MC dropout runs image
+    by image in calls of ``batch_size`` passes: torch draws the dropout masks of a whole call
+    from one generator, so an image's masks would otherwise depend on its neighbours in the call.
+    """
     source = look_up_option(source, SOURCES, "sampling source")
     if not models:
         raise ValueError("sampling needs at least one segmentation model")
-    rng = rng if rng is not None else np.random.default_rng(0)
-    shape = tuple(image.shape[1:])
+    rngs = [r if r is not None else np.random.default_rng(0) for r in (rngs or [None] * len(images))]
     if source == "ensemble":
         if len(models) < 2:
             raise ValueError(f"a deep ensemble needs at least 2 models, got {len(models)}")
-        return np.concatenate([m.predict_proba(image)[None] for m in models])
-    model = models[0]
+        per_model = [_ensemble_member(m, images, batch_size) for m in models]
+        return [np.concatenate(s) for s in zip(*per_model)]
+    if source == "mc_dropout":
+        return [_mc_dropout(models[0], im, n_samples, r, batch_size) for im, r in zip(images, rngs)]
+    return _tta(models[0], images, n_samples, rngs, batch_size)
+
+
+def _logits_rows(model, rows: list, batch_size: int) -> list:
+    """The model's logits ``(1, K, *size)`` of each single-pass input ``(1, C, *size)``, in few calls."""
+    from segqc.nets.batching import forward_grouped
+
+    return forward_grouped(model.logits, rows, min_rows=batch_size)
+
+
+def _ensemble_member(model, images: list[np.ndarray], batch_size: int) -> list[np.ndarray]:
+    """One pass of ``model`` per image: ``(1, L + 1, *spatial)`` probabilities each."""
+    logits = _logits_rows(model, [model.prepare(im) for im in images], batch_size)
+    return [model.to_proba(lg, im.shape[1:]) for lg, im in zip(logits, images)]
+
+
+def _mc_dropout(model, image: np.ndarray, n_samples: int, rng: np.random.Generator, batch_size: int) -> np.ndarray:
+    if not model.supports_dropout:
+        raise ValueError(f"MC dropout needs dropout layers; {model!r} has none (use tta or ensemble)")
     x = model.prepare(image)
     out = []
-    if source == "mc_dropout":
-        if not model.supports_dropout:
-            raise ValueError(f"MC dropout needs dropout layers; {model!r} has none (use tta or ensemble)")
-        ctx = _seeded(int(rng.integers(1 << 31)), model.device)
-        try:
-            for start in range(0, n_samples, batch_size):
-                b = min(batch_size, n_samples - start)
-                out.append(model.to_proba(model.logits(x.expand(b, *x.shape[1:]).contiguous(), dropout=True), shape))
-        finally:
-            ctx.__exit__(None, None, None)
-        return np.concatenate(out)
-    transforms = tta_transforms(n_samples, x.ndim - 2, rng)
-    for start in range(0, n_samples, batch_size):
-        chunk = transforms[start:start + batch_size]
-        logits = model.logits(torch.cat([t.forward(x) for t in chunk]))
-        back = torch.cat([t.inverse(logits[i:i + 1]) for i, t in enumerate(chunk)])
-        out.append(model.to_proba(back, shape))
+    ctx = _seeded(int(rng.integers(1 << 31)), model.device)
+    try:
+        for start in range(0, n_samples, batch_size):
+            b = min(batch_size, n_samples - start)
+            logits = model.logits(x.expand(b, *x.shape[1:]).contiguous(), dropout=True)
+            out.append(model.to_proba(logits, tuple(image.shape[1:])))
+    finally:
+        ctx.__exit__(None, None, None)
     return np.concatenate(out)
+
+
+def _tta(model, images: list[np.ndarray], n_samples: int, rngs: list[np.random.Generator],
+         batch_size: int) -> list[np.ndarray]:
+    import torch
+
+    xs = [model.prepare(im) for im in images]
+    transforms = [tta_transforms(n_samples, x.ndim - 2, r) for x, r in zip(xs, rngs)]
+    # each image's passes are augmented alone (the intensity jitter scales by the image's own std)
+    logits = iter(_logits_rows(model, [t.forward(x) for x, ts in zip(xs, transforms) for t in ts], batch_size))
+    return [model.to_proba(torch.cat([t.inverse(next(logits)) for t in ts]), tuple(im.shape[1:]))
+            for im, ts in zip(images, transforms)]
 
 
 # ----------------------------------------------------------------------------- aggregation

@@ -365,13 +365,22 @@ class MaskAutoencoder(QCMethod):
     def reconstruct(self, case: Case) -> tuple[np.ndarray, np.ndarray, dict]:
         """Reconstruction of ``case.mask``: model-space probabilities ``(Z, L+1, S, S)``,
         model-space candidate channel indices ``(Z, S, S)`` and the preprocessing props."""
-        from segqc.preprocess import preprocess
-
         check_is_fitted(self)
         with torch_threads(self.n_threads):
-            _, m_ms, props = preprocess(case, self.plan_)
-            idx = to_index(m_ms, self.labels_, what="candidate mask")
-            return self._probs(idx), idx, props
+            return self._reconstruct_many([case])[0]
+
+    def _reconstruct_many(self, cases: list[Case]) -> list[tuple[np.ndarray, np.ndarray, dict]]:
+        """`reconstruct` of several cases: their model-space slices go through the network together."""
+        from segqc.nets.batching import split_counts
+        from segqc.preprocess import preprocess
+
+        idx, props = [], []
+        for case in cases:
+            _, m_ms, pr = preprocess(case, self.plan_)
+            idx.append(to_index(m_ms, self.labels_, what="candidate mask"))
+            props.append(pr)
+        probs = split_counts(self._probs(np.concatenate(idx)), [len(i) for i in idx])
+        return list(zip(probs, idx, props))
 
     def _score_case(self, case: Case) -> RawScore:
         """Dice and HD95 (mm) of the candidate against its reconstruction, on the original grid.
@@ -383,9 +392,11 @@ class MaskAutoencoder(QCMethod):
         ``soft_dice_<label>`` (candidate vs reconstruction probabilities, model space) and
         ``error_mean_fg``.
         """
-        probs, idx, props = self.reconstruct(case)
+        return self._score_cases([case])[0]
+
+    def _score_cases(self, cases: list[Case]) -> list[RawScore]:
         with torch_threads(self.n_threads):
-            return self._score(case, probs, idx, props)
+            return [self._score(c, *r) for c, r in zip(cases, self._reconstruct_many(cases))]
 
     def _score(self, case: Case, probs: np.ndarray, idx: np.ndarray, props: dict) -> RawScore:
         from segqc.preprocess import invert_map, invert_mask

@@ -104,6 +104,40 @@ class QCMethod:
         """The method's own scoring, of a candidate that `score` has checked."""
         raise NotImplementedError
 
+    def score_batch(self, cases: list[Case]) -> list[RawScore | Exception]:
+        """`score` of several cases at once (network methods batch their forward passes on a GPU).
+
+        A case that cannot be scored gets its exception in its place, so one bad case of a
+        batch never fails the others; the answers are those of `score`, case by case.
+        """
+        check_is_fitted(self)
+        out: list[RawScore | Exception] = []
+        valid = []
+        for case in cases:
+            try:
+                check_labels(case.mask, self.labels_)
+                out.append(None)
+                valid.append(case)
+            except ValueError as e:
+                out.append(e)
+        if not valid:
+            return out
+        try:
+            scores = iter(self._score_cases(valid))
+        except Exception:  # noqa: BLE001 — find which case it was: score them one by one
+            scores = iter([self._try_score(c) for c in valid])
+        return [next(scores) if o is None else o for o in out]
+
+    def _score_cases(self, cases: list[Case]) -> list[RawScore]:
+        """The method's own scoring of checked candidates; override to batch (default: one by one)."""
+        return [self._score_case(c) for c in cases]
+
+    def _try_score(self, case: Case) -> RawScore | Exception:
+        try:
+            return self._score_case(case)
+        except Exception as e:  # noqa: BLE001 — returned in the case's place
+            return e
+
     def state(self) -> tuple[dict[str, np.ndarray], dict]:
         """Arrays (saved as safetensors) and a JSON-able dict (parameters + small state)."""
         raise NotImplementedError

@@ -287,17 +287,33 @@ class CNNRegressor(QCMethod):
     # -- scoring -------------------------------------------------------------------------
     def _score_case(self, case: Case) -> RawScore:
         """Predicted Dice per foreground label of ``case.mask`` (values in [0, 1])."""
-        import torch
+        return self._score_cases([case])[0]
 
+    def _score_cases(self, cases: list[Case]) -> list[RawScore]:
+        """`_score_case` of each case; the network sees the cases' inputs stacked, a few calls in all."""
+        probs = self._predict([self._model_input(c) for c in cases])
+        return [RawScore(dice={k: float(v) for k, v in zip(self.labels_, p)}) for p in probs]
+
+    def _model_input(self, case: Case) -> np.ndarray:
+        """The network input of ``case`` (`_input`): its image and candidate mask in model space."""
         from segqc.preprocess import preprocess
 
         img, _, props = preprocess(case.with_mask(None), self.plan_)
-        soft = mask_to_model_space(case.mask, props, self.labels_, self.plan_)
-        x = torch.from_numpy(self._input(img, soft)[None]).to(self.device_)
+        return self._input(img, mask_to_model_space(case.mask, props, self.labels_, self.plan_))
+
+    def _predict(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """Sigmoid outputs ``(L,)`` per network input; inputs of one shape share calls (3D ones may differ in Z)."""
+        import torch
+
+        from segqc.nets.batching import forward_grouped
+
+        def run(x):
+            with torch.no_grad():
+                return torch.sigmoid(self.model_(x.to(self.device_))).float().cpu()
+
         self.model_.eval()
-        with torch.no_grad():
-            p = torch.sigmoid(self.model_(x))[0].float().cpu().numpy()
-        return RawScore(dice={k: float(v) for k, v in zip(self.labels_, p)})
+        rows = [torch.from_numpy(x[None]) for x in inputs]
+        return [p[0].numpy() for p in forward_grouped(run, rows)]
 
     # -- persistence ---------------------------------------------------------------------
     def state(self) -> tuple[dict[str, np.ndarray], dict]:

@@ -35,6 +35,9 @@ from segqc.utils import resolve_device, torch_threads
 
 __all__ = ["DiffusionEnsemble"]
 
+# Rows (samples × slices) denoised per network call at scoring time (bounded memory for large batches).
+_INFER_BATCH = 256
+
 
 class DiffusionEnsemble(QCMethod):
     """Image-conditioned diffusion segmenter; N samples → mean mask, variance; QC = agreement.
@@ -161,26 +164,51 @@ class DiffusionEnsemble(QCMethod):
     # -- sampling ----------------------------------------------------------------------
     def sample(self, case: Case) -> tuple[np.ndarray, dict]:
         """``n_samples`` foreground probabilities in model space, (N, L, Z, size, size) in [0, 1], and props."""
+        return self._sample_many([case])[0]
+
+    def _sample_many(self, cases: list[Case]) -> list[tuple[np.ndarray, dict]]:
+        """`sample` of several cases: every sample of every slice of them is denoised in the same calls."""
         import torch
-        from monai.networks.schedulers import DDIMScheduler
 
         from segqc.preprocess import preprocess
 
-        im, _, props = preprocess(case.with_mask(None), self.plan_)
-        cond = self._slices(im)
+        n, L = int(self.n_samples), len(self.labels_)
+        props, conds = [], []
+        for case in cases:
+            im, _, pr = preprocess(case.with_mask(None), self.plan_)
+            props.append(pr)
+            conds.append(self._slices(im))
+        rows = [n * len(c) for c in conds]
+        cond = torch.cat([c.repeat(n, 1, 1, 1) for c in conds])
+        x = torch.cat([self._noise(r) for r in rows])
+        with torch_threads(self.n_threads), torch.no_grad():
+            p = torch.cat([self._denoise(xc, cc) for xc, cc in zip(x.split(_INFER_BATCH), cond.split(_INFER_BATCH))])
+        out = []
+        for pc, c, pr in zip(p.split(rows), conds, props):
+            pc = pc.numpy().reshape(n, len(c), L, self.size, self.size)
+            out.append((pc.transpose(0, 2, 1, 3, 4), pr))
+        return out
+
+    def _noise(self, rows: int):
+        """One case's starting noise ``(rows, L, size, size)``, drawn alone: the same whatever its batch."""
+        import torch
+
+        gen = torch.Generator().manual_seed(int(self.seed))
+        return torch.randn((rows, len(self.labels_), self.size, self.size), generator=gen)
+
+    def _denoise(self, x, cond):
+        """DDIM from noise ``x`` conditioned on ``cond`` (CPU tensors) → probabilities in [0, 1], on the CPU."""
+        import torch
+        from monai.networks.schedulers import DDIMScheduler
+
         dev = next(self.net_.parameters()).device
-        n, z = int(self.n_samples), cond.shape[0]
         sched = DDIMScheduler(num_train_timesteps=self.timesteps, prediction_type=self.prediction)
         sched.set_timesteps(self.ddim_steps)
-        gen = torch.Generator().manual_seed(int(self.seed))
-        c = cond.to(dev).repeat(n, 1, 1, 1)
-        x = torch.randn((n * z, len(self.labels_), self.size, self.size), generator=gen).to(dev)
-        with torch_threads(self.n_threads), torch.no_grad():
-            for t in sched.timesteps:
-                out = self.net_(torch.cat([x, c], 1), timesteps=torch.full((len(x),), int(t), device=dev))
-                x, _ = sched.step(out, int(t), x)
-        p = ((x.clamp(-1, 1) + 1) / 2).cpu().numpy().reshape(n, z, len(self.labels_), self.size, self.size)
-        return p.transpose(0, 2, 1, 3, 4), props
+        x, c = x.to(dev), cond.to(dev)
+        for t in sched.timesteps:
+            out = self.net_(torch.cat([x, c], 1), timesteps=torch.full((len(x),), int(t), device=dev))
+            x, _ = sched.step(out, int(t), x)
+        return ((x.clamp(-1, 1) + 1) / 2).cpu()
 
     def _to_model_space(self, p: np.ndarray, props: dict) -> np.ndarray:
         """(..., Z, size, size) → (..., Z, S, S) at the plan's slice size (linear)."""
@@ -190,18 +218,25 @@ class DiffusionEnsemble(QCMethod):
         return p if p.shape[-1] == s else resize_inplane(p, (s, s), mode="linear", antialias=False)
 
     # -- scoring -----------------------------------------------------------------------
-    def _cached_sample(self, case: Case) -> tuple[np.ndarray, dict]:
-        """`sample`, remembered per image (the candidates of one image, e.g. several checkpoints, share it)."""
-        key = hashlib.blake2b(np.ascontiguousarray(case.image).tobytes(), digest_size=16).digest()
+    def _cached_samples(self, cases: list[Case]) -> list[tuple[np.ndarray, dict]]:
+        """`sample` of each case, remembered per image (the candidates of one image, e.g. several
+        checkpoints, share it); the images not remembered yet are sampled together, each once."""
+        keys = [_image_key(c) for c in cases]
         cache = self.__dict__.setdefault("_cache", {})
-        if key not in cache:
+        known = {k: cache[k] for k in keys if k in cache}
+        todo = {k: c for k, c in zip(keys, cases) if k not in known}
+        fresh = dict(zip(todo, self._sample_many(list(todo.values())))) if todo else {}
+        for k, v in fresh.items():
             if len(cache) >= 512:
                 cache.pop(next(iter(cache)))
-            cache[key] = self.sample(case)
-        return cache[key]
+            cache[k] = v
+        return [(known | fresh)[k] for k in keys]
 
     def _score_case(self, case: Case) -> RawScore:
-        return self.score_samples(case, *self._cached_sample(case))
+        return self._score_cases([case])[0]
+
+    def _score_cases(self, cases: list[Case]) -> list[RawScore]:
+        return [self.score_samples(c, *s) for c, s in zip(cases, self._cached_samples(cases))]
 
     def score_samples(self, case: Case, p: np.ndarray, props: dict) -> RawScore:
         """QC of ``case.mask`` from samples ``p`` (N, L, Z, size, size) of `sample` and its ``props``."""
@@ -260,3 +295,7 @@ class DiffusionEnsemble(QCMethod):
         m.train_steps_done_ = config["train_steps_done_"]
         m.final_loss_ = config["final_loss_"]
         return m
+
+
+def _image_key(case: Case) -> bytes:
+    return hashlib.blake2b(np.ascontiguousarray(case.image).tobytes(), digest_size=16).digest()

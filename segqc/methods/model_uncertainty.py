@@ -25,7 +25,7 @@ from segqc.case import Case
 from segqc.labels import to_index
 from segqc.methods.base import QCMethod, RawScore, check_is_fitted, check_labels, make_training_pairs
 from segqc.metrics import binary_dice
-from segqc.uncertainty import AGGREGATIONS, SOURCES, aggregate, sample_probabilities, uncertainty_maps
+from segqc.uncertainty import AGGREGATIONS, SOURCES, aggregate, sample_probabilities_many, uncertainty_maps
 from segqc.utils import look_up_option, torch_threads
 
 __all__ = ["ModelUncertainty"]
@@ -105,25 +105,39 @@ class ModelUncertainty(QCMethod):
     # -- sampling + features -----------------------------------------------------------
     def samples(self, case: Case) -> dict[str, np.ndarray]:
         """``{source: (S, L + 1, *spatial) probabilities}`` for the case's image (cached for its last image)."""
+        return self._samples_many([case])[0]
+
+    def _samples_many(self, cases: list[Case]) -> list[dict[str, np.ndarray]]:
+        """`samples` of several cases: each image once, all of them in the same network calls per source."""
         # keyed on the pixels, not the id: every candidate of one image shares its samples
-        key = (case.image.shape, hashlib.blake2b(np.ascontiguousarray(case.image).tobytes(), digest_size=16).digest())
-        if getattr(self, "_cache", None) is not None and self._cache[0] == key:
-            return self._cache[1]
+        keys = [(c.image.shape, hashlib.blake2b(np.ascontiguousarray(c.image).tobytes(), digest_size=16).digest())
+                for c in cases]
+        known = dict([self._cache]) if getattr(self, "_cache", None) is not None else {}
+        todo = {k: c.image for k, c in zip(keys, cases) if k not in known}
+        if todo:
+            known |= self._sample_images(todo)
+        self._cache = (keys[-1], known[keys[-1]])
+        return [known[k] for k in keys]
+
+    def _sample_images(self, images: dict) -> dict:
+        """``{key: {source: samples}}`` of ``{key: image}``; every image with the same seeded rng (repeatable)."""
         models = self._get_models()
-        out, seconds = {}, {}
+        out: dict = {k: {} for k in images}
+        seconds = {}
         with torch_threads(self.n_threads):
             for src in self.sources_:
                 t0 = time.perf_counter()
-                out[src] = sample_probabilities(models, case.image, source=src, n_samples=self.n_samples,
-                                                rng=np.random.default_rng(self.seed))
-                seconds[src] = time.perf_counter() - t0
+                probs = sample_probabilities_many(models, list(images.values()), source=src, n_samples=self.n_samples,
+                                                  rngs=[np.random.default_rng(self.seed) for _ in images])
+                for k, p in zip(images, probs):
+                    out[k][src] = p
+                seconds[src] = (time.perf_counter() - t0) / len(images)
         self._last_seconds = seconds
-        self._cache = (key, out)
         return out
 
     @property
     def last_seconds(self) -> dict[str, float]:
-        """Sampling time per source, in seconds, of the last image sampled (for benchmarks)."""
+        """Sampling time per source and image, in seconds, of the last images sampled together (benchmarks)."""
         return dict(getattr(self, "_last_seconds", {}))
 
     def case_features(self, case: Case, samples: dict[str, np.ndarray] | None = None) -> dict[int, dict[str, float]]:
@@ -203,7 +217,12 @@ class ModelUncertainty(QCMethod):
 
     # -- scoring -----------------------------------------------------------------------
     def _score_case(self, case: Case) -> RawScore:
-        s = self.samples(case)
+        return self._score_cases([case])[0]
+
+    def _score_cases(self, cases: list[Case]) -> list[RawScore]:
+        return [self._score_samples(c, s) for c, s in zip(cases, self._samples_many(cases))]
+
+    def _score_samples(self, case: Case, s: dict[str, np.ndarray]) -> RawScore:
         feats = self.case_features(case, s)
         single = self._single()
         if single is None:

@@ -30,6 +30,7 @@ in the original space in mm, and finite scores for empty masks.
 from __future__ import annotations
 
 import time
+from typing import NamedTuple
 
 import numpy as np
 
@@ -94,6 +95,16 @@ def _mask_to_ms(mask: np.ndarray, props: dict, plan) -> np.ndarray:
     if any(p for pp in props["pad"] for p in pp):
         m = np.pad(m, [(0, 0)] + [tuple(p) for p in props["pad"]])
     return np.ascontiguousarray(m)
+
+
+class _SliceInputs(NamedTuple):
+    """One case in model space: the networks' inputs, then what its votes are compared with and mapped by."""
+
+    imgs: np.ndarray     # (Z, C, P, P) image slices
+    cand: np.ndarray     # (Z, P, P) candidate channel indices at the work size, padded
+    pos: np.ndarray      # (Z,) relative positions
+    cand_s: np.ndarray   # (Z, S, S) candidate channel indices at the plan's slice size
+    props: dict          # `preprocess` props: the way back to the original grid
 
 
 def _hd95_finite(a: np.ndarray, b: np.ndarray, spacing, shape) -> float:
@@ -432,19 +443,24 @@ class NNQC(QCMethod):
         import torch
 
         check_is_fitted(self)
-        with torch.no_grad():
-            img = torch.from_numpy(np.ascontiguousarray(image_slices, dtype=np.float32)).to(self.device_)
-            pos = torch.from_numpy(np.asarray(positions, dtype=np.float32)).to(self.device_)
-            return self.toe_(img, pos)
+        img = torch.from_numpy(np.ascontiguousarray(image_slices, dtype=np.float32))
+        pos = torch.from_numpy(np.asarray(positions, dtype=np.float32))
+        with torch.no_grad():  # in chunks: a batch of cases may bring thousands of slices
+            parts = [self.toe_(i.to(self.device_), p.to(self.device_))
+                     for i, p in zip(img.split(_INFER_BATCH), pos.split(_INFER_BATCH))]
+        return torch.cat([c for c, _ in parts]), torch.cat([w for _, w in parts])
 
     def sample_latents(self, image_slices: np.ndarray, cand_idx: np.ndarray, positions: np.ndarray,
-                       n_samples: int | None = None, ddim_steps: int | None = None):
+                       n_samples: int | None = None, ddim_steps: int | None = None,
+                       counts: list[int] | None = None):
         """K generated (unscaled) latents per slice, ``(K, N, lc, h, w)`` torch tensor on the device.
 
         Args:
             image_slices: ``(N, C, P, P)`` normalised image slices.
             cand_idx: ``(N, P, P)`` candidate channel indices (0 = background).
             positions: ``(N,)`` relative positions (`relative_positions` of the candidate).
+            counts: slices per case when the ``N`` slices are several cases' (consecutive);
+                None = one case. Each case's noise is drawn as if it were sampled alone.
         """
         import torch
 
@@ -455,13 +471,13 @@ class NNQC(QCMethod):
         steps = int(ddim_steps or self.ddim_steps)
         dev = self.device_
         n = len(cand_idx)
+        if counts is not None and sum(counts) != n:
+            raise ValueError(f"counts {list(counts)} add up to {sum(counts)} slices, not the {n} given")
         zc = self._encode(self.vae_, cand_idx, dev) * self.scale_ if self.use_candidate else None
         ctx, _ = self.context(image_slices, positions)
         lc = int(self.cfg_["latent_channels"])
         side = self.fit_info_["padded_side"] // 2 ** (len(self.cfg_["ae_channels"]) - 1)
-        gen = torch.Generator(device="cpu")
-        gen.manual_seed(self.seed_)  # the same noise for every call: scores are reproducible
-        noise = torch.randn(k, n, lc, side, side, generator=gen).to(dev)
+        noise = torch.cat([self._noise(k, m, lc, side) for m in counts or [n]], dim=1).to(dev)
         out = torch.empty_like(noise)
         per = max(1, _INFER_BATCH // k)
         for s in range(0, n, per):
@@ -474,12 +490,21 @@ class NNQC(QCMethod):
                 k, m, lc, side, side)
         return out
 
+    def _noise(self, k: int, n: int, lc: int, side: int):
+        """One case's starting noise ``(K, n, lc, side, side)``: the same for every call (reproducible scores)."""
+        import torch
+
+        gen = torch.Generator(device="cpu")
+        gen.manual_seed(self.seed_)
+        return torch.randn(k, n, lc, side, side, generator=gen)
+
     def sample_slices(self, image_slices: np.ndarray, cand_idx: np.ndarray, positions: np.ndarray,
-                      n_samples: int | None = None, ddim_steps: int | None = None) -> np.ndarray:
+                      n_samples: int | None = None, ddim_steps: int | None = None,
+                      counts: list[int] | None = None) -> np.ndarray:
         """K decoded pGT samples per slice: channel indices ``(K, N, P, P)`` uint8 (see `sample_latents`)."""
         import torch
 
-        lat = self.sample_latents(image_slices, cand_idx, positions, n_samples, ddim_steps)
+        lat = self.sample_latents(image_slices, cand_idx, positions, n_samples, ddim_steps, counts)
         k, n = lat.shape[:2]
         flat = lat.reshape(k * n, *lat.shape[2:])
         with torch.no_grad():
@@ -494,27 +519,45 @@ class NNQC(QCMethod):
         [0, 1]): share of samples that differ from the pGT (the model's uncertainty).
         ``error``: share of samples that differ from the candidate.
         """
-        from segqc.preprocess import invert_map, invert_mask, preprocess
-
         check_is_fitted(self)
-        with torch_threads(self.n_threads):
-            img, m, props = preprocess(case, self.plan_)
-            from segqc.preprocess import resize_inplane
+        return self._pseudo_ground_truths([case], n_samples, ddim_steps)[0]
 
-            S, W, _ = self.sides_
-            cand_s = to_index(m, self.labels_, what="candidate mask")       # (Z, S, S) channel indices
-            cand = self._work_mask(cand_s)
-            imgs = self._work_image(img).astype(np.float32).transpose(1, 0, 2, 3)   # (Z, C, P, P)
-            samples = self.sample_slices(imgs, cand, relative_positions(cand), n_samples, ddim_steps)[..., :W, :W]
-            votes = np.stack([(samples == i).mean(0) for i in range(len(self.labels_) + 1)]).astype(np.float32)
-            if W != S:  # vote shares back to the plan's slice size, linearly
-                votes = resize_inplane(votes, (S, S), mode="linear")
-            pgt_idx = votes.argmax(0)                                        # majority vote, (Z, S, S)
-            agree_pgt = np.take_along_axis(votes, pgt_idx[None], 0)[0]
-            agree_cand = np.take_along_axis(votes, cand_s[None].astype(np.int64), 0)[0]
-            pgt = invert_mask(to_labels(pgt_idx, self.labels_), props)
-            disagreement = np.clip(invert_map(1.0 - agree_pgt, props), 0, 1).astype(np.float32)
-            error = np.clip(invert_map(1.0 - agree_cand, props), 0, 1).astype(np.float32)
+    def _pseudo_ground_truths(self, cases: list[Case], n_samples: int | None = None, ddim_steps: int | None = None,
+                              ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """`pseudo_ground_truth` of several cases: all their slices are sampled together."""
+        from segqc.nets.batching import split_counts
+
+        with torch_threads(self.n_threads):
+            inputs = [self._slice_inputs(c) for c in cases]
+            counts = [len(x.cand) for x in inputs]
+            imgs, cand, pos = (np.concatenate([getattr(x, f) for x in inputs]) for f in ("imgs", "cand", "pos"))
+            samples = self.sample_slices(imgs, cand, pos, n_samples, ddim_steps, counts)
+            return [self._vote(s, x.cand_s, x.props) for s, x in zip(split_counts(samples, counts, axis=1), inputs)]
+
+    def _slice_inputs(self, case: Case) -> _SliceInputs:
+        from segqc.preprocess import preprocess
+
+        img, m, props = preprocess(case, self.plan_)
+        cand_s = to_index(m, self.labels_, what="candidate mask")
+        cand = self._work_mask(cand_s)
+        imgs = self._work_image(img).astype(np.float32).transpose(1, 0, 2, 3)
+        return _SliceInputs(imgs, cand, relative_positions(cand), cand_s, props)
+
+    def _vote(self, samples: np.ndarray, cand_s: np.ndarray, props: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One case's samples ``(K, Z, P, P)`` → pGT, disagreement and error maps on the original grid."""
+        from segqc.preprocess import invert_map, invert_mask, resize_inplane
+
+        S, W, _ = self.sides_
+        samples = samples[..., :W, :W]
+        votes = np.stack([(samples == i).mean(0) for i in range(len(self.labels_) + 1)]).astype(np.float32)
+        if W != S:  # vote shares back to the plan's slice size, linearly
+            votes = resize_inplane(votes, (S, S), mode="linear")
+        pgt_idx = votes.argmax(0)                                        # majority vote, (Z, S, S)
+        agree_pgt = np.take_along_axis(votes, pgt_idx[None], 0)[0]
+        agree_cand = np.take_along_axis(votes, cand_s[None].astype(np.int64), 0)[0]
+        pgt = invert_mask(to_labels(pgt_idx, self.labels_), props)
+        disagreement = np.clip(invert_map(1.0 - agree_pgt, props), 0, 1).astype(np.float32)
+        error = np.clip(invert_map(1.0 - agree_cand, props), 0, 1).astype(np.float32)
         return pgt, disagreement, error
 
     def _score_case(self, case: Case) -> RawScore:
@@ -525,7 +568,12 @@ class NNQC(QCMethod):
         Features: ``disagreement_mean_fg`` and ``error_mean_fg`` over the union of
         candidate and pGT foreground.
         """
-        pgt, disagreement, error = self.pseudo_ground_truth(case)
+        return self._score_cases([case])[0]
+
+    def _score_cases(self, cases: list[Case]) -> list[RawScore]:
+        return [self._compare(c, *maps) for c, maps in zip(cases, self._pseudo_ground_truths(cases))]
+
+    def _compare(self, case: Case, pgt: np.ndarray, disagreement: np.ndarray, error: np.ndarray) -> RawScore:
         cand = case.mask
         dice, hd = {}, {}
         for k in self.labels_:

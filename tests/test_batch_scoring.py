@@ -1,0 +1,103 @@
+"""Batched scoring of the network methods: `score_batch` answers what `score` answers, case by case."""
+
+import copy
+import time
+
+import numpy as np
+import pytest
+from test_methods import TINY, _tiny_models
+
+from segqc.fingerprint import compute_fingerprint, plan_from_fingerprint
+from segqc.methods import make_method
+from segqc.utils import torch_threads
+
+NETWORK_METHODS = ["cnn", "autoencoder", "nnqc", "diffusion", "model_uncertainty"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: the tests run on shared CPUs, where more threads oversubscribe them (much slower)."""
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def fitted(kvasir_cases, hippo_cases, tmp_path_factory):
+    """``fitted(name, data)`` → the method fitted on 3 reference cases (once per module) and 3 other cases."""
+    done = {}
+
+    def get(name: str, data: str):
+        if (name, data) not in done:
+            cases = kvasir_cases if data == "kvasir" else hippo_cases
+            plan = plan_from_fingerprint(compute_fingerprint(cases[:3]), max_slice_size=32)
+            method = make_method(name, **TINY[name])
+            kw = ({"models": _tiny_models(cases[0], plan, tmp_path_factory.mktemp(name))}
+                  if method.needs_model else {})
+            done[name, data] = method.fit(cases[:3], plan, np.random.default_rng(0), **kw), cases[3:6]
+        return done[name, data]
+
+    return get
+
+
+def _copies(method):
+    """Two fresh copies: one scores case by case, the other in batches, which must not fall back to
+    scoring case by case (`score_batch` does after an error); nothing remembered per image crosses over."""
+    def refuse(case):
+        raise AssertionError("score_batch fell back to scoring case by case")
+
+    one, many = copy.deepcopy(method), copy.deepcopy(method)
+    many._score_case = refuse
+    return one, many
+
+
+def _assert_same(got, want):
+    assert not isinstance(got, Exception), got
+    assert got.dice == pytest.approx(want.dice, abs=1e-5)
+    assert (got.hd95 is None) == (want.hd95 is None)
+    if want.hd95 is not None:
+        assert got.hd95 == pytest.approx(want.hd95, abs=1e-5, nan_ok=True)
+    assert got.features == pytest.approx(want.features, abs=1e-5, nan_ok=True)
+    assert got.maps.keys() == want.maps.keys()
+    for k, v in want.maps.items():
+        np.testing.assert_allclose(got.maps[k], v, rtol=0, atol=1e-5, err_msg=k)
+
+
+@pytest.mark.parametrize("data", ["kvasir", "hippocampus"])
+@pytest.mark.parametrize("name", NETWORK_METHODS)
+def test_batch_equals_one_by_one(name, data, fitted):
+    method, cases = fitted(name, data)
+    one, many = _copies(method)
+    want = [one.score(c) for c in cases]
+    got = many.score_batch(cases)
+    assert len(got) == len(cases)
+    for g, w in zip(got, want):
+        _assert_same(g, w)
+
+
+@pytest.mark.parametrize("data", ["kvasir", "hippocampus"])
+@pytest.mark.parametrize("name", NETWORK_METHODS)
+def test_batch_with_a_bad_case(name, data, fitted):
+    method, (c1, c2, c3) = fitted(name, data)
+    wrong = c2.with_mask(np.full_like(c2.mask, 7))
+    same_image = c1.with_mask(np.zeros_like(c1.mask))  # another candidate of c1's image: sampled once
+    one, many = _copies(method)
+    got = many.score_batch([c1, wrong, c3, same_image])
+    assert isinstance(got[1], ValueError) and "7" in str(got[1])
+    for g, case in zip([got[0], got[2], got[3]], [c1, c3, same_image]):
+        _assert_same(g, one.score(case))
+
+
+@pytest.mark.parametrize("name", ["cnn", "autoencoder"])
+def test_batch_timing(name, fitted, kvasir_cases, capsys):
+    """Not a check: prints the time of one batch of 16 cases against 16 `score` calls (CPU here)."""
+    method, _ = fitted(name, "kvasir")
+    cases = kvasir_cases[:8] + [c.with_mask(np.roll(c.mask, 5, axis=-1)) for c in kvasir_cases[:8]]
+    method.score(cases[0])  # warm-up: first calls allocate
+    times = {}
+    for how, run in (("16 x score", lambda: [method.score(c) for c in cases]),
+                     ("score_batch(16)", lambda: method.score_batch(cases))):
+        wall, cpu = time.perf_counter(), time.process_time()
+        run()
+        times[how] = (time.perf_counter() - wall, time.process_time() - cpu)
+    with capsys.disabled():
+        print(f"\n{name} kvasir: " + ", ".join(f"{k} {w:.3f} s wall / {c:.3f} s CPU" for k, (w, c) in times.items()))

@@ -1,0 +1,110 @@
+"""`predict --num-parts K --part-id i` + `segqc merge` give what one run over every case gives."""
+
+import csv
+import json
+import shutil
+
+import pytest
+
+from segqc.cli import main
+from segqc.shards import select_part
+
+TINY = {"features": {"pairs_per_case": 2, "n_estimators": 30, "n_jobs": 1},
+        "segmenter": {"epochs": 2, "snapshot_epochs": [1], "channels": [8, 16], "n_folds": 2}}
+
+
+@pytest.fixture(scope="module")
+def bundle(sample, tmp_path_factory):
+    from segqc import api
+    from segqc.io import load_dataset
+    from segqc.utils import torch_threads
+
+    ref = sample / "kvasir" / "reference"
+    out = tmp_path_factory.mktemp("shards") / "bundle"
+    with torch_threads(1):
+        api.fit(reference=ref, out=out, methods=["features"], ids=[r.case_id for r in load_dataset(ref)][:8],
+                method_params=json.loads(json.dumps(TINY)), calibration_pairs=5, max_slice_size=32, device="cpu")
+    return out
+
+
+@pytest.fixture()
+def manifest(sample, tmp_path):
+    rows = list(csv.DictReader(open(sample / "kvasir" / "candidates.csv")))[:11]
+    for r in rows:
+        for k in ("image", "mask", "truth"):
+            r[k] = str(sample / "kvasir" / r[k])
+    rows.insert(4, dict(rows[0], case_id="missing_file", mask=str(tmp_path / "nope.png")))
+    path = tmp_path / "cases.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def test_select_part_is_a_deterministic_partition():
+    items = list(range(11))
+    parts = [select_part(items, 3, i) for i in range(3)]
+    assert sorted(sum(parts, [])) == items and parts[1] == [1, 4, 7, 10]
+    with pytest.raises(ValueError, match="part-id"):
+        select_part(items, 3, 3)
+    with pytest.raises(ValueError, match="num-parts"):
+        select_part(items, 0, 0)
+
+
+def test_parts_merged_equal_one_run(bundle, manifest, tmp_path, capsys):
+    one, split = tmp_path / "a", tmp_path / "b"  # folders of equal path length: map paths compare as text
+    assert main(["predict", str(manifest), "--bundle", str(bundle), "--out", str(one / "qc")]) == 3
+    parts = [split / f"part{i}" for i in range(3)]
+    for i, part in enumerate(parts):
+        code = main(["predict", str(manifest), "--bundle", str(bundle), "--out", str(part), "--num-parts", "3",
+                     "--part-id", str(i)])
+        assert code in (0, 3)
+    assert main(["merge", *map(str, parts), "--out", str(split / "qc")]) == 3
+    single = (one / "qc" / "predictions.csv").read_text()
+    merged = (split / "qc" / "predictions.csv").read_text()
+    assert merged == single.replace(str(one), str(split))  # the same rows, in the same order, byte for byte
+    assert json.loads((split / "qc" / "dataset.json").read_text()) == json.loads((one / "qc" / "dataset.json")
+                                                                                 .read_text())
+    maps = sorted(p.relative_to(one / "qc") for p in (one / "qc" / "maps").rglob("*") if p.is_file())
+    assert maps and maps == sorted(p.relative_to(split / "qc") for p in (split / "qc" / "maps").rglob("*")
+                                   if p.is_file())
+    assert all((one / "qc" / m).read_bytes() == (split / "qc" / m).read_bytes() for m in maps)
+    run = json.loads((split / "qc" / "run.json").read_text())
+    assert run["n_ok"] == 11 and run["n_failed"] == 1 and len(run["options"]["merged_from"]) == 3
+    # the merged folder is a single run's: predict there again only retries the failed case
+    capsys.readouterr()
+    assert main(["predict", str(manifest), "--bundle", str(bundle), "--out", str(split / "qc")]) == 3
+    assert sorted((split / "qc" / "predictions.csv").read_text().splitlines()) == sorted(merged.splitlines())
+    assert "0 cases judged, 1 failed, 11 already done" in capsys.readouterr().out
+
+
+def test_merge_refuses_what_is_not_one_whole_run(bundle, manifest, tmp_path, capsys):
+    parts = [tmp_path / f"part{i}" for i in range(3)]
+    for i, part in enumerate(parts):
+        main(["predict", str(manifest), "--bundle", str(bundle), "--out", str(part), "--num-parts", "3",
+              "--part-id", str(i), "--no-maps"])
+    capsys.readouterr()
+    assert main(["merge", str(parts[0]), str(parts[2]), "--out", str(tmp_path / "m1")]) == 1
+    assert "missing [1]" in capsys.readouterr().err
+    assert main(["merge", str(parts[0]), str(parts[0]), str(parts[2]), "--out", str(tmp_path / "m2")]) == 1
+    capsys.readouterr()
+    # a part of another run (maps on) is not a part of this one
+    other = tmp_path / "other"
+    main(["predict", str(manifest), "--bundle", str(bundle), "--out", str(other), "--num-parts", "3",
+          "--part-id", "1"])
+    capsys.readouterr()
+    assert main(["merge", str(parts[0]), str(other), str(parts[2]), "--out", str(tmp_path / "m3")]) == 1
+    assert "not a part of the same run" in capsys.readouterr().err
+    # a part that was interrupted (no run.json yet) must be finished first
+    (parts[1] / "run.json").unlink()
+    assert main(["merge", *map(str, parts), "--out", str(tmp_path / "m4")]) == 1
+    assert "not finished" in capsys.readouterr().err
+    # another part id into a folder that holds a part already: refused, not mixed
+    shutil.rmtree(parts[1])
+    main(["predict", str(manifest), "--bundle", str(bundle), "--out", str(parts[1]), "--num-parts", "3",
+          "--part-id", "1", "--no-maps"])
+    capsys.readouterr()
+    assert main(["predict", str(manifest), "--bundle", str(bundle), "--out", str(parts[1]), "--num-parts", "3",
+                 "--part-id", "2", "--no-maps"]) == 1
+    assert "another run" in capsys.readouterr().err
