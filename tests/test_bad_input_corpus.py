@@ -23,12 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY_FIT
 
 from segqc.batch import read_rows
 from segqc.cli import main
 
-TINY = {"features": {"pairs_per_case": 2, "n_estimators": 30, "n_jobs": 1},
-        "segmenter": {"epochs": 2, "snapshot_epochs": [1], "channels": [8, 16], "n_folds": 2}}
 OK = "ok"
 
 # why each kind of bad input must be refused (patterns of the error reason, case-insensitive)
@@ -40,23 +39,9 @@ NONFINITE = r"nan|inf"
 LABELS = r"label"
 
 
-def _fit(sample: Path, tmp: Path, name: str) -> Path:
-    from segqc import api
-    from segqc.io import load_dataset
-    from segqc.utils import torch_threads
-
-    ref = sample / name / "reference"
-    bundle = tmp / f"{name}_bundle"
-    with torch_threads(1):
-        api.fit(reference=ref, out=bundle, methods=["features"], ids=[r.case_id for r in load_dataset(ref)][:8],
-                method_params=json.loads(json.dumps(TINY)), calibration_pairs=5, max_slice_size=32, device="cpu")
-    return bundle
-
-
 @pytest.fixture(scope="module")
-def bundles(sample, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("bundles")
-    return {"2d": _fit(sample, tmp, "kvasir"), "3d": _fit(sample, tmp, "hippocampus")}
+def bundles(tiny_bundle):
+    return {"2d": tiny_bundle("kvasir"), "3d": tiny_bundle("hippocampus")}
 
 
 def _good_rows(sample: Path, name: str, n: int) -> list[dict]:
@@ -280,8 +265,8 @@ def test_fit_and_fingerprint_skip_damaged_reference_cases(sample, tmp_path, caps
     (ref / "masks" / "zz_zero_mask.png").write_bytes(b"")
     code, err = _run(["fingerprint", str(ref), "--out", str(tmp_path / "fp")], capsys)
     assert code == 3 and "zz_truncated" in err and "zz_zero_mask" in err
-    params = [a for k, v in TINY["features"].items() for a in ("--set", f"features.{k}={v}")]
-    params += [a for k, v in TINY["segmenter"].items() for a in ("--set", f"segmenter.{k}={json.dumps(v)}")]
+    params = [a for k, v in TINY_FIT["features"].items() for a in ("--set", f"features.{k}={v}")]
+    params += [a for k, v in TINY_FIT["segmenter"].items() for a in ("--set", f"segmenter.{k}={json.dumps(v)}")]
     code, err = _run(["fit", str(ref), "--out", str(tmp_path / "b"), "--max-slice-size", "32", "--device", "cpu",
                       *params], capsys)
     assert code == 0 and "zz_truncated" in err
@@ -434,3 +419,16 @@ def test_killed_run_resumes_with_the_same_answers(bundles, sample, tmp_path):
     for cid, r in whole.items():
         assert {k: v for k, v in resumed[cid].items() if k not in strip} == \
             {k: v for k, v in r.items() if k not in strip}, cid
+
+
+def test_unusable_manifests_stop_with_one_line(bundles, tmp_path, capsys):
+    """A manifest that lists nothing usable is the run's problem, not a case's: exit 1, one clear line."""
+    no_image = tmp_path / "no_image_column.csv"
+    no_image.write_text("case_id,mask\na,a.png\n")
+    latin1 = tmp_path / "latin1.csv"
+    latin1.write_bytes("case_id,image,mask\ncafé,é.jpg,é.png\n".encode("latin-1"))
+    for manifest, why in ((no_image, "lacks column"), (latin1, "UTF-8"), (tmp_path / "absent.csv", "")):
+        code, err = _run(["predict", str(manifest), "--bundle", str(bundles["2d"]), "--out", str(tmp_path / "qc")],
+                         capsys)
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code == 1 and len(lines) == 1 and why in lines[0], err

@@ -1,7 +1,6 @@
 """Batched scoring of the network methods: `score_batch` answers what `score` answers, case by case."""
 
 import copy
-import time
 
 import numpy as np
 import pytest
@@ -85,19 +84,3 @@ def test_batch_with_a_bad_case(name, data, fitted):
     assert isinstance(got[1], ValueError) and "7" in str(got[1])
     for g, case in zip([got[0], got[2], got[3]], [c1, c3, same_image]):
         _assert_same(g, one.score(case))
-
-
-@pytest.mark.parametrize("name", ["cnn", "autoencoder"])
-def test_batch_timing(name, fitted, kvasir_cases, capsys):
-    """Not a check: prints the time of one batch of 16 cases against 16 `score` calls (CPU here)."""
-    method, _ = fitted(name, "kvasir")
-    cases = kvasir_cases[:8] + [c.with_mask(np.roll(c.mask, 5, axis=-1)) for c in kvasir_cases[:8]]
-    method.score(cases[0])  # warm-up: first calls allocate
-    times = {}
-    for how, run in (("16 x score", lambda: [method.score(c) for c in cases]),
-                     ("score_batch(16)", lambda: method.score_batch(cases))):
-        wall, cpu = time.perf_counter(), time.process_time()
-        run()
-        times[how] = (time.perf_counter() - wall, time.process_time() - cpu)
-    with capsys.disabled():
-        print(f"\n{name} kvasir: " + ", ".join(f"{k} {w:.3f} s wall / {c:.3f} s CPU" for k, (w, c) in times.items()))

@@ -16,25 +16,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import fit_tiny
 
 from segqc.bundle import load_bundle, save_bundle
 from segqc.cli import main
 
-# n_jobs=1: LightGBM's OpenMP threads spin badly on a busy 2-core machine (as in test_report.py)
-TINY = {"features": {"pairs_per_case": 2, "n_estimators": 30, "n_jobs": 1},
-        "segmenter": {"epochs": 2, "snapshot_epochs": [1], "channels": [8, 16], "n_folds": 2}}
-
 
 def _fit(sample: Path, out: Path) -> Path:
-    from segqc import api
     from segqc.io import load_dataset
-    from segqc.utils import torch_threads
 
     ref = sample / "kvasir" / "reference"
-    with torch_threads(1):
-        api.fit(reference=ref, out=out, methods=["features"], ids=[r.case_id for r in load_dataset(ref)][:8],
-                method_params=json.loads(json.dumps(TINY)), calibration_pairs=5, max_slice_size=32, device="cpu")
-    return out
+    return fit_tiny(ref, out, ids=[r.case_id for r in load_dataset(ref)][:8])
 
 
 def _another(bundle: Path, out: Path) -> Path:

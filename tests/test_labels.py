@@ -6,16 +6,12 @@ values, `features` with a 2-epoch reference segmenter): seconds, not minutes.
 """
 
 import csv
-import json
 
 import numpy as np
 import pytest
+from conftest import fit_tiny
 
 from segqc.labels import to_index, to_labels, unknown_labels
-from segqc.utils import torch_threads
-
-TINY = {"features": {"pairs_per_case": 2, "n_estimators": 30, "n_jobs": 1},
-        "segmenter": {"epochs": 2, "snapshot_epochs": [1], "channels": [8, 16], "n_folds": 2}}
 
 
 @pytest.mark.parametrize("labels", [(1,), (1, 2), (2,), (3, 5)])
@@ -67,21 +63,14 @@ def _relabelled(sample, tmp, relabel, n: int = 8):
     return manifest, rows
 
 
-def _fit(reference, out):
-    from segqc import api
-
-    with torch_threads(1):  # one thread is faster than two fighting over a busy CPU for nets this small
-        return api.fit(reference=reference, out=out, methods=["features"], method_params=json.loads(json.dumps(TINY)),
-                       calibration_pairs=5, max_slice_size=32, device="cpu")
-
-
 def test_fit_and_predict_with_label_2(sample, tmp_path):
     from segqc import api
     from segqc.batch import read_rows
 
     manifest, rows = _relabelled(sample, tmp_path, lambda i, m: m * 2)
-    bundle = _fit(manifest, tmp_path / "bundle")
-    assert bundle.plan.labels == (2,)
+    from segqc.bundle import load_bundle
+
+    assert load_bundle(fit_tiny(manifest, tmp_path / "bundle")).plan.labels == (2,)
     # candidates: the label-2 masks, and one original 0/255 PNG mask (label 1, unknown to the bundle)
     png = str(sample / "kvasir" / "reference" / "masks" / f"{rows[0]['case_id']}.png")
     cands = tmp_path / "candidates.csv"

@@ -25,10 +25,6 @@ import pytest
 from segqc.batch import read_rows
 from segqc.cli import main
 
-# n_jobs=1: LightGBM's OpenMP threads spin badly on a busy 2-core machine (0.2 s per tree seen)
-TINY = {"features": {"pairs_per_case": 2, "n_estimators": 30, "n_jobs": 1},
-        "segmenter": {"epochs": 2, "snapshot_epochs": [1], "channels": [8, 16], "n_folds": 2}}
-
 
 def _chromium() -> str:
     for name in ("chromium", "chromium-browser", "google-chrome"):
@@ -129,25 +125,11 @@ def _manifest(sample: Path, tmp: Path, name: str, n: int, bad: bool) -> Path:
     return path
 
 
-def _fit(sample: Path, tmp: Path, name: str) -> Path:
-    """A tiny bundle on 8 reference cases (6 to fit, 2 to calibrate): seconds, not minutes."""
-    from segqc import api
-    from segqc.io import load_dataset
-    from segqc.utils import torch_threads
-
-    ref = sample / name / "reference"
-    bundle = tmp / f"{name}_bundle"
-    with torch_threads(1):  # one thread is faster than two fighting over a busy CPU for nets this small
-        api.fit(reference=ref, out=bundle, methods=["features"], ids=[r.case_id for r in load_dataset(ref)][:8],
-                method_params=json.loads(json.dumps(TINY)), calibration_pairs=5, max_slice_size=32, device="cpu")
-    return bundle
-
-
 @pytest.fixture(scope="module")
-def kvasir_qc(sample, tmp_path_factory):
+def kvasir_qc(sample, tmp_path_factory, tiny_bundle):
     """`segqc predict --report` on 6 real Kvasir candidates + a missing and a corrupt mask."""
     tmp = tmp_path_factory.mktemp("kvasir")
-    bundle = _fit(sample, tmp, "kvasir")
+    bundle = tiny_bundle("kvasir")
     out = tmp / "qc"
     code = main(["predict", str(_manifest(sample, tmp, "kvasir", 6, bad=True)), "--bundle", str(bundle),
                  "--out", str(out), "--report"])
@@ -198,8 +180,8 @@ def test_thumbnail_shows_candidate_pgt_and_error_panels(kvasir_qc):
     assert {r["flag"] for r in bad} == {"error"} and all(r["error"] for r in bad)
 
 
-def test_report_3d_two_labels_with_mosaic(sample, tmp_path):
-    bundle = _fit(sample, tmp_path, "hippocampus")
+def test_report_3d_two_labels_with_mosaic(sample, tmp_path, tiny_bundle):
+    bundle = tiny_bundle("hippocampus")
     out = tmp_path / "qc"
     assert main(["predict", str(_manifest(sample, tmp_path, "hippocampus", 4, bad=False)), "--bundle", str(bundle),
                  "--out", str(out)]) == 0

@@ -9,22 +9,10 @@ import pytest
 from segqc.cli import main
 from segqc.shards import select_part
 
-TINY = {"features": {"pairs_per_case": 2, "n_estimators": 30, "n_jobs": 1},
-        "segmenter": {"epochs": 2, "snapshot_epochs": [1], "channels": [8, 16], "n_folds": 2}}
-
 
 @pytest.fixture(scope="module")
-def bundle(sample, tmp_path_factory):
-    from segqc import api
-    from segqc.io import load_dataset
-    from segqc.utils import torch_threads
-
-    ref = sample / "kvasir" / "reference"
-    out = tmp_path_factory.mktemp("shards") / "bundle"
-    with torch_threads(1):
-        api.fit(reference=ref, out=out, methods=["features"], ids=[r.case_id for r in load_dataset(ref)][:8],
-                method_params=json.loads(json.dumps(TINY)), calibration_pairs=5, max_slice_size=32, device="cpu")
-    return out
+def bundle(tiny_bundle):
+    return tiny_bundle("kvasir")
 
 
 @pytest.fixture()
