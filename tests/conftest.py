@@ -66,3 +66,27 @@ def tiny_bundle(tmp_path_factory):
         return fitted[name]
 
     return get
+
+
+def candidates_manifest(name: str, path: Path, n: int | None = None, bad: bool = False) -> Path:
+    """A CSV manifest of the first ``n`` embedded candidates of ``name`` (absolute paths) at ``path``.
+
+    ``bad`` adds two cases that cannot be read: ``missing_file`` (no such mask) and ``corrupt_file``.
+    """
+    import csv
+
+    with open(SAMPLE / name / "candidates.csv", newline="") as f:
+        rows = list(csv.DictReader(f))[:n]
+    for r in rows:
+        for k in ("image", "mask", "truth"):
+            r[k] = str(SAMPLE / name / r[k])
+    if bad:
+        corrupt = path.parent / "corrupt.png"
+        corrupt.write_bytes(b"\x89PNG broken")
+        rows += [dict(rows[0], case_id="missing_file", mask=str(path.parent / "nope.png")),
+                 dict(rows[1], case_id="corrupt_file", mask=str(corrupt))]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path

@@ -12,6 +12,7 @@ import sys
 from types import SimpleNamespace
 
 import pytest
+from conftest import candidates_manifest
 
 from segqc.cli import main
 
@@ -32,22 +33,8 @@ def bundle(tiny_bundle):
 
 
 @pytest.fixture(scope="module")
-def manifest(sample, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("manifest")
-    rows = list(csv.DictReader(open(sample / "kvasir" / "candidates.csv")))
-    for r in rows:
-        for k in ("image", "mask", "truth"):
-            r[k] = str(sample / "kvasir" / r[k])
-    corrupt = tmp / "corrupt.png"
-    corrupt.write_bytes(b"\x89PNG broken")
-    rows += [dict(rows[0], case_id="missing_file", mask=str(tmp / "nope.png")),
-             dict(rows[1], case_id="corrupt_file", mask=str(corrupt))]
-    path = tmp / "cases.csv"
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return path
+def manifest(tmp_path_factory):
+    return candidates_manifest("kvasir", tmp_path_factory.mktemp("manifest") / "cases.csv", bad=True)
 
 
 @pytest.fixture(scope="module")

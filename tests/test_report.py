@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import candidates_manifest
 
 from segqc.batch import read_rows
 from segqc.cli import main
@@ -107,32 +108,14 @@ def _self_contained(text: str) -> None:
     assert all(s.startswith("data:image/") for s in re.findall(r"""src=['"]([^'"]+)""", static))
 
 
-def _manifest(sample: Path, tmp: Path, name: str, n: int, bad: bool) -> Path:
-    rows = list(csv.DictReader(open(sample / name / "candidates.csv")))[:n]
-    for r in rows:
-        for k in ("image", "mask", "truth"):
-            r[k] = str(sample / name / r[k])
-    if bad:
-        corrupt = tmp / "corrupt.png"
-        corrupt.write_bytes(b"\x89PNG broken")
-        rows += [dict(rows[0], case_id="missing_file", mask=str(tmp / "nope.png")),
-                 dict(rows[1], case_id="corrupt_file", mask=str(corrupt))]
-    path = tmp / f"{name}_cases.csv"
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return path
-
-
 @pytest.fixture(scope="module")
 def kvasir_qc(sample, tmp_path_factory, tiny_bundle):
     """`segqc predict --report` on 6 real Kvasir candidates + a missing and a corrupt mask."""
     tmp = tmp_path_factory.mktemp("kvasir")
     bundle = tiny_bundle("kvasir")
     out = tmp / "qc"
-    code = main(["predict", str(_manifest(sample, tmp, "kvasir", 6, bad=True)), "--bundle", str(bundle),
-                 "--out", str(out), "--report"])
+    manifest = candidates_manifest("kvasir", tmp / "kvasir_cases.csv", 6, bad=True)
+    code = main(["predict", str(manifest), "--bundle", str(bundle), "--out", str(out), "--report"])
     assert code == 3  # partial: two cases could not be read
     return out
 
@@ -183,7 +166,7 @@ def test_thumbnail_shows_candidate_pgt_and_error_panels(kvasir_qc):
 def test_report_3d_two_labels_with_mosaic(sample, tmp_path, tiny_bundle):
     bundle = tiny_bundle("hippocampus")
     out = tmp_path / "qc"
-    assert main(["predict", str(_manifest(sample, tmp_path, "hippocampus", 4, bad=False)), "--bundle", str(bundle),
+    assert main(["predict", str(candidates_manifest("hippocampus", tmp_path / "cases.csv", 4)), "--bundle", str(bundle),
                  "--out", str(out)]) == 0
     html = tmp_path / "h.html"
     assert main(["report", str(out), "--out", str(html)]) == 0  # images found through run.json

@@ -1,10 +1,10 @@
 """`predict --num-parts K --part-id i` + `segqc merge` give what one run over every case gives."""
 
-import csv
 import json
 import shutil
 
 import pytest
+from conftest import candidates_manifest
 
 from segqc.cli import main
 from segqc.shards import select_part
@@ -16,18 +16,8 @@ def bundle(tiny_bundle):
 
 
 @pytest.fixture()
-def manifest(sample, tmp_path):
-    rows = list(csv.DictReader(open(sample / "kvasir" / "candidates.csv")))[:11]
-    for r in rows:
-        for k in ("image", "mask", "truth"):
-            r[k] = str(sample / "kvasir" / r[k])
-    rows.insert(4, dict(rows[0], case_id="missing_file", mask=str(tmp_path / "nope.png")))
-    path = tmp_path / "cases.csv"
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return path
+def manifest(tmp_path):
+    return candidates_manifest("kvasir", tmp_path / "cases.csv", 11, bad=True)
 
 
 def test_select_part_is_a_deterministic_partition():
@@ -59,12 +49,12 @@ def test_parts_merged_equal_one_run(bundle, manifest, tmp_path, capsys):
                                    if p.is_file())
     assert all((one / "qc" / m).read_bytes() == (split / "qc" / m).read_bytes() for m in maps)
     run = json.loads((split / "qc" / "run.json").read_text())
-    assert run["n_ok"] == 11 and run["n_failed"] == 1 and len(run["options"]["merged_from"]) == 3
-    # the merged folder is a single run's: predict there again only retries the failed case
+    assert run["n_ok"] == 11 and run["n_failed"] == 2 and len(run["options"]["merged_from"]) == 3
+    # the merged folder is a single run's: predict there again only retries the failed cases
     capsys.readouterr()
     assert main(["predict", str(manifest), "--bundle", str(bundle), "--out", str(split / "qc")]) == 3
     assert sorted((split / "qc" / "predictions.csv").read_text().splitlines()) == sorted(merged.splitlines())
-    assert "0 cases judged, 1 failed, 11 already done" in capsys.readouterr().out
+    assert "0 cases judged, 2 failed, 11 already done" in capsys.readouterr().out
 
 
 def test_merge_refuses_what_is_not_one_whole_run(bundle, manifest, tmp_path, capsys):
