@@ -1,0 +1,203 @@
+"""A distribution-shift benchmark you can develop on: the Kvasir test images as new sites see them.
+
+A new hospital has another endoscope and other processing. Each *site* is one fixed
+random draw of such changes — colour balance, gamma, blur, sensor noise, a lower
+resolution, vignetting, specular highlights, a crop, JPEG quality — with a severity
+from 0 (site ``s0``: the images as they are) to 1 (every change at the far end of its
+range). Each site's images (and their expert masks, cropped and resized like them) are
+written to files, segmented again by the shipped networks of ../shared/benchmarks/kvasir
+(`segqc.models.load_model`, exactly as they were run to make the shipped predictions),
+and scored against the expert masks (Dice, HD95 in pixels as in the shipped benchmark).
+
+Writes, under ``--out`` (default ``runs/shift``):
+
+- ``<site>/images/<id>.jpg``, ``<site>/masks/<id>.png``, ``<site>/predictions/<checkpoint>/<id>.png``;
+- ``cases.csv``: one row per (site, checkpoint, test id), the columns of the shipped
+  ``cases.csv`` (paths relative to ``--out``) plus ``site`` and ``severity``; its
+  ``checkpoint`` column is ``<checkpoint>@<site>``, so that `segqc bench runs/shift/cases.csv
+  --root runs/shift` reports every (site, checkpoint) pair as a group;
+- ``sites.json`` (each site's drawn parameters) and ``summary.csv`` (per site and
+  checkpoint: n, true mean Dice, and its change from site ``s0``).
+
+Only ``test`` ids are used, and nothing here is fitted: the benchmark judges QC, it never
+trains it. Re-running skips the files already written.
+
+    .venv/bin/python benchmarks/shift_benchmark.py --sites 8 --checkpoints unet_s0_ep100 segresnet_s0_ep30
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+BENCH = SHARED / "benchmarks" / "kvasir"
+DEFAULT_CHECKPOINTS = ["unet_s0_ep100", "unet_s1_ep100", "segresnet_s0_ep30", "unet_s0_ep8"]
+
+
+def draw_site(index: int, n_sites: int, seed: int) -> dict:
+    """Site ``index``'s parameters: severity grows from 0 (first site) to 1 (last), each change drawn within it."""
+    severity = index / max(n_sites - 1, 1)
+    rng = np.random.default_rng([seed, index])
+
+    def up_to(limit: float) -> float:  # a draw in [0.5, 1] × severity × limit: every site moves every way
+        return float(limit * severity * rng.uniform(0.5, 1.0))
+
+    return {
+        "site": f"s{index}",
+        "severity": round(severity, 3),
+        "gains": [float(np.exp(rng.choice([-1, 1]) * up_to(0.35))) for _ in range(3)],  # colour balance
+        "gamma": float(np.exp(rng.choice([-1, 1]) * up_to(0.5))),
+        "blur_sigma": up_to(2.5),
+        "noise_sigma": up_to(14.0),
+        "scale": 1.0 - up_to(0.6),  # acquired at a lower resolution, shown at the usual size
+        "vignetting": up_to(0.6),
+        "highlights": int(round(up_to(8.0))),
+        "crop": up_to(0.18),  # share of each side cut away (another field of view)
+        "jpeg_quality": int(round(95 - up_to(65.0))),
+        "seed": int(rng.integers(1 << 31)),
+    }
+
+
+def apply_site(image: Image.Image, mask: Image.Image, p: dict, case_seed: int) -> tuple[Image.Image, Image.Image]:
+    """The image as site ``p`` acquires it, and the expert mask on that image's grid."""
+    rng = np.random.default_rng([p["seed"], case_seed])
+    w, h = image.size
+    c = p["crop"]
+    box = tuple(int(round(v)) for v in (c * w * rng.uniform(0, 1), c * h * rng.uniform(0, 1),
+                                          w - c * w * rng.uniform(0, 1), h - c * h * rng.uniform(0, 1)))
+    image, mask = image.crop(box), mask.crop(box)
+    if p["scale"] < 1.0:  # lower resolution sensor: down, then back up for display
+        size = image.size
+        small = (max(8, int(size[0] * p["scale"])), max(8, int(size[1] * p["scale"])))
+        image = image.resize(small, Image.BILINEAR).resize(size, Image.BILINEAR)
+    if p["blur_sigma"] > 0.05:
+        image = image.filter(ImageFilter.GaussianBlur(p["blur_sigma"]))
+    arr = np.asarray(image, dtype=np.float32) / 255.0
+    arr = arr * np.asarray(p["gains"], np.float32)
+    arr = np.clip(arr, 0, 1) ** p["gamma"]
+    yy, xx = np.mgrid[0:arr.shape[0], 0:arr.shape[1]]
+    r = np.hypot((yy - arr.shape[0] / 2) / (arr.shape[0] / 2), (xx - arr.shape[1] / 2) / (arr.shape[1] / 2))
+    arr = arr * (1.0 - p["vignetting"] * np.clip(r / np.sqrt(2), 0, 1)[..., None] ** 2)
+    arr = arr * 255.0 + rng.normal(0, p["noise_sigma"], arr.shape)
+    image = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    for _ in range(p["highlights"]):  # specular reflections of the light source on wet mucosa
+        cx, cy = rng.uniform(0, image.size[0]), rng.uniform(0, image.size[1])
+        rx, ry = rng.uniform(2, 9), rng.uniform(2, 6)
+        draw.ellipse((cx - rx, cy - ry, cx + rx, cy + ry), fill=(255, 255, 250))
+    return image, mask
+
+
+def _load_models(checkpoints: list[str]) -> dict:
+    from segqc.models import load_model
+
+    models = {}
+    for ck in checkpoints:
+        name, ep = ck.rsplit("_ep", 1)
+        models[ck] = load_model(BENCH / "models" / name / f"ep{int(ep):02d}.pt", "monai", device="cpu")
+    return models
+
+
+def build_site(p: dict, ids: list[str], models: dict, out: Path, progress) -> list[dict]:
+    """Write one site's images, masks and predictions; its rows of cases.csv."""
+    from segqc.metrics import dice, hd95
+
+    site = out / p["site"]
+    for sub in ("images", "masks"):
+        (site / sub).mkdir(parents=True, exist_ok=True)
+    rows = []
+    for k, cid in enumerate(ids):
+        img_path, mask_path = site / "images" / f"{cid}.jpg", site / "masks" / f"{cid}.png"
+        src_img = SHARED / "data" / "kvasir-seg" / "images" / f"{cid}.jpg"
+        src_mask = SHARED / "data" / "kvasir-seg" / "masks" / f"{cid}.png"
+        if not (img_path.exists() and mask_path.exists()):
+            mask = Image.open(src_mask).convert("L")
+            if p["severity"] == 0:  # the unchanged site: the very files (a JPEG saved again would differ)
+                shutil.copy(src_img, img_path)
+            else:
+                image, mask = apply_site(Image.open(src_img).convert("RGB"), mask, p, k)
+                image.save(img_path, quality=p["jpeg_quality"])
+            mask.point(lambda v: 255 if v > 127 else 0).save(mask_path)
+        rgb = np.asarray(Image.open(img_path).convert("RGB"), dtype=np.float32)
+        truth = (np.asarray(Image.open(mask_path)) > 127).astype(np.uint8)
+        for ck, model in models.items():
+            pred_path = site / "predictions" / ck / f"{cid}.png"
+            if pred_path.exists():
+                pred = (np.asarray(Image.open(pred_path)) > 127).astype(np.uint8)
+            else:
+                pred = model.predict_mask(np.moveaxis(rgb, -1, 0))
+                pred_path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(pred * 255).save(pred_path)
+            name, ep = ck.rsplit("_ep", 1)
+            rows.append({
+                "case_id": cid, "image": str(img_path.relative_to(out)),
+                "ground_truth": str(mask_path.relative_to(out)), "prediction": str(pred_path.relative_to(out)),
+                "model": name, "epoch": int(ep),
+                "is_deployed": ck == "unet_s0_ep100", "checkpoint": f"{ck}@{p['site']}", "site": p["site"],
+                "severity": p["severity"], "dice": dice(pred, truth, [1]), "hd95": hd95(pred, truth, (1.0, 1.0), [1]),
+                "height": truth.shape[0], "width": truth.shape[1]})
+        progress()
+    return rows
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Per (site, checkpoint): n, true mean Dice and its change from the unchanged site s0."""
+    groups: dict[tuple[str, str], list[float]] = {}
+    for r in rows:
+        groups.setdefault((r["site"], r["checkpoint"].split("@")[0]), []).append(r["dice"])
+    base = {ck: np.mean(v) for (site, ck), v in groups.items() if site == "s0"}
+    return [{"site": site, "checkpoint": ck, "n": len(v), "dice_mean": round(float(np.mean(v)), 4),
+             "dice_change_from_s0": round(float(np.mean(v) - base[ck]), 4) if ck in base else ""}
+            for (site, ck), v in sorted(groups.items(), key=lambda kv: (int(kv[0][0][1:]), kv[0][1]))]
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def main() -> None:
+    from rich.progress import Progress
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sites", type=int, default=8, help="number of sites, severity 0 (s0) to 1 (last)")
+    ap.add_argument("--checkpoints", nargs="+", default=DEFAULT_CHECKPOINTS, help="shipped networks to run")
+    ap.add_argument("--limit", type=int, default=None, help="only the first N test ids (a quick look)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the sites' draws")
+    ap.add_argument("--out", type=Path, default=Path("runs/shift"))
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    ids = sorted(json.loads((BENCH / "split.json").read_text())["test"])[:args.limit]
+    sites = [draw_site(i, args.sites, args.seed) for i in range(args.sites)]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "sites.json").write_text(json.dumps(sites, indent=1))
+    models = _load_models(args.checkpoints)
+    rows = []
+    with Progress() as bar:
+        task = bar.add_task("sites × test images", total=len(sites) * len(ids))
+        for p in sites:
+            rows += build_site(p, ids, models, args.out, lambda: bar.advance(task))
+    _write_csv(args.out / "cases.csv", rows)
+    summary = summarise(rows)
+    _write_csv(args.out / "summary.csv", summary)
+    print("| site | severity | " + " | ".join(args.checkpoints) + " |\n|---|---|" + "---|" * len(args.checkpoints))
+    by = {(s["site"], s["checkpoint"]): s for s in summary}
+    for p in sites:
+        cells = [f"{by[(p['site'], ck)]['dice_mean']:.3f} ({by[(p['site'], ck)]['dice_change_from_s0']:+.3f})"
+                 for ck in args.checkpoints]
+        print(f"| {p['site']} | {p['severity']:.2f} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
