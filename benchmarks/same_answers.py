@@ -1,7 +1,8 @@
 """Do the QC methods give the same answers as at another revision? (a refactoring's proof)
 
 Checks out ``REV`` in a temporary git worktree and, with each version of the code, fits
-every method that needs no user model with tiny settings on 3 embedded reference cases
+every method that needs no user model with the tiny settings of `tests/test_methods.py` on
+3 embedded reference cases
 (Kvasir and hippocampus), then scores 6 candidates (3 other reference cases, their
 expert mask and a shifted one). Prints the largest difference of raw Dice per label and
 of the maps' sums between the two versions — for two fits (old fit vs new fit) and for
@@ -23,17 +24,14 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = {
-    "features": {"pairs_per_case": 3, "n_estimators": 20, "segmenter_epochs": 1},
-    "cnn": {"epochs": 1, "pairs_per_case": 2, "batch_size": 4},
-    "autoencoder": {"epochs": 1, "batch_size": 4},
-    "diffusion": {"size": 16, "channels": (8, 8), "train_steps": 2, "batch_size": 4, "timesteps": 50,
-                  "ddim_steps": 2, "n_samples": 2, "device": "cpu"},
-    "nnqc": {"ae_channels": (8, 8), "unet_channels": (8, 16), "expert_channels": (8,), "context_dim": 16,
-             "stage1_steps": 2, "stage2_steps": 2, "batch_size": 4, "pairs_per_case": 1, "n_samples": 2,
-             "ddim_steps": 2, "device": "cpu"},
-    "rca": {"k": 2, "iterations": (5, 3), "shrink": (1,)},
-}
+
+
+def _tiny() -> dict:
+    """The tiny settings of the method tests, for every method that needs no user model."""
+    sys.path.insert(1, str(REPO / "tests"))  # after the code under test: its segqc is the one imported
+    from test_methods import TINY
+
+    return {name: params for name, params in TINY.items() if name != "model_uncertainty"}
 
 
 def run(code: Path, mode: str, states: Path) -> dict:
@@ -46,11 +44,11 @@ def run(code: Path, mode: str, states: Path) -> dict:
 
     if not Path(segqc.__file__).resolve().is_relative_to(code.resolve()):
         raise SystemExit(f"imported {segqc.__file__}, not the segqc of {code}")
-    scores = {}
+    scores, tiny = {}, _tiny()
     for data in ("kvasir", "hippocampus"):
         cases = [r.load() for r in load_dataset(REPO / "segqc" / "sample_data" / data / "reference")[:6]]
         plan = plan_from_fingerprint(compute_fingerprint(cases[:3]), max_slice_size=32)
-        for name, params in TINY.items():
+        for name, params in tiny.items():
             key = f"{data}-{name}"
             if mode == "fit":
                 method = make_method(name, **params).fit(cases[:3], plan, np.random.default_rng(0))
