@@ -5,7 +5,7 @@ two-label hippocampus), real candidate masks are judged — a missing and a corr
 among them — and the report is rendered by chromium: the table rows and thumbnails must
 exist after the inline JavaScript ran, and the screenshot must not be blank.
 
-Without chromium the browser tests FAIL (CI installs it: `.ci/run`); set
+Without chromium the browser tests FAIL (`make test` installs it: `tools/ensure_browser.sh`); set
 ``SEGQC_SKIP_BROWSER=1`` to skip them deliberately. ``SEGQC_SCREENSHOT_DIR`` keeps the
 screenshots.
 """
@@ -34,7 +34,7 @@ def _chromium() -> str:
             return path
     if os.environ.get("SEGQC_SKIP_BROWSER") == "1":
         pytest.skip("chromium not installed and SEGQC_SKIP_BROWSER=1")
-    pytest.fail("chromium is needed to test the HTML report: `apt-get install -y chromium` (as .ci/run does), "
+    pytest.fail("chromium is needed to test the HTML report: `apt-get install -y chromium` (as `make test` does), "
                 "or set SEGQC_SKIP_BROWSER=1 to skip these tests on purpose")
 
 
