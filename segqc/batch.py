@@ -18,6 +18,7 @@ import io
 import json
 import math
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -159,10 +160,9 @@ def run_batch(refs: Sequence[CaseRef], fn: Callable[[Case], dict] | None, out_cs
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     header = ["case_id", "group", "status", "error", *columns]
-    ids = [r.case_id for r in refs]
-    if len(set(ids)) != len(ids):
-        dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
-        raise ValueError(f"case ids must be unique; repeated: {dup}")
+    repeated = sorted(cid for cid, n in Counter(r.case_id for r in refs).items() if n > 1)
+    if repeated:
+        raise ValueError(f"case ids must be unique; repeated: {repeated[:5]}")
     done = _resume(out_csv, header, identity or {}) if resume else set()
     if not resume:
         out_csv.unlink(missing_ok=True)
@@ -227,9 +227,9 @@ def _resume(out_csv: Path, header: list[str], identity: dict) -> set[str]:
     except (OSError, ValueError):
         recorded = None
     if recorded != identity:
-        changed = sorted(k for k in set(identity) | set(recorded or {})
-                         if (recorded or {}).get(k) != identity.get(k)) if isinstance(recorded, dict) else ["record"]
-        raise ValueError(f"{out_csv} holds the rows of another run (differs in: {', '.join(changed) or 'record'}); "
+        changed = ["its record"] if not isinstance(recorded, dict) else \
+            sorted(k for k in set(identity) | set(recorded) if recorded.get(k) != identity.get(k))
+        raise ValueError(f"{out_csv} holds the rows of another run (differs in: {', '.join(changed)}); "
                          "resuming would mix two runs' answers: use another --out, or --no-resume to start over")
     with open(out_csv, newline="", errors="replace") as f:
         text = f.read()

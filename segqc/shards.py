@@ -92,19 +92,25 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def _move_maps(row: dict, map_cols: list[str], part: Path, out: Path) -> dict:
-    """The row with its map files gathered under ``out/maps`` (paths as a single run would write them)."""
+def _gather_maps(part: Path, out: Path) -> None:
+    """Every map file a part wrote (also those no column names, e.g. model_uncertainty's entropy) into ``out``."""
+    maps = part / "maps"
+    for src in maps.rglob("*") if maps.is_dir() else ():
+        if src.is_file():
+            _link_or_copy(src, out / src.relative_to(part))
+
+
+def _rebased(row: dict, map_cols: list[str], part: Path, out: Path) -> dict:
+    """The row with its map paths under ``out/maps``, as a single run into ``out`` writes them."""
     row = dict(row)
+    old, new = part.absolute() / "maps", out.absolute() / "maps"
     for col in map_cols:
-        value = row.get(col)
-        if not value:
+        if not row.get(col):
             continue
-        src = Path(value)
-        rel = src.relative_to(src.parents[2])  # maps/<method>/<file>
-        if not src.exists():
-            raise ValueError(f"map {src} of case {row['case_id']} is missing in part {part}")
-        _link_or_copy(src, out / rel)
-        row[col] = str(out / rel)
+        src = Path(row[col])
+        if not src.is_relative_to(old) or not src.exists():
+            raise ValueError(f"map {src} of case {row['case_id']} is not in part {part} (was the folder moved?)")
+        row[col] = str(new / src.relative_to(old))
     return row
 
 
@@ -126,19 +132,20 @@ def merge_parts(parts: Sequence[str | Path], out: str | Path) -> tuple[dict, dic
     read = sorted((_read_part(f) for f in folders), key=lambda p: int(p["identity"].get("part_id", 0)))
     k = _check_parts(read)
     header = read[0]["header"]
-    map_cols = [c for c in header if c.endswith(("_pgt", "_error"))] + \
-        [c for c in header if c.endswith(("_entropy", "_variance", "_mutual_information"))]
+    map_cols = [c for c in header if c.endswith(("_pgt", "_error"))]  # the map columns of `api._columns`
     order = _listing_order(read[0]["run"])
     # without the listing (data moved), part i's j-th row was case i + j·K of it
     rows = [(order.get(r["case_id"], len(order)) if order else p_idx + j * k, r, p["folder"])
             for p_idx, p in enumerate(read) for j, r in enumerate(p["rows"])]
     rows.sort(key=lambda t: t[0])
     out.mkdir(parents=True, exist_ok=True)
+    for p in read:
+        _gather_maps(p["folder"], out)
     tmp = out / "predictions.csv.tmp"
     with open(tmp, "w", newline="") as f:
         f.write(format_row(header, dict(zip(header, header))))
         for _, row, folder in rows:
-            f.write(format_row(header, _move_maps(row, map_cols, folder, out)))
+            f.write(format_row(header, _rebased(row, map_cols, folder, out)))
     tmp.replace(out / "predictions.csv")
     identity = {**read[0]["identity"], "num_parts": 1, "part_id": 0}  # what a single run's folder holds
     write_identity(out / "predictions.csv", identity)
