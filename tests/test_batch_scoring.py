@@ -45,7 +45,7 @@ def _copies(method):
         raise AssertionError("score_batch fell back to scoring case by case")
 
     one, many = copy.deepcopy(method), copy.deepcopy(method)
-    many._score_case = refuse
+    many._try_score = refuse
     return one, many
 
 

@@ -382,7 +382,7 @@ class MaskAutoencoder(QCMethod):
         probs = split_counts(self._probs(np.concatenate(idx)), [len(i) for i in idx])
         return list(zip(probs, idx, props))
 
-    def _score_case(self, case: Case) -> RawScore:
+    def _score_cases(self, cases: list[Case]) -> list[RawScore]:
         """Dice and HD95 (mm) of the candidate against its reconstruction, on the original grid.
 
         Dice follows `segqc.metrics` (both empty → 1, one empty → 0, never NaN); HD95 is
@@ -392,9 +392,6 @@ class MaskAutoencoder(QCMethod):
         ``soft_dice_<label>`` (candidate vs reconstruction probabilities, model space) and
         ``error_mean_fg``.
         """
-        return self._score_cases([case])[0]
-
-    def _score_cases(self, cases: list[Case]) -> list[RawScore]:
         with torch_threads(self.n_threads):
             return [self._score(c, *r) for c, r in zip(cases, self._reconstruct_many(cases))]
 

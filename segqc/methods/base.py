@@ -72,7 +72,7 @@ class QCMethod:
     """Base class: constructor stores keyword parameters only; learned state ends in ``_``.
 
     A method implements ``fit`` (setting ``labels_``, the plan's labels), ``_score_case``
-    (called by `score`), ``state`` and ``from_state``.
+    — or ``_score_cases``, to score a batch at once — ``state`` and ``from_state``.
     """
 
     name: str = "base"
@@ -98,10 +98,10 @@ class QCMethod:
         """
         check_is_fitted(self)
         check_labels(case.mask, self.labels_)
-        return self._score_case(case)
+        return self._score_cases([case])[0]
 
     def _score_case(self, case: Case) -> RawScore:
-        """The method's own scoring, of a candidate that `score` has checked."""
+        """The method's own scoring of a candidate that `score` has checked (or override `_score_cases`)."""
         raise NotImplementedError
 
     def score_batch(self, cases: list[Case]) -> list[RawScore | Exception]:
@@ -129,12 +129,15 @@ class QCMethod:
         return [next(scores) if o is None else o for o in out]
 
     def _score_cases(self, cases: list[Case]) -> list[RawScore]:
-        """The method's own scoring of checked candidates; override to batch (default: one by one)."""
+        """The method's own scoring of checked candidates; override to batch (default: one by one).
+
+        `score` goes through here too, so a method that batches implements only this.
+        """
         return [self._score_case(c) for c in cases]
 
     def _try_score(self, case: Case) -> RawScore | Exception:
         try:
-            return self._score_case(case)
+            return self._score_cases([case])[0]
         except Exception as e:  # noqa: BLE001 — returned in the case's place
             return e
 

@@ -285,12 +285,9 @@ class CNNRegressor(QCMethod):
         return self
 
     # -- scoring -------------------------------------------------------------------------
-    def _score_case(self, case: Case) -> RawScore:
-        """Predicted Dice per foreground label of ``case.mask`` (values in [0, 1])."""
-        return self._score_cases([case])[0]
-
     def _score_cases(self, cases: list[Case]) -> list[RawScore]:
-        """`_score_case` of each case; the network sees the cases' inputs stacked, a few calls in all."""
+        """Predicted Dice per foreground label of each ``case.mask`` (values in [0, 1]); the network
+        sees the cases' inputs stacked, a few calls in all."""
         probs = self._predict([self._model_input(c) for c in cases])
         return [RawScore(dice={k: float(v) for k, v in zip(self.labels_, p)}) for p in probs]
 

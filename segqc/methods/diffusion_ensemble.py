@@ -232,9 +232,6 @@ class DiffusionEnsemble(QCMethod):
             cache[k] = v
         return [(known | fresh)[k] for k in keys]
 
-    def _score_case(self, case: Case) -> RawScore:
-        return self._score_cases([case])[0]
-
     def _score_cases(self, cases: list[Case]) -> list[RawScore]:
         return [self.score_samples(c, *s) for c, s in zip(cases, self._cached_samples(cases))]
 

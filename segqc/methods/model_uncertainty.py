@@ -216,9 +216,6 @@ class ModelUncertainty(QCMethod):
         self.n_train_ = len(y)
 
     # -- scoring -----------------------------------------------------------------------
-    def _score_case(self, case: Case) -> RawScore:
-        return self._score_cases([case])[0]
-
     def _score_cases(self, cases: list[Case]) -> list[RawScore]:
         return [self._score_samples(c, s) for c, s in zip(cases, self._samples_many(cases))]
 
@@ -263,7 +260,7 @@ class ModelUncertainty(QCMethod):
         m.feature_names_ = config["feature_names_"]
         m.n_train_ = config["n_train_"]
         if config.get("booster_"):
-            from segqc.methods.features import booster_from_text
+            from segqc.booster import booster_from_text
 
             m.model_ = booster_from_text(config["booster_"])
         return m

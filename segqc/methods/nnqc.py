@@ -560,7 +560,7 @@ class NNQC(QCMethod):
         error = np.clip(invert_map(1.0 - agree_cand, props), 0, 1).astype(np.float32)
         return pgt, disagreement, error
 
-    def _score_case(self, case: Case) -> RawScore:
+    def _score_cases(self, cases: list[Case]) -> list[RawScore]:
         """Dice per label and HD95 (mm) between the candidate and the pGT, on the original grid.
 
         Never NaN: Dice follows `segqc.metrics` (both empty → 1, one empty → 0); HD95 is
@@ -568,9 +568,6 @@ class NNQC(QCMethod):
         Features: ``disagreement_mean_fg`` and ``error_mean_fg`` over the union of
         candidate and pGT foreground.
         """
-        return self._score_cases([case])[0]
-
-    def _score_cases(self, cases: list[Case]) -> list[RawScore]:
         return [self._compare(c, *maps) for c, maps in zip(cases, self._pseudo_ground_truths(cases))]
 
     def _compare(self, case: Case, pgt: np.ndarray, disagreement: np.ndarray, error: np.ndarray) -> RawScore:
