@@ -23,6 +23,7 @@ Only ``test`` ids are used, and nothing here is fitted: the benchmark judges QC,
 trains it. Re-running skips the files already written.
 
     .venv/bin/python benchmarks/shift_benchmark.py --sites 8 --checkpoints unet_s0_ep100 segresnet_s0_ep30
+    .venv/bin/python benchmarks/shift_benchmark.py --analyse runs/shift_bench   # after `segqc bench` on it
 """
 
 from __future__ import annotations
@@ -165,6 +166,35 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
         w.writerows(rows)
 
 
+def analyse(bench_dir: Path, method: str) -> None:
+    """How a `segqc bench` run on this benchmark follows it: estimated / true mean Dice per site and
+    checkpoint, per-case interval coverage per site, and how many site-level intervals hold the truth."""
+    res = json.loads((bench_dir / "bench.json").read_text())["methods"][method]
+    level = res["dataset_level"]
+    with open(bench_dir / "bench.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["status"] == "ok"]
+    if rows and rows[0]["method"] != method:
+        print(f"(the interval columns of bench.csv are those of {rows[0]['method']}, the bench's first method)")
+    covered: dict[str, list[bool]] = {}
+    for r in rows:
+        covered.setdefault(r["group"].split("@")[1], []).append(
+            float(r["dice_lo"]) <= float(r["dice_true"]) <= float(r["dice_hi"]))
+    groups = {g: v for g, v in level.items() if "@" in g}
+    checkpoints = sorted({g.split("@")[0] for g in groups})
+    sites = sorted({g.split("@")[1] for g in groups}, key=lambda s: int(s[1:]))
+    print("| site | " + " | ".join(checkpoints) + " | 90 % interval coverage |")
+    print("|---|" + "---|" * (len(checkpoints) + 1))
+    for site in sites:
+        cells = [f"{groups[f'{ck}@{site}']['mean_dice']:.3f} / {groups[f'{ck}@{site}']['true_mean_dice']:.3f}"
+                 for ck in checkpoints]
+        print(f"| {site} | " + " | ".join(cells) + f" | {np.mean(covered[site]):.2f} |")
+    err = np.array([g["mean_dice"] - g["true_mean_dice"] for g in groups.values()])
+    inside = [g["mean_dice_ci"][0] <= g["true_mean_dice"] <= g["mean_dice_ci"][1] for g in groups.values()]
+    print(f"{len(err)} (site, checkpoint) pairs: estimate − truth mean {err.mean():+.3f}, "
+          f"max |·| {np.abs(err).max():.3f}, {int(np.sum(np.abs(err) <= 0.03))} within 0.03; "
+          f"95 % intervals holding the truth: {sum(inside)}")
+
+
 def main() -> None:
     from rich.progress import Progress
 
@@ -174,7 +204,13 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="only the first N test ids (a quick look)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the sites' draws")
     ap.add_argument("--out", type=Path, default=Path("runs/shift"))
+    ap.add_argument("--analyse", type=Path, default=None, metavar="BENCH_DIR",
+                    help="instead of building: the figures of a `segqc bench` folder run on this benchmark")
+    ap.add_argument("--method", default="features", help="with --analyse: the method to report")
     args = ap.parse_args()
+    if args.analyse:
+        analyse(args.analyse, args.method)
+        return
     import torch
 
     torch.set_num_threads(1)
