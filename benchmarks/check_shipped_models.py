@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from segqc.io import read_manifest
+from segqc.data import read_manifest
 from segqc.metrics import dice
-from segqc.models import load_model
+from segqc.user_models import load_model
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 BENCH = SHARED / "benchmarks" / "kvasir"

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from segqc.data import CaseRef, read_manifest
 from segqc.evaluation import auroc_fail, mae, pearson, spearman
-from segqc.fingerprint import compute_fingerprint, plan_from_fingerprint
-from segqc.io import CaseRef, read_manifest
 from segqc.methods.cnn import CNNRegressor
+from segqc.plan.fingerprint import compute_fingerprint, plan_from_fingerprint
 
 
 def main() -> None:

@@ -23,10 +23,10 @@ DATA = {"kvasir": "data/kvasir-seg", "hippocampus": "data/hippocampus"}
 
 
 def main() -> None:
-    from segqc.fingerprint import compute_fingerprint, plan_from_fingerprint
-    from segqc.io import load_dataset
+    from segqc.data import load_dataset
     from segqc.methods.diffusion_ensemble import DiffusionEnsemble
     from segqc.metrics import dice
+    from segqc.plan.fingerprint import compute_fingerprint, plan_from_fingerprint
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("dataset", choices=sorted(DATA))

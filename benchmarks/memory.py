@@ -29,7 +29,7 @@ SAMPLE = Path(__file__).resolve().parents[1] / "segqc" / "sample_data" / "hippoc
 
 def _fit(out: Path, methods: list[str]) -> Path:
     from segqc import api
-    from segqc.io import load_dataset
+    from segqc.data import load_dataset
 
     ref = SAMPLE / "reference"
     api.fit(reference=ref, out=out, methods=methods, ids=[r.case_id for r in load_dataset(ref)][:12], device="cpu",

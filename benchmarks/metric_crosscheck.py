@@ -15,7 +15,7 @@ import torch
 from monai.metrics import compute_dice, compute_hausdorff_distance
 
 from segqc import metrics
-from segqc.io import read_manifest
+from segqc.data import read_manifest
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 

@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from segqc import api
-from segqc.bundle import load_bundle
-from segqc.io import read_manifest
+from segqc.data import read_manifest
+from segqc.pipeline.bundle import load_bundle
 
 DATA = {"kvasir": "data/kvasir-seg", "hippocampus": "data/hippocampus"}
 
@@ -99,7 +99,7 @@ def main() -> None:
                          "parameters the bundle was fitted with")
     ap.add_argument("--ablation-limit", type=int, default=200, help="rows used by the ablations")
     ap.add_argument("--no-model-failures", action="store_true",
-                    help="skip the reference segmenter (bad masks from segqc.corrupt only; quicker ablations)")
+                    help="skip the reference segmenter (bad masks from segqc.data.corrupt only; quicker ablations)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()

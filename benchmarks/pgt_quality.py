@@ -22,9 +22,9 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 
 def main() -> None:
-    from segqc.bundle import load_bundle
-    from segqc.io import read_manifest
+    from segqc.data import read_manifest
     from segqc.metrics import dice
+    from segqc.pipeline.bundle import load_bundle
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("dataset", choices=["kvasir", "hippocampus"])

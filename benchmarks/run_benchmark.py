@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 from segqc import api
-from segqc.bundle import load_bundle
 from segqc.cli import _param, _print_bench
-from segqc.io import read_manifest
+from segqc.data import read_manifest
+from segqc.pipeline.bundle import load_bundle
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 DATA = {"kvasir": SHARED / "data/kvasir-seg", "hippocampus": SHARED / "data/hippocampus"}

@@ -38,9 +38,9 @@ def run(code: Path, mode: str, states: Path) -> dict:
     """With the segqc at ``code``: ``fit`` (fit, save states, score) or ``load`` (load states, score)."""
     sys.path.insert(0, str(code))
     import segqc
-    from segqc.fingerprint import compute_fingerprint, plan_from_fingerprint
-    from segqc.io import load_dataset
+    from segqc.data import load_dataset
     from segqc.methods import make_method
+    from segqc.plan.fingerprint import compute_fingerprint, plan_from_fingerprint
 
     if not Path(segqc.__file__).resolve().is_relative_to(code.resolve()):
         raise SystemExit(f"imported {segqc.__file__}, not the segqc of {code}")

@@ -6,7 +6,7 @@ resolution, vignetting, specular highlights, a crop, JPEG quality — with a sev
 from 0 (site ``s0``: the images as they are) to 1 (every change at the far end of its
 range). Each site's images (and their expert masks, cropped and resized like them) are
 written to files, segmented again by the shipped networks of ../shared/benchmarks/kvasir
-(`segqc.models.load_model`, exactly as they were run to make the shipped predictions),
+(`segqc.user_models.load_model`, exactly as they were run to make the shipped predictions),
 and scored against the expert masks (Dice, HD95 in pixels as in the shipped benchmark).
 
 Writes, under ``--out`` (default ``runs/shift``):
@@ -97,7 +97,7 @@ def apply_site(image: Image.Image, mask: Image.Image, p: dict, case_seed: int) -
 
 
 def _load_models(checkpoints: list[str]) -> dict:
-    from segqc.models import load_model
+    from segqc.user_models import load_model
 
     models = {}
     for ck in checkpoints:

@@ -8,7 +8,7 @@ For each row (image, checkpoint) the shipped network that made the candidate is 
 * ``ensemble`` — that network + the deployed model's ensemble partners (``unet_s0``, ``unet_s1``,
   ``unet_s2`` finals; duplicates dropped: 3 members for the UNet finals, 4 otherwise),
 
-and every aggregation of `segqc.uncertainty` is computed against the row's candidate. Each
+and every aggregation of `segqc.components.uncertainty` is computed against the row's candidate. Each
 source × aggregation is calibrated to Dice / P(Dice ≥ τ) with `DiceCalibrator` (isotonic) on a
 REFERENCE pool only: the shipped checkpoints' own predictions on ``--n-ref`` reference ids of
 split.json (the networks were trained on those ids, so the pool mixes early-epoch failures and
@@ -56,7 +56,7 @@ class Models:
         self.device, self.cache = device, {}
 
     def __call__(self, checkpoint: str):
-        from segqc.models import load_model
+        from segqc.user_models import load_model
 
         if checkpoint not in self.cache:
             self.cache[checkpoint] = load_model(_weights(checkpoint), "monai", device=self.device)
@@ -66,7 +66,7 @@ class Models:
 def row_features(models: Models, checkpoint: str, image: np.ndarray, candidate: np.ndarray, n: int,
                  seed: int, maps_to: Path | None = None) -> tuple[dict, dict]:
     """All source × aggregation qualities of ``candidate`` (label 1) and the seconds each source took."""
-    from segqc.uncertainty import AGGREGATIONS, aggregate, sample_probabilities, uncertainty_maps
+    from segqc.components.uncertainty import AGGREGATIONS, aggregate, sample_probabilities, uncertainty_maps
 
     m = models(checkpoint)
     ens = [m] + [models(p) for p in PARTNERS if p != checkpoint]
@@ -81,8 +81,8 @@ def row_features(models: Models, checkpoint: str, image: np.ndarray, candidate: 
         for a in AGGREGATIONS:
             feats[f"{src}.{a}"] = agg[a][1]
         if maps_to is not None:
-            from segqc.case import Geometry
-            from segqc.io.images import write_mask
+            from segqc.data.case import Geometry
+            from segqc.data.images import write_mask
 
             for key, arr in uncertainty_maps(s, [0, 1]).items():
                 out = arr if arr.dtype != np.float32 else (np.clip(arr, 0, 1) * 255).astype(np.uint8)
@@ -118,7 +118,7 @@ def _rows(args) -> list[dict]:
 def extract(args) -> None:
     import torch
 
-    from segqc.io.images import read_image, read_mask
+    from segqc.data.images import read_image, read_mask
     from segqc.metrics import binary_dice
 
     torch.set_num_threads(args.threads)
@@ -200,8 +200,8 @@ def _metrics(true, pred, raw, pp, tau) -> dict:
 
 
 def analyse(args) -> dict:
-    from segqc.calibration import DiceCalibrator
-    from segqc.uncertainty import AGGREGATIONS, SOURCES
+    from segqc.calibration.calibrator import DiceCalibrator
+    from segqc.components.uncertainty import AGGREGATIONS, SOURCES
 
     rows = list(csv.DictReader(open(args.out / "features.csv")))
     feat_names = [f"{s}.{a}" for s in SOURCES for a in AGGREGATIONS]
@@ -243,7 +243,7 @@ def analyse(args) -> dict:
 
 
 def _seconds(rows: list[dict]) -> dict:
-    from segqc.uncertainty import SOURCES
+    from segqc.components.uncertainty import SOURCES
 
     sec = {}
     for src in SOURCES:
@@ -309,7 +309,7 @@ def segqc_bench(args) -> dict:
     """The product path: `api.fit` of ``model_uncertainty`` with the deployed model + partners on the
     reference ids, then `api.bench` (as ``segqc bench --model ...``) on the deployed model's rows."""
     from segqc import api
-    from segqc.models import load_model
+    from segqc.user_models import load_model
 
     split = json.loads((BENCH / "split.json").read_text())
     ids = sorted(split["reference"])
@@ -345,7 +345,7 @@ def segqc_bench(args) -> dict:
 
 def markdown(result: dict, sub: str = "deployed") -> str:
     """README table: one row per source, one column per aggregation; cells 'AURC / AUROC / r / MAE'."""
-    from segqc.uncertainty import AGGREGATIONS, SOURCES
+    from segqc.components.uncertainty import AGGREGATIONS, SOURCES
 
     aggs = list(AGGREGATIONS) + ["learned"]
     lines = ["| source | " + " | ".join(a.replace("_", " ") for a in aggs) + " |",

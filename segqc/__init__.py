@@ -2,6 +2,6 @@
 
 __version__ = "0.1.0"
 
-from segqc.case import Case, Geometry  # noqa: E402
+from segqc.data.case import Case, Geometry  # noqa: E402
 
 __all__ = ["Case", "Geometry", "__version__"]

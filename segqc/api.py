@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from segqc.batch import BatchSummary, failure_reason, read_rows, run_batch
-from segqc.case import Case
-from segqc.io.layouts import CaseRef, load_dataset, read_manifest
+from segqc.data.case import Case
+from segqc.data.layouts import CaseRef, load_dataset, read_manifest
+from segqc.engines.batch import BatchSummary, failure_reason, read_rows, run_batch
 
 __all__ = ["load_cases", "fingerprint_dataset", "compute_metrics", "evaluate_csv", "fit", "predict", "bench",
            "score_case", "score_cases", "bundle_scorer", "write_dataset", "write_run_record", "sample_data_dir"]
@@ -92,7 +92,7 @@ def write_run_record(out: Path, command: str, options: dict, started: float, ext
 
 def fingerprint_dataset(*, data, out, layout: str = "auto", max_slice_size: int = 128):
     """Reference dataset → ``fingerprint.json`` (measurements) and ``plan.json`` (decisions)."""
-    from segqc.fingerprint import compute_fingerprint, plan_from_fingerprint, save_fingerprint
+    from segqc.plan.fingerprint import compute_fingerprint, plan_from_fingerprint, save_fingerprint
 
     out = Path(out)
     cases, failed = load_cases(_refs(data, layout=layout), description="fingerprint")
@@ -149,7 +149,7 @@ def _where(path) -> str | None:
 
 
 def _peek_labels(refs: Sequence[CaseRef]) -> list[int]:
-    from segqc.io.images import read_mask
+    from segqc.data.images import read_mask
 
     for r in refs[:5]:
         try:
@@ -229,22 +229,22 @@ def fit(*, reference, out, methods: Sequence[str] = ("features",), layout: str =
             for several masks of one case) or a ``reference_id`` column naming it: extra
             training pairs, and calibration pairs for those of held-out reference cases.
         ids: restrict the reference cases to these ids (e.g. a benchmark's reference split).
-        fuse: with two or more methods, also fit their fusion (`segqc.fusion`), offered
+        fuse: with two or more methods, also fit their fusion (`segqc.calibration.fusion`), offered
             as the method ``fusion``.
         model_failures: train segqc's cross-fitted reference segmenter and use its
             predictions on unseen reference cases, at early epochs and at the end, as
-            realistic bad masks for fitting and calibration (see `segqc.segmenter`);
+            realistic bad masks for fitting and calibration (see `segqc.components.segmenter`);
             its parameters come from ``method_params["segmenter"]``.
-        models: the user's segmentation model(s), `segqc.models.SegModel` (first = the one
+        models: the user's segmentation model(s), `segqc.user_models.SegModel` (first = the one
             whose masks will be judged, the others its ensemble partners): given to the
             methods that need it, and its own predictions on the reference cases become
             extra training / calibration pairs for every method.
     """
-    from segqc.bundle import QCBundle, save_bundle
-    from segqc.calibration import DiceCalibrator
-    from segqc.fingerprint import compute_fingerprint, plan_from_fingerprint
+    from segqc.calibration.calibrator import DiceCalibrator
     from segqc.methods import METHODS, make_method
     from segqc.methods.base import make_training_pairs
+    from segqc.pipeline.bundle import QCBundle, save_bundle
+    from segqc.plan.fingerprint import compute_fingerprint, plan_from_fingerprint
     from segqc.utils import look_up_option
 
     started = time.time()
@@ -327,7 +327,7 @@ def fit(*, reference, out, methods: Sequence[str] = ("features",), layout: str =
         console.print(f"  {name}: fitted in {t_fit:.0f} s; on held-out calibration pairs "
                       f"r={info['heldout_raw_pearson']:.3f}, raw MAE={info['heldout_raw_mae']:.3f}")
     if fuse and len(methods) >= 2:
-        from segqc.fusion import FUSION, Fusion
+        from segqc.calibration.fusion import FUSION, Fusion
 
         bundle.fusion = Fusion(list(methods), tau=tau, coverage=coverage).fit(raws, true_cal)
         bundle.calibrators[FUSION] = bundle.fusion.calibrator_
@@ -394,9 +394,9 @@ def _use_models(bundle, models) -> None:
 
 def _model_failures(fit_cases, cal_cases, plan, rng, device, params: dict, console):
     """Train the cross-fitted reference segmenter; its snapshot predictions become bad masks."""
-    from segqc.labels import to_index, to_labels
-    from segqc.preprocess import invert_mask, preprocess
-    from segqc.segmenter import CrossFittedSegmenter
+    from segqc.components.segmenter import CrossFittedSegmenter
+    from segqc.data.labels import to_index, to_labels
+    from segqc.plan.preprocess import invert_mask, preprocess
 
     t0 = time.time()
     ms_fit = [preprocess(c, plan) for c in fit_cases]
@@ -457,7 +457,7 @@ def score_cases(bundle, cases: Sequence[Case], methods: Sequence[str], *,
 
     A case that cannot be scored gets its exception in its place; the others are answered.
     """
-    from segqc.fusion import FUSION
+    from segqc.calibration.fusion import FUSION
 
     methods = _with_members(bundle, methods)  # the fusion needs every member's answer
     plan = bundle.plan
@@ -484,8 +484,8 @@ def score_cases(bundle, cases: Sequence[Case], methods: Sequence[str], *,
 
 def _row(bundle, case: Case, methods: Sequence[str], raws: dict, maps_dir: Path | None) -> dict:
     """One case's row from its methods' raw scores: calibrated answers, maps written, true Dice if known."""
-    from segqc.fusion import FUSION
-    from segqc.io.images import is_photo, write_mask
+    from segqc.calibration.fusion import FUSION
+    from segqc.data.images import is_photo, write_mask
 
     row: dict = {}
     for i, name in enumerate(methods):
@@ -556,14 +556,14 @@ def _fused_score(bundle, case: Case, raws: dict):
 
 def _answers(bundle) -> list[str]:
     """The answers a bundle can give: its methods, then their fusion when fitted."""
-    from segqc.fusion import FUSION
+    from segqc.calibration.fusion import FUSION
 
     return list(bundle.methods) + ([FUSION] if bundle.fusion is not None else [])
 
 
 def _with_members(bundle, methods: Sequence[str]) -> list[str]:
     """``methods`` plus the fusion's members it needs (their columns are filled anyway)."""
-    from segqc.fusion import FUSION
+    from segqc.calibration.fusion import FUSION
 
     extra = [m for m in bundle.fusion.members if m not in methods] if FUSION in methods else []
     return list(methods) + extra
@@ -591,15 +591,15 @@ def predict(*, bundle, data, out, methods: Sequence[str] | None = None, masks=No
 
     Args:
         engine: ``local`` (this process) or ``ray`` (Ray Data: reading in tasks, scoring in
-            an actor pool that loads the bundle once per actor; `segqc.ray_engine`).
+            an actor pool that loads the bundle once per actor; `segqc.engines.ray_engine`).
         batch_size: cases scored together by each method (default: 16 with a GPU, else 1).
         workers, address, gpus_per_worker: the Ray engine's actors, cluster and GPUs per actor.
         num_parts, part_id: judge only part ``part_id`` of ``num_parts`` (cases ``part_id``,
             ``part_id + num_parts``, … of the listing), for schedulers without Ray; `segqc
             merge` joins the parts' folders.
     """
-    from segqc.bundle import bundle_hash, load_bundle
-    from segqc.shards import select_part
+    from segqc.engines.shards import select_part
+    from segqc.pipeline.bundle import bundle_hash, load_bundle
 
     started = time.time()
     out = Path(out)
@@ -638,7 +638,7 @@ def predict(*, bundle, data, out, methods: Sequence[str] | None = None, masks=No
 
 def bundle_scorer(bundle, methods: Sequence[str], maps_dir: Path | None, models: Sequence = ()):
     """A scorer of case lists with its own copy of the bundle (built once per process or Ray actor)."""
-    from segqc.bundle import load_bundle
+    from segqc.pipeline.bundle import load_bundle
 
     b = load_bundle(bundle)
     _use_models(b, models)
@@ -653,21 +653,21 @@ def default_batch_size() -> int:
 
 
 def _engine(name: str, batch_size: int | None, workers: int | None, address: str | None, gpus_per_worker: float):
-    from segqc.batch import LocalEngine
+    from segqc.engines.batch import LocalEngine
     from segqc.utils import look_up_option
 
     name = look_up_option(name, ["local", "ray"], "engine")
     batch_size = batch_size or default_batch_size()
     if name == "local":
         return LocalEngine(batch_size)
-    from segqc.ray_engine import RayEngine
+    from segqc.engines.ray_engine import RayEngine
 
     return RayEngine(batch_size=batch_size, workers=workers, address=address, gpus_per_worker=gpus_per_worker)
 
 
 def write_dataset(out: Path, tau: float, with_truth: bool) -> dict:
     """``dataset.json`` from every ok row of ``out/predictions.csv``: the model's estimated performance."""
-    from segqc.population import estimate_groups
+    from segqc.calibration.population import estimate_groups
 
     rows = [r for r in read_rows(out / "predictions.csv") if r["status"] == "ok"]
     dataset = estimate_groups([_num(r["dice_pred"]) for r in rows], [_num(r["p_pass"]) for r in rows],
@@ -690,8 +690,8 @@ def bench(*, bundle, cases, out, root=None, methods: Sequence[str] | None = None
     Writes ``bench.csv`` (row by row), ``bench.json`` and per-method plots.
     """
     from segqc import evaluation as ev
-    from segqc.bundle import bundle_hash, load_bundle
-    from segqc.population import estimate_groups
+    from segqc.calibration.population import estimate_groups
+    from segqc.pipeline.bundle import bundle_hash, load_bundle
 
     started = time.time()
     out = Path(out)

@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 from segqc import __version__
-from segqc.batch import EXIT_ALL_FAILED, EXIT_INTERRUPTED, EXIT_OK
-from segqc.io.layouts import LAYOUTS
+from segqc.data.layouts import LAYOUTS
+from segqc.engines.batch import EXIT_ALL_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from segqc.methods import METHODS
 
 
@@ -39,7 +39,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 def _load_models(args):
     if not getattr(args, "models", None):
         return None
-    from segqc.models import load_model
+    from segqc.user_models import load_model
 
     return [load_model(p, args.model_kind, device=getattr(args, "device", "auto")) for p in args.models]
 
@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"report: open {path.resolve().as_uri()}")
             return s.exit_code
         if args.command == "merge":
-            from segqc.shards import merge_parts
+            from segqc.engines.shards import merge_parts
 
             counts, dataset = merge_parts(args.parts, args.out)
             _print_dataset(dataset)

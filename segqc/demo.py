@@ -18,7 +18,7 @@ import json
 import time
 from pathlib import Path
 
-from segqc.batch import EXIT_OK, EXIT_PARTIAL
+from segqc.engines.batch import EXIT_OK, EXIT_PARTIAL
 
 __all__ = ["run_demo", "DEMO_PARAMS", "DEMO_METHODS"]
 

@@ -15,14 +15,14 @@ def sample() -> Path:
 
 @pytest.fixture(scope="session")
 def kvasir_cases():
-    from segqc.io import load_dataset
+    from segqc.data import load_dataset
 
     return [r.load() for r in load_dataset(SAMPLE / "kvasir" / "reference")[:8]]
 
 
 @pytest.fixture(scope="session")
 def hippo_cases():
-    from segqc.io import load_dataset
+    from segqc.data import load_dataset
 
     return [r.load() for r in load_dataset(SAMPLE / "hippocampus" / "reference")[:6]]
 
@@ -54,7 +54,7 @@ def fit_tiny(reference, out: Path, ids=None, **kwargs) -> Path:
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory):
     """``tiny_bundle("kvasir" | "hippocampus")``: fitted once per session on 8 embedded cases; read only."""
-    from segqc.io import load_dataset
+    from segqc.data import load_dataset
 
     fitted: dict[str, Path] = {}
 

@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from segqc.fingerprint import compute_fingerprint, plan_from_fingerprint
-from segqc.io import load_dataset
+from segqc.data import load_dataset
 from segqc.methods import get_method_class
 from segqc.methods.autoencoder import MaskAutoencoder, _corrupt_onehot, build_mask_autoencoder
 from segqc.methods.base import NotFittedError
+from segqc.plan.fingerprint import compute_fingerprint, plan_from_fingerprint
 
 TINY = {"epochs": 2, "batch_size": 4, "channels": (8, 16), "max_minutes": 0.5, "device": "cpu", "n_threads": 1,
         "seed": 0}

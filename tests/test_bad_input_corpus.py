@@ -25,8 +25,8 @@ import numpy as np
 import pytest
 from conftest import TINY_FIT
 
-from segqc.batch import read_rows
 from segqc.cli import main
+from segqc.engines.batch import read_rows
 
 OK = "ok"
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from test_methods import TINY, _tiny_models
 
-from segqc.fingerprint import compute_fingerprint, plan_from_fingerprint
 from segqc.methods import make_method
+from segqc.plan.fingerprint import compute_fingerprint, plan_from_fingerprint
 from segqc.utils import torch_threads
 
 NETWORK_METHODS = ["cnn", "autoencoder", "nnqc", "diffusion", "model_uncertainty"]

@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 from conftest import fit_tiny
 
-from segqc.bundle import load_bundle, save_bundle
 from segqc.cli import main
+from segqc.pipeline.bundle import load_bundle, save_bundle
 
 
 def _fit(sample: Path, out: Path) -> Path:
-    from segqc.io import load_dataset
+    from segqc.data import load_dataset
 
     ref = sample / "kvasir" / "reference"
     return fit_tiny(ref, out, ids=[r.case_id for r in load_dataset(ref)][:8])

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from segqc.calibration import DiceCalibrator, conformal_quantile
+from segqc.calibration.calibrator import DiceCalibrator, conformal_quantile
 
 
 def test_conformal_quantile_by_hand():

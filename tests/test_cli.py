@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 
-from segqc.batch import read_rows
 from segqc.cli import build_parser, main
+from segqc.engines.batch import read_rows
 
 
 def _manifest_with_bad_cases(sample, tmp_path, n=6):

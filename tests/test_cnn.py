@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segqc.fingerprint import compute_fingerprint, plan_from_fingerprint
-from segqc.io import load_dataset
+from segqc.data import load_dataset
 from segqc.methods.cnn import CNNRegressor, mask_to_model_space
-from segqc.preprocess import preprocess
+from segqc.plan.fingerprint import compute_fingerprint, plan_from_fingerprint
+from segqc.plan.preprocess import preprocess
 
 SAMPLE = Path(__file__).resolve().parents[1] / "segqc" / "sample_data"
 TINY = dict(epochs=2, pairs_per_case=2, batch_size=4, widths=(4, 8, 8, 16), device="cpu", n_threads=2, seed=0)

@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 
-from segqc.corrupt import CORRUPTIONS, _mean_dice, corrupt, erode_dilate, sample_corruptions
+from segqc.data.corrupt import CORRUPTIONS, _mean_dice, corrupt, erode_dilate, sample_corruptions
 
 SAMPLE = Path(__file__).resolve().parents[1] / "segqc" / "sample_data"
 KVASIR = sorted((SAMPLE / "kvasir" / "reference" / "masks").glob("*.png"))

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from segqc.bundle import QCBundle, load_bundle, save_bundle
-from segqc.fingerprint import compute_fingerprint, plan_from_fingerprint
 from segqc.methods.diffusion_ensemble import DiffusionEnsemble
 from segqc.metrics import binary_dice
+from segqc.pipeline.bundle import QCBundle, load_bundle, save_bundle
+from segqc.plan.fingerprint import compute_fingerprint, plan_from_fingerprint
 
 TINY = {"size": 16, "channels": (8, 16), "batch_size": 2, "timesteps": 100, "ddim_steps": 3, "n_samples": 3,
         "device": "cpu", "n_threads": 1}

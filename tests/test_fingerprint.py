@@ -1,4 +1,4 @@
-"""Tests for segqc.fingerprint: measurements on the embedded samples, plan decisions, plan JSON."""
+"""Tests for segqc.plan.fingerprint: measurements on the embedded samples, plan decisions, plan JSON."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import segqc
-from segqc.case import Case, Geometry
-from segqc.fingerprint import Plan, compute_fingerprint, load_fingerprint, plan_from_fingerprint, save_fingerprint
-from segqc.io import load_dataset
+from segqc.data import load_dataset
+from segqc.data.case import Case, Geometry
+from segqc.plan.fingerprint import Plan, compute_fingerprint, load_fingerprint, plan_from_fingerprint, save_fingerprint
 
 SAMPLES = Path(segqc.__file__).parent / "sample_data"
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from segqc.calibration import DiceCalibrator
-from segqc.fusion import Fusion
+from segqc.calibration.calibrator import DiceCalibrator
+from segqc.calibration.fusion import Fusion
 
 
 def _members(n=600, seed=0):

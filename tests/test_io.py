@@ -5,9 +5,9 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 
-from segqc.case import Geometry
-from segqc.errors import CaseError
-from segqc.io import detect_layout, load_dataset, read_image, read_manifest, read_mask, write_image, write_mask
+from segqc.data import detect_layout, load_dataset, read_image, read_manifest, read_mask, write_image, write_mask
+from segqc.data.case import Geometry
+from segqc.data.errors import CaseError
 
 
 def test_detect_layouts(sample, tmp_path):

@@ -15,10 +15,10 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 
-from segqc.case import Geometry
-from segqc.errors import CaseError
-from segqc.io import images, layouts, load_dataset, read_image, read_manifest, read_mask, write_image, write_mask
-from segqc.io.layouts import CaseRef
+from segqc.data import images, layouts, load_dataset, read_image, read_manifest, read_mask, write_image, write_mask
+from segqc.data.case import Geometry
+from segqc.data.errors import CaseError
+from segqc.data.layouts import CaseRef
 
 RNG = np.random.default_rng(0)
 GEO3 = Geometry.identity(3)
@@ -191,7 +191,7 @@ def test_max_voxels_is_checked_before_pixels(tmp_path, monkeypatch):
 
 
 def test_max_voxels_from_environment():
-    code = "import segqc.io.images as m; print(m.MAX_VOXELS)"
+    code = "import segqc.data.images as m; print(m.MAX_VOXELS)"
     run = subprocess.run([sys.executable, "-c", code], env={**os.environ, "SEGQC_MAX_VOXELS": " 1234 "},
                          capture_output=True, text=True, check=True)
     assert run.stdout.strip() == "1234"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import fit_tiny
 
-from segqc.labels import to_index, to_labels, unknown_labels
+from segqc.data.labels import to_index, to_labels, unknown_labels
 
 
 @pytest.mark.parametrize("labels", [(1,), (1, 2), (2,), (3, 5)])
@@ -36,7 +36,7 @@ def test_unknown_values_are_named_or_background():
 
 
 def test_reference_id_is_explicit():
-    from segqc.case import Case, Geometry
+    from segqc.data.case import Case, Geometry
 
     def case(case_id, **meta):
         return Case(case_id, np.zeros((1, 2, 2), np.float32), None, Geometry.identity(2), meta=meta)
@@ -48,7 +48,7 @@ def test_reference_id_is_explicit():
 
 def _relabelled(sample, tmp, relabel, n: int = 8):
     """A manifest of ``n`` Kvasir reference cases whose masks are ``relabel(i, mask)``, as NIfTI files."""
-    from segqc.io import load_dataset, write_mask
+    from segqc.data import load_dataset, write_mask
 
     rows = []
     for i, ref in enumerate(load_dataset(sample / "kvasir" / "reference")[:n]):
@@ -65,10 +65,10 @@ def _relabelled(sample, tmp, relabel, n: int = 8):
 
 def test_fit_and_predict_with_label_2(sample, tmp_path):
     from segqc import api
-    from segqc.batch import read_rows
+    from segqc.engines.batch import read_rows
 
     manifest, rows = _relabelled(sample, tmp_path, lambda i, m: m * 2)
-    from segqc.bundle import load_bundle
+    from segqc.pipeline.bundle import load_bundle
 
     assert load_bundle(fit_tiny(manifest, tmp_path / "bundle")).plan.labels == (2,)
     # candidates: the label-2 masks, and one original 0/255 PNG mask (label 1, unknown to the bundle)

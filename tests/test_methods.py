@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from segqc.bundle import QCBundle, load_bundle, save_bundle
-from segqc.fingerprint import compute_fingerprint, plan_from_fingerprint
 from segqc.methods import METHODS, get_method_class, make_method
 from segqc.methods.base import NotFittedError
+from segqc.pipeline.bundle import QCBundle, load_bundle, save_bundle
+from segqc.plan.fingerprint import compute_fingerprint, plan_from_fingerprint
 from segqc.utils import look_up_option
 
 TINY = {
@@ -64,7 +64,7 @@ def _tiny_models(case, plan, folder):
     import torch
     from monai.networks.nets import UNet
 
-    from segqc.models import load_model
+    from segqc.user_models import load_model
 
     models = []
     for seed in range(2):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from segqc import metrics
-from segqc.io import read_manifest
+from segqc.data import read_manifest
 
 
 def test_dice_by_hand():

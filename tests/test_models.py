@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from segqc.models import CallableModel, Preprocessing, TorchModel, load_model, model_ref, models_from_refs
+from segqc.user_models import CallableModel, Preprocessing, TorchModel, load_model, model_ref, models_from_refs
 
 KWARGS = {"spatial_dims": 2, "in_channels": 3, "out_channels": 1, "channels": [4, 8], "strides": [2],
           "num_res_units": 0, "dropout": 0.2}

@@ -1,4 +1,4 @@
-"""Tests for segqc.preprocess: model-space shapes and the exact inverse back to the original grid."""
+"""Tests for segqc.plan.preprocess: model-space shapes and the exact inverse back to the original grid."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 import segqc
-from segqc.case import Case, Geometry
-from segqc.fingerprint import Plan, compute_fingerprint, plan_from_fingerprint
-from segqc.io import load_dataset
-from segqc.preprocess import invert_map, invert_mask, original_geometry, preprocess
+from segqc.data import load_dataset
+from segqc.data.case import Case, Geometry
+from segqc.plan.fingerprint import Plan, compute_fingerprint, plan_from_fingerprint
+from segqc.plan.preprocess import invert_map, invert_mask, original_geometry, preprocess
 
 SAMPLES = Path(segqc.__file__).parent / "sample_data"
 

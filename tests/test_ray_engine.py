@@ -94,7 +94,7 @@ def test_ray_engine_without_ray_says_how_to_install(bundle, manifest, tmp_path, 
 
 def test_default_workers_follow_the_cluster():
     pytest.importorskip("ray")
-    from segqc.ray_engine import _default_workers
+    from segqc.engines.ray_engine import _default_workers
 
     cluster = SimpleNamespace(cluster_resources=lambda: {"CPU": 16.0, "GPU": 2.0})
     assert _default_workers(cluster, 0) == 16 and _default_workers(cluster, 0.5) == 4

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from segqc.fingerprint import compute_fingerprint, plan_from_fingerprint
+from segqc.components.registration import register, warp_labels
 from segqc.methods.rca import RCA, _to_atlas_space, _unpad
 from segqc.metrics import binary_dice, dice
-from segqc.preprocess import preprocess
-from segqc.registration import register, warp_labels
+from segqc.plan.fingerprint import compute_fingerprint, plan_from_fingerprint
+from segqc.plan.preprocess import preprocess
 
 FAST = {"iterations": (30, 5), "shrink": (2, 1)}
 

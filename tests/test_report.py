@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 from conftest import candidates_manifest
 
-from segqc.batch import read_rows
 from segqc.cli import main
+from segqc.engines.batch import read_rows
 
 
 def _chromium() -> str:

@@ -7,7 +7,7 @@ import pytest
 from conftest import candidates_manifest
 
 from segqc.cli import main
-from segqc.shards import select_part
+from segqc.engines.shards import select_part
 
 
 @pytest.fixture(scope="module")

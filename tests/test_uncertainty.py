@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from segqc.models import Preprocessing, TorchModel, load_model
-from segqc.uncertainty import (
+from segqc.components.uncertainty import (
     AGGREGATIONS,
     TTATransform,
     aggregate,
@@ -16,6 +15,7 @@ from segqc.uncertainty import (
     tta_transforms,
     uncertainty_maps,
 )
+from segqc.user_models import Preprocessing, TorchModel, load_model
 
 
 def _smooth(shape, seed=0):
@@ -150,8 +150,8 @@ def test_sample_probabilities(tiny, kvasir_cases):
 
 
 def test_method_single_aggregation_and_maps(tiny, kvasir_cases):
-    from segqc.fingerprint import compute_fingerprint, plan_from_fingerprint
     from segqc.methods import make_method
+    from segqc.plan.fingerprint import compute_fingerprint, plan_from_fingerprint
 
     cases = kvasir_cases[:3]
     plan = plan_from_fingerprint(compute_fingerprint(cases), max_slice_size=32)
@@ -178,8 +178,8 @@ def test_cli_fit_predict_with_model(tiny, sample, tmp_path):
 
     from PIL import Image
 
-    from segqc.batch import read_rows
     from segqc.cli import build_parser, main
+    from segqc.engines.batch import read_rows
 
     args = build_parser().parse_args(["bench", "c.csv", "--bundle", "b", "--out", "o", "--model", "a.onnx",
                                       "--model", "b.onnx", "--model-kind", "onnx"])

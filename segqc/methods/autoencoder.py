@@ -5,7 +5,7 @@ only, the manifold of plausible shapes. A candidate mask is encoded and decoded:
 plausible shape comes back nearly unchanged, an implausible one (ragged borders,
 holes, false-positive blobs, fragments) is pulled towards the closest plausible shape.
 The QC score of a label is then ``Dice(candidate, reconstruction)``, measured on the
-ORIGINAL grid (the reconstruction is mapped back with `segqc.preprocess.invert_mask`).
+ORIGINAL grid (the reconstruction is mapped back with `segqc.plan.preprocess.invert_mask`).
 
 Design choices, and why:
 
@@ -31,8 +31,8 @@ import time
 
 import numpy as np
 
-from segqc.case import Case
-from segqc.labels import to_index, to_labels
+from segqc.data.case import Case
+from segqc.data.labels import to_index, to_labels
 from segqc.methods.base import QCMethod, RawScore, check_is_fitted, check_labels
 from segqc.metrics import binary_dice, binary_hd95
 from segqc.nets.weights import load_net_arrays, net_to_arrays
@@ -249,7 +249,7 @@ class MaskAutoencoder(QCMethod):
         import torch
         from monai.losses import DiceCELoss
 
-        from segqc.preprocess import preprocess
+        from segqc.plan.preprocess import preprocess
         from segqc.utils import resolve_device
 
         labels = sorted(int(k) for k in plan.labels)
@@ -372,7 +372,7 @@ class MaskAutoencoder(QCMethod):
     def _reconstruct_many(self, cases: list[Case]) -> list[tuple[np.ndarray, np.ndarray, dict]]:
         """`reconstruct` of several cases: their model-space slices go through the network together."""
         from segqc.nets.batching import split_counts
-        from segqc.preprocess import preprocess
+        from segqc.plan.preprocess import preprocess
 
         idx, props = [], []
         for case in cases:
@@ -396,7 +396,7 @@ class MaskAutoencoder(QCMethod):
             return [self._score(c, *r) for c, r in zip(cases, self._reconstruct_many(cases))]
 
     def _score(self, case: Case, probs: np.ndarray, idx: np.ndarray, props: dict) -> RawScore:
-        from segqc.preprocess import invert_map, invert_mask
+        from segqc.plan.preprocess import invert_map, invert_mask
 
         recon = invert_mask(to_labels(probs.argmax(1), self.labels_), props)
         p_cand = np.take_along_axis(probs, idx[:, None], axis=1)[:, 0]
@@ -427,7 +427,7 @@ class MaskAutoencoder(QCMethod):
 
     @classmethod
     def from_state(cls, arrays: dict[str, np.ndarray], config: dict) -> MaskAutoencoder:
-        from segqc.fingerprint import Plan
+        from segqc.plan.fingerprint import Plan
         from segqc.utils import resolve_device
 
         params = dict(config["params"])

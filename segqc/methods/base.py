@@ -6,7 +6,7 @@ without its ground truth. It never reads files and never knows about the CLI:
 
 Supervised methods learn from *training pairs*: a case whose ``mask`` is a (possibly
 bad) candidate and whose ``truth`` is the expert mask. `make_training_pairs` builds
-them from reference cases with `segqc.corrupt`, and users may add their own model's
+them from reference cases with `segqc.data.corrupt`, and users may add their own model's
 predictions on reference cases.
 """
 
@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from segqc.case import Case
-from segqc.labels import unknown_labels
+from segqc.data.case import Case
+from segqc.data.labels import unknown_labels
 
 __all__ = ["QCMethod", "RawScore", "NotFittedError", "check_is_fitted", "check_labels", "make_training_pairs"]
 
@@ -161,7 +161,7 @@ def make_training_pairs(cases: list[Case], rng: np.random.Generator, per_case: i
     ``extra_pairs`` (cases that already carry a candidate ``mask`` and an expert ``truth``,
     e.g. the user's own model on reference cases) are appended as they are.
     """
-    from segqc.corrupt import sample_corruptions
+    from segqc.data.corrupt import sample_corruptions
 
     pairs = []
     for case in cases:

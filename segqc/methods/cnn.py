@@ -1,6 +1,6 @@
 """A CNN that looks at the image and the candidate mask and regresses Dice (Robinson et al. 2018).
 
-Input, in model space (`segqc.preprocess`): the normalised image channels plus one soft
+Input, in model space (`segqc.plan.preprocess`): the normalised image channels plus one soft
 one-hot channel per foreground label of the candidate mask; output: one sigmoid per
 foreground label, its predicted Dice. 2D datasets use a 2D network on the ``S × S``
 slice; 3D datasets a 3D network on the whole ``(Z, S, S)`` volume, Z zero-padded to a
@@ -8,7 +8,7 @@ fixed multiple of 8 so that fitting and scoring see the same field of view.
 
 The backbone is MONAI's `ResNet` (basic blocks, global average pooling, so any input
 size works). It learns from realistic bad masks of the reference cases
-(`segqc.corrupt`), freshly drawn every ``refresh_every`` epochs, plus any user-supplied
+(`segqc.data.corrupt`), freshly drawn every ``refresh_every`` epochs, plus any user-supplied
 candidate masks; targets are the Dice against the expert mask measured on the ORIGINAL
 grid, so resampling never biases them. Loss = MSE on the sigmoid outputs + a RankNet
 term on the pairs of a batch whose true Dice differ, because QC mostly has to *order*
@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from segqc.case import Case
+from segqc.data.case import Case
 from segqc.methods.base import QCMethod, RawScore, check_is_fitted, make_training_pairs
 from segqc.metrics import binary_dice
 from segqc.nets.weights import load_net_arrays, net_to_arrays
@@ -44,7 +44,7 @@ def mask_to_model_space(mask: np.ndarray, props: dict, labels: list[int], plan) 
     interpolated indicator of each label instead of an argmax: the network then sees
     partial-volume boundaries rather than a staircase.
     """
-    from segqc.preprocess import resize_inplane
+    from segqc.plan.preprocess import resize_inplane
 
     m = np.asarray(mask)
     if m.ndim == 2:
@@ -175,7 +175,7 @@ class CNNRegressor(QCMethod):
         """
         import torch
 
-        from segqc.preprocess import preprocess
+        from segqc.plan.preprocess import preprocess
         from segqc.utils import resolve_device
 
         t0 = time.perf_counter()
@@ -293,7 +293,7 @@ class CNNRegressor(QCMethod):
 
     def _model_input(self, case: Case) -> np.ndarray:
         """The network input of ``case`` (`_input`): its image and candidate mask in model space."""
-        from segqc.preprocess import preprocess
+        from segqc.plan.preprocess import preprocess
 
         img, _, props = preprocess(case.with_mask(None), self.plan_)
         return self._input(img, mask_to_model_space(case.mask, props, self.labels_, self.plan_))
@@ -325,7 +325,7 @@ class CNNRegressor(QCMethod):
 
     @classmethod
     def from_state(cls, arrays: dict[str, np.ndarray], config: dict) -> "CNNRegressor":
-        from segqc.fingerprint import Plan
+        from segqc.plan.fingerprint import Plan
         from segqc.utils import resolve_device
 
         params = dict(config["params"])

@@ -2,7 +2,7 @@
 
 A denoising diffusion model learns p(mask | image) on the reference cases: its input is the
 noisy one-hot mask (foreground labels, scaled to [-1, 1]) concatenated with the image, in
-segqc's model space (`segqc.preprocess`) resized to ``size`` × ``size`` slices (3D volumes
+segqc's model space (`segqc.plan.preprocess`) resized to ``size`` × ``size`` slices (3D volumes
 slice by slice, with the slice's relative position as an extra channel). At QC time
 ``n_samples`` masks are drawn with DDIM; their mean is a pseudo ground truth and their
 variance an uncertainty map, both brought back to the ORIGINAL grid. The raw score of a label
@@ -26,8 +26,8 @@ import time
 
 import numpy as np
 
-from segqc.case import Case
-from segqc.labels import to_index, to_labels
+from segqc.data.case import Case
+from segqc.data.labels import to_index, to_labels
 from segqc.methods.base import QCMethod, RawScore, check_is_fitted
 from segqc.metrics import binary_dice
 from segqc.nets.weights import load_net_arrays, net_to_arrays
@@ -116,7 +116,7 @@ class DiffusionEnsemble(QCMethod):
         import torch
         from monai.networks.schedulers import DDPMScheduler
 
-        from segqc.preprocess import preprocess
+        from segqc.plan.preprocess import preprocess
 
         if self.prediction not in ("sample", "epsilon"):
             raise ValueError(f"prediction must be 'sample' or 'epsilon', got {self.prediction!r}")
@@ -170,7 +170,7 @@ class DiffusionEnsemble(QCMethod):
         """`sample` of several cases: every sample of every slice of them is denoised in the same calls."""
         import torch
 
-        from segqc.preprocess import preprocess
+        from segqc.plan.preprocess import preprocess
 
         n, L = int(self.n_samples), len(self.labels_)
         props, conds = [], []
@@ -212,7 +212,7 @@ class DiffusionEnsemble(QCMethod):
 
     def _to_model_space(self, p: np.ndarray, props: dict) -> np.ndarray:
         """(..., Z, size, size) → (..., Z, S, S) at the plan's slice size (linear)."""
-        from segqc.preprocess import resize_inplane
+        from segqc.plan.preprocess import resize_inplane
 
         s = int(self.plan_.slice_size)
         return p if p.shape[-1] == s else resize_inplane(p, (s, s), mode="linear", antialias=False)
@@ -237,7 +237,7 @@ class DiffusionEnsemble(QCMethod):
 
     def score_samples(self, case: Case, p: np.ndarray, props: dict) -> RawScore:
         """QC of ``case.mask`` from samples ``p`` (N, L, Z, size, size) of `sample` and its ``props``."""
-        from segqc.preprocess import invert_map
+        from segqc.plan.preprocess import invert_map
 
         fg = p.mean(0)
         var = p.var(0).max(0)                              # (Z, s, s)
@@ -277,7 +277,7 @@ class DiffusionEnsemble(QCMethod):
     def from_state(cls, arrays: dict[str, np.ndarray], config: dict) -> DiffusionEnsemble:
         from monai.networks.nets import DiffusionModelUNet
 
-        from segqc.fingerprint import Plan
+        from segqc.plan.fingerprint import Plan
 
         params = dict(config["params"])
         params["channels"] = tuple(params["channels"]) if params["channels"] else None

@@ -8,14 +8,14 @@ For each foreground label of the candidate mask we measure, in physical units:
 * image–mask agreement: intensity inside vs a ring just outside, the same against the
   reference masks' foreground intensities, boundary gradient strength relative to the
   image's, histogram overlap inside vs ring;
-* agreement with segqc's own reference segmenter (`segqc.segmenter`, cross-fitted so a
+* agreement with segqc's own reference segmenter (`segqc.components.segmenter`, cross-fitted so a
   training case is never judged by a network that saw it): Dice and soft Dice with its
   probability map, probability inside / just outside the candidate, missed and extra
   volume, HD95 in mm. Its argmax is also returned as a pseudo ground truth, and
   |candidate − probability| as an error map.
 
 A LightGBM regressor maps them to the label's Dice. It is trained on realistic bad
-masks (`segqc.corrupt`) of the reference cases, plus any user-supplied predictions.
+masks (`segqc.data.corrupt`) of the reference cases, plus any user-supplied predictions.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from segqc.booster import booster_from_text
-from segqc.case import Case
-from segqc.labels import to_index, to_labels
+from segqc.components.booster import booster_from_text
+from segqc.data.case import Case
+from segqc.data.labels import to_index, to_labels
 from segqc.methods.base import QCMethod, RawScore, check_is_fitted, make_training_pairs
 from segqc.metrics import binary_dice
 
@@ -277,8 +277,8 @@ class FeatureRegressor(QCMethod):
         self.ref_stats_ = reference_stats(cases, labels, rng)
         probas: dict[str, np.ndarray] = {}
         if self.segmenter:
-            from segqc.preprocess import invert_map, preprocess
-            from segqc.segmenter import CrossFittedSegmenter
+            from segqc.components.segmenter import CrossFittedSegmenter
+            from segqc.plan.preprocess import invert_map, preprocess
 
             ms = [preprocess(c, plan) for c in cases]
             if segmenter is None:
@@ -305,7 +305,7 @@ class FeatureRegressor(QCMethod):
     def _proba(self, case: Case) -> np.ndarray | None:
         if not self.segmenter:
             return None
-        from segqc.preprocess import invert_map, preprocess
+        from segqc.plan.preprocess import invert_map, preprocess
 
         image_ms, _, props = preprocess(case.with_mask(None), self.plan_)
         return invert_map(self.segmenter_.predict_proba(image_ms), props)
@@ -353,12 +353,12 @@ class FeatureRegressor(QCMethod):
     @classmethod
     def from_state(cls, arrays: dict[str, np.ndarray], config: dict) -> FeatureRegressor:
         m = cls(**config["params"])
-        from segqc.fingerprint import Plan
+        from segqc.plan.fingerprint import Plan
 
         m.labels_ = [int(k) for k in config["labels_"]]
         m.plan_ = Plan.from_dict(config["plan_"])
         if config.get("segmenter_"):
-            from segqc.segmenter import CrossFittedSegmenter
+            from segqc.components.segmenter import CrossFittedSegmenter
 
             m.segmenter_ = CrossFittedSegmenter.from_state(arrays, config["segmenter_"])
         elif m.segmenter:

@@ -1,14 +1,14 @@
-"""QC from the segmentation model's own uncertainty: MC dropout, TTA, deep ensembles (`segqc.uncertainty`).
+"""QC from the segmentation model's own uncertainty: MC dropout, TTA, deep ensembles (`segqc.components.uncertainty`).
 
 The method samples the user's model(s) on the case's image, aggregates the samples per label
 (entropies, patch confidence, mutual information, pairwise Dice of the samples, Dice of the
 candidate with the samples' mean) and either reports one aggregation as the raw score or
 (``aggregation="learned"``, the default) maps all of them, from every available source, to
 Dice with gradient boosting, trained on reference cases: the model's own prediction on each
-reference case plus realistic bad masks (`segqc.corrupt`), against the expert masks.
+reference case plus realistic bad masks (`segqc.data.corrupt`), against the expert masks.
 
 The model is never saved in the bundle: it is referred to by path, kind and sha256
-(`segqc.models.model_ref`), reopened when the bundle is used, and can be replaced at predict
+(`segqc.user_models.model_ref`), reopened when the bundle is used, and can be replaced at predict
 time (``segqc predict --model``). Caveat: a model's predictions on the cases it was trained on
 are better than on new cases; if the reference cases are its training cases, the learned map
 sees few failures of the model itself (the bad masks make up for part of that).
@@ -21,11 +21,11 @@ import time
 
 import numpy as np
 
-from segqc.case import Case
-from segqc.labels import to_index
+from segqc.components.uncertainty import AGGREGATIONS, SOURCES, aggregate, sample_probabilities_many, uncertainty_maps
+from segqc.data.case import Case
+from segqc.data.labels import to_index
 from segqc.methods.base import QCMethod, RawScore, check_is_fitted, check_labels, make_training_pairs
 from segqc.metrics import binary_dice
-from segqc.uncertainty import AGGREGATIONS, SOURCES, aggregate, sample_probabilities_many, uncertainty_maps
 from segqc.utils import look_up_option, torch_threads
 
 __all__ = ["ModelUncertainty"]
@@ -78,7 +78,7 @@ class ModelUncertainty(QCMethod):
 
     def _get_models(self) -> list:
         if getattr(self, "_models", None) is None:
-            from segqc.models import models_from_refs
+            from segqc.user_models import models_from_refs
 
             if not getattr(self, "model_refs_", None):
                 raise ValueError(f"{self.name} has no segmentation model; pass it with --model")
@@ -159,7 +159,7 @@ class ModelUncertainty(QCMethod):
             extra_pairs: list[Case] | None = None, progress=None, **_) -> "ModelUncertainty":
         """Learn Dice from the model's uncertainty on ``cases`` (expert masks) and ``extra_pairs``.
 
-        ``models``: `segqc.models.SegModel` list, required (the first made the candidates).
+        ``models``: `segqc.user_models.SegModel` list, required (the first made the candidates).
         """
         self.set_models(models or [])
         models = self._models
@@ -171,7 +171,7 @@ class ModelUncertainty(QCMethod):
                              f"available: {self.sources_}")
         if single:
             self.sources_ = [single[0]]  # sample only what the score uses
-        from segqc.models import model_ref
+        from segqc.user_models import model_ref
 
         # in-memory models cannot be saved; the bundle then refuses to save with a clear error
         self.model_refs_ = [model_ref(m) for m in models] if all(m.path for m in models) else []
@@ -244,7 +244,7 @@ class ModelUncertainty(QCMethod):
         check_is_fitted(self)
         if not self.model_refs_:
             raise ValueError(f"{self.name} was fitted with an in-memory model; save it as a monai / torchscript / "
-                             "onnx file and fit with segqc.models.load_model(...) to keep it in a bundle")
+                             "onnx file and fit with segqc.user_models.load_model(...) to keep it in a bundle")
         config = {"params": self.get_params(), "labels_": self.labels_, "sources_": self.sources_,
                   "model_refs_": self.model_refs_, "feature_names_": self.feature_names_, "n_train_": self.n_train_}
         if hasattr(self, "model_"):
@@ -260,7 +260,7 @@ class ModelUncertainty(QCMethod):
         m.feature_names_ = config["feature_names_"]
         m.n_train_ = config["n_train_"]
         if config.get("booster_"):
-            from segqc.booster import booster_from_text
+            from segqc.components.booster import booster_from_text
 
             m.model_ = booster_from_text(config["booster_"])
         return m

@@ -1,6 +1,6 @@
 """nnQC (Marcianò et al.): a diffusion model writes a pseudo ground truth; QC = candidate vs pGT.
 
-1. Fingerprint adaptation: every case goes through the plan's `segqc.preprocess`
+1. Fingerprint adaptation: every case goes through the plan's `segqc.plan.preprocess`
    (in-plane resampling, intensity normalisation by modality, crop / pad to ``S × S``)
    and every map comes back with its exact inverse — the same code for 2D RGB photos and
    3D MRI, which nnQC processes as axial slices.
@@ -13,7 +13,7 @@
    weights over the experts and forms the cross-attention context.
 4. Stage 2, latent diffusion: a ``DiffusionModelUNet`` learns the EXPERT mask's latent
    from noise, conditioned by the context and by the candidate's latent (concatenated
-   as input channels), on realistic bad masks (`segqc.corrupt` + the reference
+   as input channels), on realistic bad masks (`segqc.data.corrupt` + the reference
    segmenter's snapshot predictions passed as ``extra_pairs``), so it learns to
    correct a candidate rather than to copy it.
 5. Scoring: K samples with a few DDIM steps, decoded, majority vote → pGT, plus the
@@ -34,8 +34,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from segqc.case import Case
-from segqc.labels import to_index, to_labels
+from segqc.data.case import Case
+from segqc.data.labels import to_index, to_labels
 from segqc.methods.base import QCMethod, RawScore, check_is_fitted, check_labels, make_training_pairs
 from segqc.metrics import binary_dice, binary_hd95
 from segqc.nets.weights import load_net_arrays, net_to_arrays
@@ -81,7 +81,7 @@ def relative_positions(idx: np.ndarray) -> np.ndarray:
 
 def _mask_to_ms(mask: np.ndarray, props: dict, plan) -> np.ndarray:
     """A label array on the original grid → model space ``(Z, S, S)`` along ``props`` (as `preprocess`)."""
-    from segqc.preprocess import resize_labels
+    from segqc.plan.preprocess import resize_labels
 
     m = np.asarray(mask)
     if m.ndim == 2:
@@ -136,7 +136,7 @@ class NNQC(QCMethod):
         lr: AdamW peak learning rate of both stages (cosine to 0).
         kl_weight, adv_weight: stage-1 KL and adversarial weights; the adversarial term
             starts after ``adv_start`` of the stage-1 steps.
-        pairs_per_case: synthetic bad masks (`segqc.corrupt`) per reference case for stage 2.
+        pairs_per_case: synthetic bad masks (`segqc.data.corrupt`) per reference case for stage 2.
         n_samples: K, samples drawn per slice at scoring time.
         ddim_steps: DDIM steps per sample.
         use_image_expert: False drops the image expert (ablation).
@@ -229,7 +229,7 @@ class NNQC(QCMethod):
 
     def _work_image(self, img: np.ndarray) -> np.ndarray:
         """Model-space image ``(C, Z, S, S)`` → network input ``(C, Z, P, P)`` float16 (resized to W, padded)."""
-        from segqc.preprocess import resize_inplane
+        from segqc.plan.preprocess import resize_inplane
 
         S, W, P = self.sides_
         if W != S:
@@ -238,7 +238,7 @@ class NNQC(QCMethod):
 
     def _work_mask(self, idx: np.ndarray) -> np.ndarray:
         """Model-space channel indices ``(Z, S, S)`` → ``(Z, P, P)`` uint8 (one-hot linear resize to W, padded)."""
-        from segqc.preprocess import resize_labels
+        from segqc.plan.preprocess import resize_labels
 
         S, W, P = self.sides_
         if W != S:
@@ -280,7 +280,7 @@ class NNQC(QCMethod):
         import torch
 
         from segqc.nets.mask_ldm import build_discriminator, train_stage1, train_stage2
-        from segqc.preprocess import preprocess
+        from segqc.plan.preprocess import preprocess
         from segqc.utils import resolve_device
 
         t0 = time.perf_counter()
@@ -535,7 +535,7 @@ class NNQC(QCMethod):
             return [self._vote(s, x.cand_s, x.props) for s, x in zip(split_counts(samples, counts, axis=1), inputs)]
 
     def _slice_inputs(self, case: Case) -> _SliceInputs:
-        from segqc.preprocess import preprocess
+        from segqc.plan.preprocess import preprocess
 
         img, m, props = preprocess(case, self.plan_)
         cand_s = to_index(m, self.labels_, what="candidate mask")
@@ -545,7 +545,7 @@ class NNQC(QCMethod):
 
     def _vote(self, samples: np.ndarray, cand_s: np.ndarray, props: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One case's samples ``(K, Z, P, P)`` → pGT, disagreement and error maps on the original grid."""
-        from segqc.preprocess import invert_map, invert_mask, resize_inplane
+        from segqc.plan.preprocess import invert_map, invert_mask, resize_inplane
 
         S, W, _ = self.sides_
         samples = samples[..., :W, :W]
@@ -597,7 +597,7 @@ class NNQC(QCMethod):
 
     @classmethod
     def from_state(cls, arrays: dict[str, np.ndarray], config: dict) -> NNQC:
-        from segqc.fingerprint import Plan
+        from segqc.plan.fingerprint import Plan
         from segqc.utils import resolve_device
 
         params = {k: (tuple(v) if isinstance(v, list) else v) for k, v in config["params"].items()}

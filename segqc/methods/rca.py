@@ -4,7 +4,7 @@ The reference cases, whose expert masks are known, serve as atlases. For a new i
 
 1. the ``k`` atlases whose downsampled images look most like it (Pearson correlation of
    small thumbnails) are chosen;
-2. each is registered to the new image with SimpleITK (`segqc.registration`: rigid /
+2. each is registered to the new image with SimpleITK (`segqc.components.registration`: rigid /
    affine, then B-spline, Mattes mutual information; 2D or 3D; RGB through its
    luminance) and its expert mask warped onto the new image;
 3. the candidate is compared with every warped mask on the ORIGINAL grid: the
@@ -44,8 +44,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from segqc.case import Case
-from segqc.labels import to_index, to_labels
+from segqc.data.case import Case
+from segqc.data.labels import to_index, to_labels
 from segqc.methods.base import QCMethod, RawScore, check_is_fitted, check_labels
 from segqc.metrics import binary_dice, binary_hd95
 from segqc.utils import look_up_option
@@ -77,12 +77,12 @@ def _unpad(x: np.ndarray, props: dict) -> np.ndarray:
 def _to_original(warped: np.ndarray, props: dict, n_labels: int) -> np.ndarray:
     """Label-index maps ``(k, [Z,] h, w)`` of the unpadded model space → ``(k, *original_shape)`` uint8.
 
-    The inverse of `segqc.preprocess.preprocess` for a whole stack at once (what
+    The inverse of `segqc.plan.preprocess.preprocess` for a whole stack at once (what
     `invert_mask` does for one mask: un-crop with background, each label's indicator
     resampled linearly, antialiased, then argmax with ties to the lower label), with the
     argmax done in numpy: one pass instead of k, and no slow torch channel reduction.
     """
-    from segqc.preprocess import resize_inplane
+    from segqc.plan.preprocess import resize_inplane
 
     k = warped.shape[0]
     x = warped.reshape(-1, *warped.shape[-2:])
@@ -186,7 +186,7 @@ class RCA(QCMethod):
 
     # -- fitting -----------------------------------------------------------------------
     def _validate_params(self) -> None:
-        from segqc.registration import STAGES
+        from segqc.components.registration import STAGES
 
         for name in ("k", "bins", "samples", "mesh", "max_atlases", "thumb", "n_jobs", "itk_threads"):
             v = getattr(self, name)
@@ -221,7 +221,7 @@ class RCA(QCMethod):
         ``extra_pairs`` are ignored: an atlas needs an expert mask, not a candidate.
         ``progress(msg)`` gets one summary line.
         """
-        from segqc.preprocess import preprocess
+        from segqc.plan.preprocess import preprocess
 
         self._validate_params()
         labels = sorted(int(k) for k in plan.labels)
@@ -270,7 +270,7 @@ class RCA(QCMethod):
     # -- registration ------------------------------------------------------------------
     def _register_all(self, fixed: np.ndarray, spacing: tuple[float, ...]) -> dict:
         """Register the k most similar atlases to ``fixed``; their warped masks (label indices)."""
-        from segqc.registration import register, warp_image, warp_labels
+        from segqc.components.registration import register, warp_image, warp_labels
 
         sims = self.thumbs_ @ _thumbnail(fixed, int(self.thumb)) / self.thumbs_.shape[1]
         order = np.argsort(-sims, kind="stable")[: min(int(self.k), len(sims))]
@@ -301,7 +301,7 @@ class RCA(QCMethod):
         Results are cached by image content, so a second candidate of the same image costs
         only the comparison.
         """
-        from segqc.preprocess import preprocess
+        from segqc.plan.preprocess import preprocess
 
         check_is_fitted(self)
         im, _, props = preprocess(case.with_mask(None), self.plan_)
@@ -393,7 +393,7 @@ class RCA(QCMethod):
 
     @classmethod
     def from_state(cls, arrays: dict[str, np.ndarray], config: dict) -> RCA:
-        from segqc.fingerprint import Plan
+        from segqc.plan.fingerprint import Plan
 
         params = dict(config["params"])
         for key in ("stages", "shrink", "bspline_shrink"):

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from segqc.batch import read_rows
-from segqc.errors import CaseError
-from segqc.io.layouts import CaseRef
+from segqc.data.errors import CaseError
+from segqc.data.layouts import CaseRef
+from segqc.engines.batch import read_rows
 
 __all__ = ["write_report", "find_table", "auto_thumb_size"]
 
@@ -71,7 +71,7 @@ def _find_refs(table: Path, run: dict, *, data=None, layout: str = "auto", masks
     Returns the refs and, when they cannot be found, why (the report is then written
     without thumbnails rather than not at all).
     """
-    from segqc.io.layouts import load_dataset, read_manifest
+    from segqc.data.layouts import load_dataset, read_manifest
 
     bench = table.name == "bench.csv"
     opts = run.get("options", {})
@@ -117,7 +117,7 @@ def _map_path(value: str, qc_dir: Path) -> Path | None:
 
 def _case_pictures(ref: CaseRef, row: dict, qc_dir: Path, size: int) -> dict:
     """Thumbnails of one case; a case that cannot be read gets none (its row still shows why)."""
-    from segqc.io.images import read_image, read_mask
+    from segqc.data.images import read_image, read_mask
     from segqc.report.thumbs import render_case
 
     try:
@@ -187,7 +187,7 @@ def _groups(records: list[dict], dataset: dict, tau: float) -> dict:
     """Estimated mean Dice and pass share per group: `dataset.json` when predict wrote one."""
     if dataset:
         return dataset
-    from segqc.population import estimate_groups
+    from segqc.calibration.population import estimate_groups
 
     ok = [r for r in records if r["status"] == "ok" and r.get("dice_pred") is not None and r.get("p_pass") is not None]
     if not ok:

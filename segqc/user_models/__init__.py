@@ -1,7 +1,7 @@
 """The user's segmentation model behind one small interface (`SegModel`).
 
 QC methods that need the model itself (MC dropout, test-time augmentation, deep
-ensembles: `segqc.uncertainty`) only see a `SegModel`: image on its own grid in,
+ensembles: `segqc.components.uncertainty`) only see a `SegModel`: image on its own grid in,
 logits in model space, class probabilities back on the image's grid. Adapters:
 
 * ``monai``: a MONAI network rebuilt from ``config.json`` (``class`` + constructor
@@ -14,8 +14,8 @@ logits in model space, class probabilities back on the image's grid. Adapters:
 A bundle refers to a model by path + kind + sha256 (`model_ref`), never by pickled code.
 """
 
-from segqc.models.base import MODEL_KINDS, CallableModel, Preprocessing, SegModel, TorchModel
-from segqc.models.loaders import load_model, model_ref, models_from_refs
+from segqc.user_models.base import MODEL_KINDS, CallableModel, Preprocessing, SegModel, TorchModel
+from segqc.user_models.loaders import load_model, model_ref, models_from_refs
 
 __all__ = ["SegModel", "TorchModel", "CallableModel", "Preprocessing", "MODEL_KINDS", "load_model", "model_ref",
            "models_from_refs"]

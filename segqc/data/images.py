@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from segqc.case import Geometry
+from segqc.data.case import Geometry
 
 __all__ = ["MAX_VOXELS", "MEDICAL_SUFFIXES", "PHOTO_SUFFIXES", "is_photo", "read_image", "read_mask", "write_image",
            "write_mask"]

@@ -1,6 +1,6 @@
 """`SegModel`: image on its own grid → logits in model space → probabilities on the image's grid.
 
-The forward path is split in three so that `segqc.uncertainty` can act in model space
+The forward path is split in three so that `segqc.components.uncertainty` can act in model space
 (test-time augmentation is applied to the network's input and undone on its logits):
 
     prepare(image)          (C, *spatial) float32 → (1, C, *input_size) tensor (resize, intensity)

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from segqc.case import Case
-from segqc.errors import CaseError
-from segqc.io.images import MEDICAL_SUFFIXES, PHOTO_SUFFIXES, read_image, read_mask, suffix_of
+from segqc.data.case import Case
+from segqc.data.errors import CaseError
+from segqc.data.images import MEDICAL_SUFFIXES, PHOTO_SUFFIXES, read_image, read_mask, suffix_of
 
 __all__ = ["LAYOUTS", "CaseRef", "detect_layout", "load_dataset", "read_manifest"]
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from segqc.calibration import DiceCalibrator
+from segqc.calibration.calibrator import DiceCalibrator
 
 __all__ = ["FUSION", "Fusion"]
 

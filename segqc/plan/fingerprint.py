@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segqc.case import Case
+from segqc.data.case import Case
 from segqc.utils import look_up_option
 
 __all__ = ["compute_fingerprint", "plan_from_fingerprint", "Plan", "save_fingerprint", "load_fingerprint",

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from segqc.case import Case
-from segqc.errors import CaseError
-from segqc.io.layouts import CaseRef
+from segqc.data.case import Case
+from segqc.data.errors import CaseError
+from segqc.data.layouts import CaseRef
 
 __all__ = ["run_batch", "BatchSummary", "LocalEngine", "read_rows", "failure_reason", "per_case", "load_case",
            "score_loaded", "EXIT_OK", "EXIT_PARTIAL", "EXIT_ALL_FAILED", "EXIT_INTERRUPTED"]
@@ -97,7 +97,7 @@ class LocalEngine:
 
     An engine turns the cases to do into ``(ref, row)`` pairs, in their order; a row is the
     scorer's dict for a case, or the exception that case raised. ``make_scorer`` is called
-    once, where the scoring runs (here: this process; `segqc.ray_engine`: each actor).
+    once, where the scoring runs (here: this process; `segqc.engines.ray_engine`: each actor).
     """
 
     def __init__(self, batch_size: int = 1):
@@ -149,7 +149,7 @@ def run_batch(refs: Sequence[CaseRef], fn: Callable[[Case], dict] | None, out_cs
         resume: skip ids already in ``out_csv``; otherwise the file is overwritten.
         identity: what the rows depend on (bundle hash, options…), JSON-able; resuming
             a file written with another identity raises ValueError.
-        engine: `LocalEngine` (default) or `segqc.ray_engine.RayEngine`.
+        engine: `LocalEngine` (default) or `segqc.engines.ray_engine.RayEngine`.
     """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from segqc import __version__
-from segqc.calibration import DiceCalibrator
+from segqc.calibration.calibrator import DiceCalibrator
 from segqc.utils import sha256_file
 
 __all__ = ["KEY_ENV", "SCHEMA_VERSION", "BundleError", "QCBundle", "document_digest", "load_bundle", "save_bundle"]
@@ -76,7 +76,7 @@ class QCBundle:
     fingerprint: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)           # fit options, timings, validation figures
     default_method: str | None = None
-    fusion: object | None = None                       # segqc.fusion.Fusion over ≥ 2 methods
+    fusion: object | None = None                       # segqc.calibration.fusion.Fusion over ≥ 2 methods
 
     @property
     def tau(self) -> float:
@@ -334,7 +334,7 @@ def _method_class(folder: Path, name: str, entry: dict):
 
 
 def _build(doc: dict, folder: Path, methods: list[str] | None) -> QCBundle:
-    from segqc.fingerprint import Plan
+    from segqc.plan.fingerprint import Plan
 
     hashes = doc["sha256"]
     bundle = QCBundle(plan=_rebuild(folder, "the plan", Plan.from_dict, doc["plan"]), fingerprint=doc["fingerprint"],
@@ -351,7 +351,7 @@ def _build(doc: dict, folder: Path, methods: list[str] | None) -> QCBundle:
                                                 entry["calibration"])
     fusion = doc.get("fusion")
     if fusion and all(m in bundle.methods for m in fusion["members"]):
-        from segqc.fusion import FUSION, Fusion
+        from segqc.calibration.fusion import FUSION, Fusion
 
         bundle.fusion = _rebuild(folder, "the fusion", Fusion.from_state,
                                  _arrays(folder, "fusion.calib.safetensors", hashes), fusion)

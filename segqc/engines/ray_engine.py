@@ -7,7 +7,7 @@ The pipeline, streamed (cases flow through while the driver writes their rows):
    Data fuses this stage into the actors: each reads the cases it scores);
 3. a pool of scoring actors: each calls ``make_scorer()`` once (one copy of the bundle per
    actor, on its GPU with ``gpus_per_worker``) and scores ``batch_size`` cases per call;
-4. the driver: rows in the order of the refs, back to `segqc.batch.run_batch`, which writes
+4. the driver: rows in the order of the refs, back to `segqc.engines.batch.run_batch`, which writes
    the CSV as for the local engine (the actors write the map files themselves).
 
 Cases and answers cross Ray Data's Arrow blocks as pickled bytes (Arrow holds neither
@@ -22,10 +22,10 @@ import pickle
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
-from segqc.batch import failure_reason, load_case, score_loaded
-from segqc.case import Case
-from segqc.errors import CaseError
-from segqc.io.layouts import CaseRef
+from segqc.data.case import Case
+from segqc.data.errors import CaseError
+from segqc.data.layouts import CaseRef
+from segqc.engines.batch import failure_reason, load_case, score_loaded
 
 __all__ = ["RayEngine"]
 

@@ -71,7 +71,7 @@ class CrossFittedSegmenter:
 
         Args:
             data: per case ``(image_ms (C, Z, S, S), mask_ms (Z, S, S))``, the mask as label
-                indices 0..``n_labels`` (`segqc.labels.to_index`), not label values.
+                indices 0..``n_labels`` (`segqc.data.labels.to_index`), not label values.
             n_labels: foreground labels.
             case_ids: ids of ``data`` (to find a case's out-of-fold network later).
             snapshot_epochs: epochs after which each network predicts the cases it does

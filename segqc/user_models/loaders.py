@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segqc.models.base import MODEL_KINDS, Preprocessing, SegModel, TorchModel
+from segqc.user_models.base import MODEL_KINDS, Preprocessing, SegModel, TorchModel
 from segqc.utils import look_up_option, sha256_file
 
 __all__ = ["load_model", "load_monai", "OnnxModel", "model_ref", "models_from_refs"]

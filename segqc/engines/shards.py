@@ -34,7 +34,7 @@ def select_part(refs: Sequence, num_parts: int, part_id: int) -> list:
 
 def _read_part(folder: Path) -> dict:
     """A finished part's identity, run record, header and rows; refuses an unfinished or foreign folder."""
-    from segqc.batch import read_rows
+    from segqc.engines.batch import read_rows
 
     csv_path = folder / "predictions.csv"
     ident_path = folder / "predictions.resume.json"
@@ -73,7 +73,7 @@ def _check_parts(parts: list[dict]) -> int:
 
 def _listing_order(run: dict) -> dict[str, int] | None:
     """Position of each case id in the run's listing (the order a single run writes), if still listable."""
-    from segqc.io.layouts import load_dataset
+    from segqc.data.layouts import load_dataset
 
     opts = run.get("options", {})
     try:
@@ -120,7 +120,7 @@ def merge_parts(parts: Sequence[str | Path], out: str | Path) -> tuple[dict, dic
     Returns the merged counts and the dataset estimate (written to ``out/dataset.json``).
     """
     from segqc.api import write_dataset, write_run_record
-    from segqc.batch import format_row, write_identity
+    from segqc.engines.batch import format_row, write_identity
 
     started = time.time()
     out = Path(out)
@@ -161,7 +161,7 @@ def merge_parts(parts: Sequence[str | Path], out: str | Path) -> tuple[dict, dic
 
 
 def _bundle_tau(run: dict) -> float:
-    from segqc.bundle import load_bundle
+    from segqc.pipeline.bundle import load_bundle
 
     bundle = run.get("options", {}).get("bundle")
     if not bundle:

@@ -31,7 +31,7 @@ from itertools import combinations
 import numpy as np
 from scipy import ndimage
 
-from segqc.labels import to_labels
+from segqc.data.labels import to_labels
 from segqc.metrics import binary_dice
 from segqc.utils import look_up_option
 
@@ -154,7 +154,7 @@ def sample_probabilities(models: list, image: np.ndarray, *, source: str, n_samp
     """Samples of class probabilities, float32 ``(S, L + 1, *spatial)`` on the image's grid.
 
     Args:
-        models: `segqc.models.SegModel` list; ``mc_dropout`` and ``tta`` use the first,
+        models: `segqc.user_models.SegModel` list; ``mc_dropout`` and ``tta`` use the first,
             ``ensemble`` one pass of each (at least two).
         image: ``(C, *spatial)`` float32, the case's image as read.
         source: ``mc_dropout``, ``tta`` or ``ensemble``.
