@@ -22,6 +22,7 @@ import numpy as np
 from segqc.data import CaseRef, read_manifest
 from segqc.evaluation import auroc_fail, mae, pearson, spearman
 from segqc.methods.autoencoder import MaskAutoencoder
+from segqc.methods.base import FitContext
 from segqc.plan.fingerprint import compute_fingerprint, plan_from_fingerprint
 
 
@@ -55,7 +56,7 @@ def main() -> None:
     plan = plan_from_fingerprint(compute_fingerprint(fit_cases))
     params = {"n_threads": args.threads, **json.loads(args.params)}
     method = MaskAutoencoder(**params)
-    method.fit(fit_cases, plan, np.random.default_rng(0))
+    method.fit(fit_cases, plan, FitContext(rng=np.random.default_rng(0)))
     t_fit = time.perf_counter() - t
     print(f"plan: slice {plan.slice_size}, spacing {plan.target_spacing}; fit on {len(fit_cases)} masks "
           f"in {t_fit:.1f} s (training {method.history_['train_seconds']:.1f} s, "

@@ -10,16 +10,13 @@ again, and the Dice with the shipped prediction file is printed (1.000 = identic
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
+from common import SHARED, cases_csv, shipped_weights
 
 from segqc.data import read_manifest
 from segqc.metrics import dice
 from segqc.user_models import load_model
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-BENCH = SHARED / "benchmarks" / "kvasir"
 
 
 def main() -> None:
@@ -27,10 +24,9 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=10)
     ap.add_argument("--checkpoints", nargs="+", default=["unet_s0_ep100", "segresnet_s0_ep30", "unet_s0_ep1"])
     args = ap.parse_args()
-    refs = read_manifest(BENCH / "cases.csv", root=SHARED, mask_col="prediction", group_col="checkpoint")
+    refs = read_manifest(cases_csv("kvasir"), root=SHARED, mask_col="prediction", group_col="checkpoint")
     for checkpoint in args.checkpoints:
-        model_name, ep = checkpoint.rsplit("_ep", 1)
-        model = load_model(BENCH / "models" / model_name / f"ep{int(ep):02d}.pt", "monai", device="cpu")
+        model = load_model(shipped_weights(checkpoint, "kvasir"), "monai", device="cpu")
         rows = [r for r in refs if r.group == checkpoint][:args.rows]
         scores = []
         for ref in rows:

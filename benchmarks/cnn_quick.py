@@ -23,6 +23,7 @@ import numpy as np
 
 from segqc.data import CaseRef, read_manifest
 from segqc.evaluation import auroc_fail, mae, pearson, spearman
+from segqc.methods.base import FitContext
 from segqc.methods.cnn import CNNRegressor
 from segqc.plan.fingerprint import compute_fingerprint, plan_from_fingerprint
 
@@ -57,7 +58,8 @@ def main() -> None:
     method = CNNRegressor(**params)
     epochs_done = []
     t = time.perf_counter()
-    method.fit(cases, plan, np.random.default_rng(args.seed), progress=lambda: epochs_done.append(time.perf_counter()))
+    method.fit(cases, plan, FitContext(rng=np.random.default_rng(args.seed),
+                                       progress=lambda msg: epochs_done.append(time.perf_counter())))
     t_fit = time.perf_counter() - t
     for h in method.history_:
         print(f"epoch {h['epoch']}: mse {h['mse']:.4f} loss {h['loss']:.4f} ({h['samples']} samples, {h['seconds']}s)")

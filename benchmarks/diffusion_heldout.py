@@ -24,6 +24,7 @@ DATA = {"kvasir": "data/kvasir-seg", "hippocampus": "data/hippocampus"}
 
 def main() -> None:
     from segqc.data import load_dataset
+    from segqc.methods.base import FitContext
     from segqc.methods.diffusion_ensemble import DiffusionEnsemble
     from segqc.metrics import dice
     from segqc.plan.fingerprint import compute_fingerprint, plan_from_fingerprint
@@ -45,8 +46,8 @@ def main() -> None:
     cases = [r.load() for r in refs]
     fit, held = cases[:-args.held_out], cases[-args.held_out:]
     plan = plan_from_fingerprint(compute_fingerprint(fit))
-    m = DiffusionEnsemble(max_minutes=args.minutes, prediction=args.prediction, n_threads=args.threads,
-                          device="cpu").fit(fit, plan, np.random.default_rng(args.seed), progress=print)
+    m = DiffusionEnsemble(max_minutes=args.minutes, prediction=args.prediction, n_threads=args.threads)
+    m.fit(fit, plan, FitContext(rng=np.random.default_rng(args.seed), device="cpu", progress=print))
     print(f"{m.train_steps_done_} training steps, final loss {m.final_loss_:.4f}")
     for steps in args.ddim_steps:
         m.ddim_steps = steps

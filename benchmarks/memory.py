@@ -23,8 +23,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import sample_data_dir
 
-SAMPLE = Path(__file__).resolve().parents[1] / "segqc" / "sample_data" / "hippocampus"
+SAMPLE = sample_data_dir() / "hippocampus"
 
 
 def _fit(out: Path, methods: list[str]) -> Path:

@@ -6,23 +6,21 @@ Prints the largest |ΔDice| and |ΔHD95| (mm) between segqc and MONAI's
 `compute_dice` / `compute_hausdorff_distance(percentile=95, spacing=…)`, per label.
 """
 
-import sys
+import argparse
 import time
-from pathlib import Path
 
 import numpy as np
-import torch
-from monai.metrics import compute_dice, compute_hausdorff_distance
-
-from segqc import metrics
-from segqc.data import read_manifest
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+from common import DATASETS, SHARED, cases_csv
 
 
-def main(dataset: str) -> None:
-    refs = read_manifest(SHARED / "benchmarks" / dataset / "cases.csv", root=SHARED, mask_col="prediction",
-                         truth_col="ground_truth")
+def crosscheck(dataset: str) -> None:
+    import torch
+    from monai.metrics import compute_dice, compute_hausdorff_distance
+
+    from segqc import metrics
+    from segqc.data import read_manifest
+
+    refs = read_manifest(cases_csv(dataset), root=SHARED, mask_col="prediction", truth_col="ground_truth")
     labels = [1, 2] if dataset == "hippocampus" else [1]
     n = len(labels) + 1
     worst_d = worst_h = 0.0
@@ -51,5 +49,11 @@ def main(dataset: str) -> None:
           f"max |dHD95| = {worst_h:.2e} mm; time segqc {t_segqc:.1f} s, MONAI {t_monai:.1f} s")
 
 
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("dataset", nargs="?", choices=DATASETS, default="hippocampus")
+    crosscheck(ap.parse_args().dataset)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "hippocampus")
+    main()

@@ -17,8 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+from common import DATASETS, SHARED, add_threads_option, cases_csv, set_threads
 
 
 def main() -> None:
@@ -27,20 +26,17 @@ def main() -> None:
     from segqc.pipeline.bundle import load_bundle
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("dataset", choices=["kvasir", "hippocampus"])
+    ap.add_argument("dataset", choices=DATASETS)
     ap.add_argument("bundle", type=Path)
     ap.add_argument("--checkpoint", default=None, help="rows of this checkpoint (default: the deployed model)")
     ap.add_argument("--methods", nargs="+", default=None, help="default: every method of the bundle")
     ap.add_argument("--limit", type=int, default=None, help="a seeded random subset of those rows")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
+    add_threads_option(ap, default=1)
     ap.add_argument("--out", type=Path, default=None, help="also write the results as JSON")
     args = ap.parse_args()
-    import torch
-
-    torch.set_num_threads(args.threads)
-    bench = SHARED / "benchmarks" / args.dataset
-    refs = read_manifest(bench / "cases.csv", root=SHARED, mask_col="prediction", truth_col="ground_truth")
+    set_threads(args.threads)
+    refs = read_manifest(cases_csv(args.dataset), root=SHARED, mask_col="prediction", truth_col="ground_truth")
     pick = [i for i, r in enumerate(refs) if (r.extra["checkpoint"] == args.checkpoint if args.checkpoint
                                               else r.extra["is_deployed"] == "True")]
     if not pick:

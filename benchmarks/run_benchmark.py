@@ -18,70 +18,71 @@ import json
 import time
 from pathlib import Path
 
-from segqc import api
-from segqc.cli import _param, _print_bench
-from segqc.data import read_manifest
-from segqc.pipeline.bundle import load_bundle
+from common import (
+    DATASETS,
+    SHARED,
+    add_set_option,
+    add_threads_option,
+    cases_csv,
+    data_dir,
+    method_params,
+    read_split,
+    set_threads,
+)
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-DATA = {"kvasir": SHARED / "data/kvasir-seg", "hippocampus": SHARED / "data/hippocampus"}
+from segqc import api
+from segqc.data import read_manifest
+from segqc.evaluation.tables import print_bench
+from segqc.pipeline.bundle import load_bundle
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("dataset", choices=sorted(DATA))
+    ap.add_argument("dataset", choices=DATASETS)
     ap.add_argument("--methods", nargs="+", default=["features"])
     ap.add_argument("--out", type=Path, default=Path("runs/bench"))
     ap.add_argument("--limit", type=int, default=None, help="judge a random subset of rows (quick look)")
     ap.add_argument("--refit", action="store_true", help="fit again even if the bundle exists")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--set", dest="params", action="append", type=_param, default=[], metavar="METHOD.PARAM=VALUE",
-                    help="override a method parameter, as in `segqc fit --set` (repeatable)")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch CPU threads (1 is fastest when other jobs share the cores)")
+    add_set_option(ap)
+    add_threads_option(ap)
     args = ap.parse_args()
-    if args.threads:
-        import torch
+    set_threads(args.threads)
+    params = method_params(args.params)
 
-        torch.set_num_threads(args.threads)
-    params: dict = {}
-    for method, name, value in args.params:
-        params.setdefault(method, {})[name] = value
-
-    bench_dir = SHARED / "benchmarks" / args.dataset
-    split = json.loads((bench_dir / "split.json").read_text())
+    cases = cases_csv(args.dataset)
+    split = read_split(args.dataset)
     out = args.out / args.dataset
     bundle_dir = out / "bundle"
     timings = {}
     if args.refit or not (bundle_dir / "bundle.json").exists():
         t0 = time.time()
-        api.fit(reference=DATA[args.dataset], out=bundle_dir, methods=args.methods, ids=split["reference"],
+        api.fit(reference=data_dir(args.dataset), out=bundle_dir, methods=args.methods, ids=split["reference"],
                 device=args.device, seed=args.seed, method_params=params)
         timings["fit_total_s"] = round(time.time() - t0, 1)
     bundle = load_bundle(bundle_dir)
     timings["fit_per_method_s"] = {m: v["fit_seconds"] for m, v in bundle.info["fit"].items() if "fit_seconds" in v}
     # a guard against leakage: no benchmark row may come from a case the bundle was fitted on
     seen = set(bundle.info["fit_ids"]) | set(bundle.info["calibration_ids"])
-    rows = read_manifest(bench_dir / "cases.csv", root=SHARED)
+    rows = read_manifest(cases, root=SHARED)
     leaked = {r.extra["source_id"] for r in rows} & seen
     if leaked:
         raise SystemExit(f"benchmark rows overlap the fitting cases: {sorted(leaked)[:5]}")
     t0 = time.time()
-    result = api.bench(bundle=bundle_dir, cases=bench_dir / "cases.csv", root=SHARED, out=out / "bench",
+    result = api.bench(bundle=bundle_dir, cases=cases, root=SHARED, out=out / "bench",
                        limit=args.limit, seed=args.seed)  # every method of the bundle, and their fusion
     # per-method predict time on a few cases (each method alone)
-    sample = read_manifest(bench_dir / "cases.csv", root=SHARED, mask_col="prediction")[:20]
-    cases = [r.load() for r in sample]
+    sample = [r.load() for r in read_manifest(cases, root=SHARED, mask_col="prediction")[:20]]
     for m in args.methods:
         t1 = time.time()
-        for c in cases:
+        for c in sample:
             bundle.methods[m].score(c)
-        timings.setdefault("predict_s_per_case", {})[m] = round((time.time() - t1) / len(cases), 3)
+        timings.setdefault("predict_s_per_case", {})[m] = round((time.time() - t1) / len(sample), 3)
     timings["bench_total_s"] = round(time.time() - t0, 1)
     result["timings"] = timings
     (out / "bench" / "bench.json").write_text(json.dumps(result, indent=1))
-    _print_bench(result)
+    print_bench(result)
     print(json.dumps(timings, indent=1))
     for m, res in result["methods"].items():
         print(m, "dataset level:", {k: (round(v["mean_dice"], 3), round(v["true_mean_dice"], 3))

@@ -5,8 +5,9 @@ every method that needs no user model with the tiny settings of `tests/test_meth
 3 embedded reference cases
 (Kvasir and hippocampus), then scores 6 candidates (3 other reference cases, their
 expert mask and a shifted one). Prints the largest difference of raw Dice per label and
-of the maps' sums between the two versions — for two fits (old fit vs new fit) and for
-one fit scored twice (old state loaded by the new code).
+of the maps' sums between the two versions — for two fits (old fit vs new fit), the new
+fit saved and reloaded, and one fit scored twice (the old state loaded by the new code,
+where the state format is the same).
 
     .venv/bin/python benchmarks/same_answers.py e2cee7c
 """
@@ -29,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 def _tiny() -> dict:
     """The tiny settings of the method tests, for every method that needs no user model."""
     sys.path.insert(1, str(REPO / "tests"))  # after the code under test: its segqc is the one imported
-    from test_methods import TINY
+    from tiny_settings import TINY
 
     return {name: params for name, params in TINY.items() if name != "model_uncertainty"}
 
@@ -38,9 +39,14 @@ def run(code: Path, mode: str, states: Path) -> dict:
     """With the segqc at ``code``: ``fit`` (fit, save states, score) or ``load`` (load states, score)."""
     sys.path.insert(0, str(code))
     import segqc
-    from segqc.data import load_dataset
     from segqc.methods import make_method
-    from segqc.plan.fingerprint import compute_fingerprint, plan_from_fingerprint
+
+    try:  # the layout of issue 13, or the one before it
+        from segqc.data import load_dataset
+        from segqc.plan.fingerprint import compute_fingerprint, plan_from_fingerprint
+    except ImportError:
+        from segqc.fingerprint import compute_fingerprint, plan_from_fingerprint
+        from segqc.io import load_dataset
 
     if not Path(segqc.__file__).resolve().is_relative_to(code.resolve()):
         raise SystemExit(f"imported {segqc.__file__}, not the segqc of {code}")
@@ -51,11 +57,13 @@ def run(code: Path, mode: str, states: Path) -> dict:
         for name, params in tiny.items():
             key = f"{data}-{name}"
             if mode == "fit":
-                method = make_method(name, **params).fit(cases[:3], plan, np.random.default_rng(0))
+                method = _fit(make_method, name, params, cases[:3], plan)
                 (states / f"{key}.pkl").write_bytes(pickle.dumps(method.state()))
             else:
                 arrays, config = pickle.loads((states / f"{key}.pkl").read_bytes())
-                method = type(make_method(name)).from_state(arrays, config)
+                cls = type(make_method(name))
+                method = (cls.from_state(arrays, config, plan) if _new_contract() else
+                          cls.from_state(arrays, config))
             scores[key] = []
             for c in cases[3:]:
                 for mask in (c.mask, np.roll(c.mask, 3, axis=-1)):
@@ -63,6 +71,26 @@ def run(code: Path, mode: str, states: Path) -> dict:
                     scores[key].append({"dice": {str(k): float(v) for k, v in s.dice.items()},
                                         "maps": {k: float(np.asarray(v, float).sum()) for k, v in s.maps.items()}})
     return scores
+
+
+def _new_contract() -> bool:
+    """Whether the imported segqc has the method contract of issue 13 (`FitContext`)."""
+    import segqc.methods.base as base
+
+    return hasattr(base, "FitContext")
+
+
+def _fit(make_method, name: str, params: dict, cases, plan):
+    """Fit with either contract: ``fit(cases, plan, FitContext)`` now, ``fit(cases, plan, rng)`` before."""
+    rng = np.random.default_rng(0)
+    if _new_contract():
+        from segqc.methods.base import FitContext
+
+        return make_method(name, **params).fit(cases, plan, FitContext(rng=rng, device="cpu"))
+    old = dict(params)
+    if "device" in make_method(name).get_params():
+        old["device"] = "cpu"
+    return make_method(name, **old).fit(cases, plan, rng)
 
 
 def _diff(a: dict, b: dict) -> dict:
@@ -93,17 +121,22 @@ def main() -> None:
             me = [sys.executable, __file__, "--worker"]
             subprocess.run([*me, str(old), "fit", str(old_dir)], check=True, cwd=old)
             subprocess.run([*me, str(REPO), "fit", str(new_dir)], check=True, cwd=REPO)
-            subprocess.run([*me, str(REPO), "load", str(old_dir)], check=True, cwd=REPO)
+            # the old state in the new code: only where the state format did not change
+            cross = subprocess.run([*me, str(REPO), "load", str(old_dir)], cwd=REPO).returncode == 0
+            subprocess.run([*me, str(REPO), "load", str(new_dir)], check=True, cwd=REPO)
         finally:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(old)], check=False)
         old_fit = json.loads((old_dir / "scores_fit.json").read_text())
         fits = _diff(old_fit, json.loads((new_dir / "scores_fit.json").read_text()))
-        loads = _diff(old_fit, json.loads((old_dir / "scores_load.json").read_text()))
-    print("| data-method | old fit vs new fit: max abs. Δ Dice / Δ map sum | old state, new code: "
-          "max abs. Δ Dice / Δ map sum |\n|---|---|---|")
+        reloads = _diff(old_fit, json.loads((new_dir / "scores_load.json").read_text()))
+        loads = _diff(old_fit, json.loads((old_dir / "scores_load.json").read_text())) if cross else {}
+    print("| data-method | old fit vs new fit | old fit vs new fit saved and reloaded | old state, new code |\n"
+          "|---|---|---|---|")
     for key in fits:
-        print(f"| {key} | {fits[key][0]:.1e} / {fits[key][1]:.1e} | {loads[key][0]:.1e} / {loads[key][1]:.1e} |")
-
+        cells = [f"{d[key][0]:.1e} / {d[key][1]:.1e}" if key in d else "n/a (state format changed)"
+                 for d in (fits, reloads, loads)]
+        print(f"| {key} | " + " | ".join(cells) + " |")
+    print("(each cell: max abs. Δ raw Dice / max abs. Δ map sum)")
 
 if __name__ == "__main__":
     main()

@@ -35,10 +35,9 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+from common import add_threads_option, data_dir, read_split, set_threads, shipped_weights
 from PIL import Image, ImageDraw, ImageFilter
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-BENCH = SHARED / "benchmarks" / "kvasir"
 DEFAULT_CHECKPOINTS = ["unet_s0_ep100", "unet_s1_ep100", "segresnet_s0_ep30", "unet_s0_ep8"]
 
 
@@ -99,11 +98,7 @@ def apply_site(image: Image.Image, mask: Image.Image, p: dict, case_seed: int) -
 def _load_models(checkpoints: list[str]) -> dict:
     from segqc.user_models import load_model
 
-    models = {}
-    for ck in checkpoints:
-        name, ep = ck.rsplit("_ep", 1)
-        models[ck] = load_model(BENCH / "models" / name / f"ep{int(ep):02d}.pt", "monai", device="cpu")
-    return models
+    return {ck: load_model(shipped_weights(ck, "kvasir"), "monai", device="cpu") for ck in checkpoints}
 
 
 def build_site(p: dict, ids: list[str], models: dict, out: Path, progress) -> list[dict]:
@@ -116,8 +111,8 @@ def build_site(p: dict, ids: list[str], models: dict, out: Path, progress) -> li
     rows = []
     for k, cid in enumerate(ids):
         img_path, mask_path = site / "images" / f"{cid}.jpg", site / "masks" / f"{cid}.png"
-        src_img = SHARED / "data" / "kvasir-seg" / "images" / f"{cid}.jpg"
-        src_mask = SHARED / "data" / "kvasir-seg" / "masks" / f"{cid}.png"
+        src_img = data_dir("kvasir") / "images" / f"{cid}.jpg"
+        src_mask = data_dir("kvasir") / "masks" / f"{cid}.png"
         if not (img_path.exists() and mask_path.exists()):
             mask = Image.open(src_mask).convert("L")
             if p["severity"] == 0:  # the unchanged site: the very files (a JPEG saved again would differ)
@@ -196,7 +191,7 @@ def analyse(bench_dir: Path, method: str) -> None:
 
 
 def main() -> None:
-    from rich.progress import Progress
+    from segqc.ui import progress
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sites", type=int, default=8, help="number of sites, severity 0 (s0) to 1 (last)")
@@ -207,20 +202,19 @@ def main() -> None:
     ap.add_argument("--analyse", type=Path, default=None, metavar="BENCH_DIR",
                     help="instead of building: the figures of a `segqc bench` folder run on this benchmark")
     ap.add_argument("--method", default="features", help="with --analyse: the method to report")
+    add_threads_option(ap, default=1, help="torch CPU threads of the shipped networks")
     args = ap.parse_args()
     if args.analyse:
         analyse(args.analyse, args.method)
         return
-    import torch
-
-    torch.set_num_threads(1)
-    ids = sorted(json.loads((BENCH / "split.json").read_text())["test"])[:args.limit]
+    set_threads(args.threads)
+    ids = sorted(read_split("kvasir")["test"])[:args.limit]
     sites = [draw_site(i, args.sites, args.seed) for i in range(args.sites)]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "sites.json").write_text(json.dumps(sites, indent=1))
     models = _load_models(args.checkpoints)
     rows = []
-    with Progress() as bar:
+    with progress(remaining=True) as bar:
         task = bar.add_task("sites × test images", total=len(sites) * len(ids))
         for p in sites:
             rows += build_site(p, ids, models, args.out, lambda: bar.advance(task))

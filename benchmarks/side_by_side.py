@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from common import bench_image_id
 
 from segqc import evaluation as ev
 
@@ -27,18 +28,13 @@ def _methods(header: list[str]) -> list[str]:
     return [c[:-5] for c in header if c.endswith("_dice") and c != "dice_true" and f"{c[:-5]}_p_pass" in header]
 
 
-def _image_id(row: dict) -> str:
-    """The benchmark image of a bench.csv row (files written before `source_id` existed: the id before '#')."""
-    return row.get("source_id") or row["case_id"].split("#")[0]
-
-
 def load_runs(paths: list[Path]) -> tuple[list[tuple[str, str]], dict[str, dict], dict]:
     """Rows common to all runs (ok in each) → keys, {method: {pred, p_pass}}, {true, group, deployed}."""
     tables, methods = [], {}
     for path in paths:
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
-            rows = {(_image_id(r), r["group"]): r for r in reader if r["status"] == "ok"}
+            rows = {(bench_image_id(r), r["group"]): r for r in reader if r["status"] == "ok"}
             names = _methods(reader.fieldnames or [])
         tables.append(rows)
         for m in names:

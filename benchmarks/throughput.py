@@ -30,7 +30,9 @@ import sys
 import time
 from pathlib import Path
 
-SAMPLE = Path(__file__).resolve().parents[1] / "segqc" / "sample_data"
+from common import add_threads_option, sample_data_dir
+
+SAMPLE = sample_data_dir()
 SMALL = {  # small but real fits: the throughput of scoring does not depend on how long nets trained
     "features": {"pairs_per_case": 4, "n_estimators": 200},
     "cnn": {"epochs": 3},
@@ -114,7 +116,7 @@ def main() -> None:
     ap.add_argument("--configs", nargs="+", default=["local", "ray:1", "ray:2", "parts:2"])
     ap.add_argument("--device", default="cpu", help="cpu or cuda: where the bundle is fitted and scores")
     ap.add_argument("--batch-size", type=int, default=None, help="predict --batch-size (default: segqc's)")
-    ap.add_argument("--threads", type=int, default=1, help="torch / OpenMP threads per process")
+    add_threads_option(ap, default=1, help="torch / OpenMP threads per process")
     ap.add_argument("--out", type=Path, default=Path("runs/throughput"))
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)

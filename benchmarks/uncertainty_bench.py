@@ -36,17 +36,22 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import (
+    DATA,
+    SHARED,
+    add_threads_option,
+    bench_image_id,
+    cases_csv,
+    data_dir,
+    read_split,
+    set_threads,
+    shipped_weights,
+)
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-BENCH = SHARED / "benchmarks" / "kvasir"
+CASES = cases_csv("kvasir")
 FINALS = ["unet_s0_ep100", "unet_s1_ep100", "unet_s2_ep100", "segresnet_s0_ep30"]
 PARTNERS = ["unet_s0_ep100", "unet_s1_ep100", "unet_s2_ep100"]
 DEPLOYED = "unet_s0_ep100"
-
-
-def _weights(checkpoint: str) -> Path:
-    model, ep = checkpoint.rsplit("_ep", 1)
-    return BENCH / "models" / model / f"ep{int(ep):02d}.pt"
 
 
 class Models:
@@ -59,7 +64,7 @@ class Models:
         from segqc.user_models import load_model
 
         if checkpoint not in self.cache:
-            self.cache[checkpoint] = load_model(_weights(checkpoint), "monai", device=self.device)
+            self.cache[checkpoint] = load_model(shipped_weights(checkpoint, "kvasir"), "monai", device=self.device)
         return self.cache[checkpoint]
 
 
@@ -92,17 +97,17 @@ def row_features(models: Models, checkpoint: str, image: np.ndarray, candidate: 
 
 def _rows(args) -> list[dict]:
     """Work list: reference-pool rows (model prediction made here) and test rows (shipped prediction)."""
-    split = json.loads((BENCH / "split.json").read_text())
+    split = read_split("kvasir")
     rng = np.random.default_rng(args.seed)
     ref_ids = sorted(rng.choice(sorted(split["reference"]), size=min(args.n_ref, len(split["reference"])),
                                 replace=False).tolist())
     out = []
-    ckpts_ref = sorted({r["checkpoint"] for r in csv.DictReader(open(BENCH / "cases.csv"))})
+    ckpts_ref = sorted({r["checkpoint"] for r in csv.DictReader(open(CASES))})
     for cid in ref_ids:
         for ck in ckpts_ref:
             out.append({"role": "ref", "case_id": cid, "checkpoint": ck,
-                        "image": f"data/kvasir-seg/images/{cid}.jpg", "truth": f"data/kvasir-seg/masks/{cid}.png"})
-    test = [r for r in csv.DictReader(open(BENCH / "cases.csv")) if r["checkpoint"] in args.checkpoints]
+                        "image": f"{DATA['kvasir']}/images/{cid}.jpg", "truth": f"{DATA['kvasir']}/masks/{cid}.png"})
+    test = [r for r in csv.DictReader(open(CASES)) if r["checkpoint"] in args.checkpoints]
     if set(ref_ids) & {r["case_id"] for r in test}:
         raise SystemExit("reference and test ids overlap")
     if args.limit:
@@ -116,12 +121,10 @@ def _rows(args) -> list[dict]:
 
 
 def extract(args) -> None:
-    import torch
-
     from segqc.data.images import read_image, read_mask
     from segqc.metrics import binary_dice
 
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "features.csv"
     done = set()
@@ -262,7 +265,7 @@ def _compare(args, test: dict, subsets: dict, preds: dict) -> dict:
     for path in args.compare:
         rows = [r for r in csv.DictReader(open(path)) if r["status"] == "ok"]
         for r in rows:  # repeated ids are made unique by `segqc bench`; source_id is the one in cases.csv
-            r["case_id"] = r.get("source_id") or r["case_id"].split("#")[0]
+            r["case_id"] = bench_image_id(r)
         methods = [c[:-5] for c in rows[0] if c.endswith("_dice") and c != "dice_pred" and not c.startswith("dice")]
         for sub, mask in subsets.items():
             hits = [(key_idx[(r["case_id"], r["group"])], r) for r in rows
@@ -311,22 +314,21 @@ def segqc_bench(args) -> dict:
     from segqc import api
     from segqc.user_models import load_model
 
-    split = json.loads((BENCH / "split.json").read_text())
-    ids = sorted(split["reference"])
+    ids = sorted(read_split("kvasir")["reference"])
     if args.n_ref < len(ids):  # a seeded subset of the reference ids (CPU time)
         ids = sorted(np.random.default_rng(args.seed).choice(ids, size=args.n_ref, replace=False).tolist())
     out = args.out / "segqc_bench"
-    paths = [BENCH / "models" / m for m in ("unet_s0", "unet_s1", "unet_s2")]
+    paths = [shipped_weights(m).parent for m in ("unet_s0_ep100", "unet_s1_ep100", "unet_s2_ep100")]
     models = [load_model(p, "monai", device=args.device) for p in paths]
     bundle = out / "bundle"
     t0 = time.time()
     if not (bundle / "bundle.json").exists():
         # model_failures=False: segqc's own reference segmenter is not needed by this method
-        api.fit(reference=SHARED / "data/kvasir-seg", out=bundle, methods=["model_uncertainty"],
+        api.fit(reference=data_dir("kvasir"), out=bundle, methods=["model_uncertainty"],
                 ids=ids, device=args.device, seed=args.seed, model_failures=False, models=models,
                 method_params={"model_uncertainty": {"n_samples": args.n_samples, "n_threads": args.threads}})
     fit_s = time.time() - t0
-    rows = [r for r in csv.DictReader(open(BENCH / "cases.csv")) if r["checkpoint"] == DEPLOYED]
+    rows = [r for r in csv.DictReader(open(CASES)) if r["checkpoint"] == DEPLOYED]
     cases = out / "deployed_cases.csv"
     with open(cases, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -369,7 +371,7 @@ def main() -> None:
     ap.add_argument("--maps", type=int, default=5, help="save uncertainty maps of this many deployed rows")
     ap.add_argument("--tau", type=float, default=0.8)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=1)
+    add_threads_option(ap, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--analyse-only", action="store_true")
     ap.add_argument("--markdown", action="store_true", help="also print README tables")

@@ -14,15 +14,24 @@ import sys
 from pathlib import Path
 
 from segqc import __version__
+from segqc.cli_options import method_params, parse_param
 from segqc.data.layouts import LAYOUTS
 from segqc.engines.batch import EXIT_ALL_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from segqc.methods import METHODS
+from segqc.user_models import MODEL_KINDS
+
+__all__ = ["build_parser", "main"]
+
+
+def _layout(p: argparse.ArgumentParser) -> None:
+    """``--layout``, the same for every command that reads a dataset."""
+    p.add_argument("--layout", choices=LAYOUTS, default="auto",
+                   help="dataset layout: nnunet (imagesTr/<id>_0000 + labelsTr), msd, flat (images/ + masks/ with "
+                        "matching names) or csv (manifest case_id,image,mask[,truth,group]); auto: detect")
 
 
 def _common_data(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("--layout", choices=LAYOUTS, default="auto",
-                   help="dataset layout: nnunet (imagesTr/<id>_0000 + labelsTr), msd, flat (images/ + masks/ with "
-                        "matching names) or csv (manifest case_id,image,mask[,truth,group]); default: detect")
+    _layout(p)
     p.add_argument("--masks", type=Path, default=None,
                    help=f"folder of {what} masks named like the images (overrides the dataset's own labels)")
 
@@ -31,7 +40,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", dest="models", action="append", type=Path, default=[], metavar="PATH",
                    help="the segmentation model whose masks are judged, for methods that need it "
                         "(model_uncertainty); repeat for an ensemble, the first is the one that made the masks")
-    p.add_argument("--model-kind", choices=["monai", "torchscript", "onnx"], default="monai",
+    p.add_argument("--model-kind", choices=MODEL_KINDS, default="monai",
                    help="format of --model: monai (folder or weights file beside a config.json of class + kwargs), "
                         "torchscript or onnx (preprocessing from a <file>.json beside it)")
 
@@ -42,19 +51,6 @@ def _load_models(args):
     from segqc.user_models import load_model
 
     return [load_model(p, args.model_kind, device=getattr(args, "device", "auto")) for p in args.models]
-
-
-def _param(text: str) -> tuple[str, str, object]:
-    try:
-        key, value = text.split("=", 1)
-        method, name = key.split(".", 1)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected METHOD.PARAM=VALUE, got {text!r}") from None
-    try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError:
-        parsed = value
-    return method, name, parsed
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,13 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="QC methods to fit (small demo settings; more methods take longer)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch and LightGBM CPU threads (None: all cores; 1 on a machine shared with other jobs)")
+    p.set_defaults(func=_demo)
 
     p = sub.add_parser("fingerprint", formatter_class=fmt,
                        help="measure a reference dataset and plan its preprocessing (fingerprint.json, plan.json)")
     p.add_argument("data", type=Path, help="dataset folder or CSV manifest with expert masks")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--max-slice-size", type=int, default=128, help="largest model-space slice side in voxels")
-    p.add_argument("--layout", choices=LAYOUTS, default="auto", help="dataset layout (default: detect)")
+    _layout(p)
+    p.set_defaults(func=_fingerprint)
 
     p = sub.add_parser("metrics", formatter_class=fmt,
                        help="true Dice and HD95 (mm) per label of candidate masks against expert masks")
@@ -91,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", type=int, nargs="*", default=None, help="labels to measure (default: those in truth)")
     p.add_argument("--no-resume", action="store_true", help="start over instead of skipping cases already done")
     _common_data(p, "candidate")
+    p.set_defaults(func=_metrics)
 
     p = sub.add_parser("evaluate", formatter_class=fmt,
                        help="how accurate are QC predictions? r, MAE, AUROC/AUPR for Dice < tau, AURC, ECE + plots")
@@ -101,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--p-col", default=None, help="column of P(Dice >= tau) for the calibration error")
     p.add_argument("--group-col", default="group", help="column to evaluate per group (model, checkpoint, site)")
     p.add_argument("--tau", type=float, default=0.8, help="Dice below which a segmentation is a failure")
+    p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("fit", formatter_class=fmt,
                        help="fit QC methods on reference cases with expert masks → a bundle folder")
@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="JSON list of reference ids to use (or a split.json: its 'reference' list)")
     p.add_argument("--extra-pairs", type=Path, default=None,
                    help="CSV manifest (case_id,image,mask,truth) of your own model's predictions on reference cases")
-    p.add_argument("--set", dest="params", action="append", type=_param, default=[], metavar="METHOD.PARAM=VALUE",
+    p.add_argument("--set", dest="params", action="append", type=parse_param, default=[], metavar="METHOD.PARAM=VALUE",
                    help="override a method parameter, e.g. --set cnn.epochs=4 (repeatable)")
     p.add_argument("--max-slice-size", type=int, default=128, help="largest model-space slice side in voxels")
     p.add_argument("--no-fusion", action="store_true",
@@ -124,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (splits, bad masks, networks)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     _model_args(p)
-    _common_layout(p)
+    _layout(p)
+    p.set_defaults(func=_fit)
 
     p = sub.add_parser("predict", formatter_class=fmt,
                        help="judge candidate masks with a bundle → predictions.csv, dataset.json, maps")
@@ -153,12 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="split the cases into this many parts (one per Slurm / Kubernetes task); join with "
                         "`segqc merge`")
     g.add_argument("--part-id", type=int, default=0, help="which part this run judges, 0..num-parts-1")
+    p.set_defaults(func=_predict)
 
     p = sub.add_parser("merge", formatter_class=fmt,
                        help="join the output folders of `predict --num-parts K --part-id i` into one")
     p.add_argument("parts", type=Path, nargs="+", help="the K part folders (e.g. qc_part_*)")
     p.add_argument("--out", type=Path, required=True, help="output folder: the merged predictions, maps, "
                                                           "dataset.json (from all cases) and run.json")
+    p.set_defaults(func=_merge)
 
     p = sub.add_parser("bench", formatter_class=fmt,
                        help="all methods of a bundle on a benchmark cases.csv with true Dice, side by side")
@@ -172,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="evaluate a random subset of this many rows")
     _model_args(p)
     p.add_argument("--no-resume", action="store_true", help="start over instead of skipping rows already done")
+    p.set_defaults(func=_bench)
 
     p = sub.add_parser("report", formatter_class=fmt,
                        help="one self-contained HTML report of a predict (or bench) output folder, to review cases")
@@ -184,13 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "None: 112, smaller beyond 1,000 cases")
     p.add_argument("--title", default=None, help="title of the report; None: named after QC_DIR")
     _common_data(p, "candidate")
+    p.set_defaults(func=_report)
 
-    sub.add_parser("methods", help="list the QC methods")
+    sub.add_parser("methods", help="list the QC methods").set_defaults(func=_methods)
     return parser
-
-
-def _common_layout(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--layout", choices=LAYOUTS, default="auto", help="dataset layout (default: detect)")
 
 
 def _read_ids(path: Path | None):
@@ -200,93 +201,115 @@ def _read_ids(path: Path | None):
     return doc["reference"] if isinstance(doc, dict) else doc
 
 
-def _print_eval(result: dict, title: str) -> None:
-    from rich.console import Console
+def _methods(args) -> int:
+    for name, target in METHODS.items():
+        print(f"{name:14s} {target}")
+    return EXIT_OK
 
-    from segqc.evaluation import format_table
 
-    table = format_table(result)
-    table.title = title
-    Console().print(table)
+def _demo(args) -> int:
+    from segqc.demo import run_demo
+
+    return run_demo(out=args.out, dataset=args.dataset, device=args.device, methods=tuple(args.methods),
+                    n_threads=args.threads)
+
+
+def _fingerprint(args) -> int:
+    from segqc import api
+
+    fp, plan, failed = api.fingerprint_dataset(data=args.data, out=args.out, layout=args.layout,
+                                               max_slice_size=args.max_slice_size)
+    print(json.dumps(plan.to_dict(), indent=1))
+    return 3 if failed else EXIT_OK
+
+
+def _metrics(args) -> int:
+    from segqc import api
+
+    s = api.compute_metrics(data=args.data, out=args.out, layout=args.layout, masks=args.masks,
+                            truth=args.labels, resume=not args.no_resume)
+    print(f"{s.n_done} cases measured, {s.n_failed} failed, {s.n_skipped} already done → {s.out_csv}")
+    return s.exit_code
+
+
+def _evaluate(args) -> int:
+    from segqc import api
+    from segqc.evaluation.tables import print_eval
+
+    result = api.evaluate_csv(table=args.table, out=args.out, pred_col=args.pred_col, true_col=args.true_col,
+                              p_col=args.p_col, group_col=args.group_col, tau=args.tau)
+    print_eval(result, f"QC accuracy (tau = {args.tau})")
+    print(f"written to {args.out}")
+    return EXIT_OK
+
+
+def _fit(args) -> int:
+    from segqc import api
+
+    api.fit(reference=args.reference, out=args.out, methods=args.methods, layout=args.layout, tau=args.tau,
+            coverage=args.coverage, calibration_fraction=args.calibration_fraction, seed=args.seed,
+            device=args.device, max_slice_size=args.max_slice_size, method_params=method_params(args.params),
+            extra_pairs=args.extra_pairs, ids=_read_ids(args.ids), models=_load_models(args),
+            fuse=not args.no_fusion)
+    return EXIT_OK
+
+
+def _predict(args) -> int:
+    from segqc import api
+    from segqc.evaluation.tables import print_dataset
+
+    s, dataset = api.predict(bundle=args.bundle, data=args.data, out=args.out, methods=args.methods,
+                             masks=args.masks, layout=args.layout, save_maps=not args.no_maps,
+                             resume=not args.no_resume, models=_load_models(args), engine=args.engine,
+                             batch_size=args.batch_size, workers=args.workers, address=args.address,
+                             gpus_per_worker=args.gpus_per_worker, num_parts=args.num_parts,
+                             part_id=args.part_id)
+    print_dataset(dataset)
+    print(f"{s.n_done} cases judged, {s.n_failed} failed, {s.n_skipped} already done → {s.out_csv}")
+    if args.report and s.n_done + s.n_failed + s.n_skipped:
+        from segqc.report import write_report
+
+        path = write_report(args.out, data=args.data, layout=args.layout, masks=args.masks)
+        print(f"report: open {path.resolve().as_uri()}")
+    return s.exit_code
+
+
+def _merge(args) -> int:
+    from segqc.evaluation.tables import print_dataset
+    from segqc.pipeline.parts import merge_parts
+
+    counts, dataset = merge_parts(args.parts, args.out)
+    print_dataset(dataset)
+    print(f"{len(args.parts)} parts merged: {counts['n_ok']} cases judged, {counts['n_failed']} failed "
+          f"→ {args.out / 'predictions.csv'}")
+    return EXIT_OK if counts["n_failed"] == 0 else 3
+
+
+def _report(args) -> int:
+    from segqc.report import write_report
+
+    path = write_report(args.qc_dir, out=args.out, data=args.data, layout=args.layout, masks=args.masks,
+                        thumb_size=args.thumb_size, title=args.title)
+    print(f"report: open {path.resolve().as_uri()}")
+    return EXIT_OK
+
+
+def _bench(args) -> int:
+    from segqc import api
+    from segqc.evaluation.tables import print_bench
+
+    result = api.bench(bundle=args.bundle, cases=args.cases, out=args.out, root=args.root,
+                       methods=args.methods, tau=args.tau, limit=args.limit, resume=not args.no_resume,
+                       models=_load_models(args))
+    print_bench(result)
+    print(f"written to {args.out}")
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from segqc import api
-
     try:
-        if args.command == "methods":
-            for name, target in METHODS.items():
-                print(f"{name:14s} {target}")
-            return EXIT_OK
-        if args.command == "demo":
-            from segqc.demo import run_demo
-
-            return run_demo(out=args.out, dataset=args.dataset, device=args.device, methods=tuple(args.methods),
-                            n_threads=args.threads)
-        if args.command == "fingerprint":
-            fp, plan, failed = api.fingerprint_dataset(data=args.data, out=args.out, layout=args.layout,
-                                                       max_slice_size=args.max_slice_size)
-            print(json.dumps(plan.to_dict(), indent=1))
-            return 3 if failed else EXIT_OK
-        if args.command == "metrics":
-            s = api.compute_metrics(data=args.data, out=args.out, layout=args.layout, masks=args.masks,
-                                    truth=args.labels, resume=not args.no_resume)
-            print(f"{s.n_done} cases measured, {s.n_failed} failed, {s.n_skipped} already done → {s.out_csv}")
-            return s.exit_code
-        if args.command == "evaluate":
-            result = api.evaluate_csv(table=args.table, out=args.out, pred_col=args.pred_col, true_col=args.true_col,
-                                      p_col=args.p_col, group_col=args.group_col, tau=args.tau)
-            _print_eval(result, f"QC accuracy (tau = {args.tau})")
-            print(f"written to {args.out}")
-            return EXIT_OK
-        if args.command == "fit":
-            params: dict = {}
-            for method, name, value in args.params:
-                params.setdefault(method, {})[name] = value
-            api.fit(reference=args.reference, out=args.out, methods=args.methods, layout=args.layout, tau=args.tau,
-                    coverage=args.coverage, calibration_fraction=args.calibration_fraction, seed=args.seed,
-                    device=args.device, max_slice_size=args.max_slice_size, method_params=params,
-                    extra_pairs=args.extra_pairs, ids=_read_ids(args.ids), models=_load_models(args),
-                    fuse=not args.no_fusion)
-            return EXIT_OK
-        if args.command == "predict":
-            s, dataset = api.predict(bundle=args.bundle, data=args.data, out=args.out, methods=args.methods,
-                                     masks=args.masks, layout=args.layout, save_maps=not args.no_maps,
-                                     resume=not args.no_resume, models=_load_models(args), engine=args.engine,
-                                     batch_size=args.batch_size, workers=args.workers, address=args.address,
-                                     gpus_per_worker=args.gpus_per_worker, num_parts=args.num_parts,
-                                     part_id=args.part_id)
-            _print_dataset(dataset)
-            print(f"{s.n_done} cases judged, {s.n_failed} failed, {s.n_skipped} already done → {s.out_csv}")
-            if args.report and s.n_done + s.n_failed + s.n_skipped:
-                from segqc.report import write_report
-
-                path = write_report(args.out, data=args.data, layout=args.layout, masks=args.masks)
-                print(f"report: open {path.resolve().as_uri()}")
-            return s.exit_code
-        if args.command == "merge":
-            from segqc.engines.shards import merge_parts
-
-            counts, dataset = merge_parts(args.parts, args.out)
-            _print_dataset(dataset)
-            print(f"{len(args.parts)} parts merged: {counts['n_ok']} cases judged, {counts['n_failed']} failed "
-                  f"→ {args.out / 'predictions.csv'}")
-            return EXIT_OK if counts["n_failed"] == 0 else 3
-        if args.command == "report":
-            from segqc.report import write_report
-
-            path = write_report(args.qc_dir, out=args.out, data=args.data, layout=args.layout, masks=args.masks,
-                                thumb_size=args.thumb_size, title=args.title)
-            print(f"report: open {path.resolve().as_uri()}")
-            return EXIT_OK
-        if args.command == "bench":
-            result = api.bench(bundle=args.bundle, cases=args.cases, out=args.out, root=args.root,
-                               methods=args.methods, tau=args.tau, limit=args.limit, resume=not args.no_resume,
-                               models=_load_models(args))
-            _print_bench(result)
-            print(f"written to {args.out}")
-            return EXIT_OK
+        return args.func(args)
     except KeyboardInterrupt:
         print(f"segqc {args.command}: interrupted; the rows written so far are kept: run the same command again "
               "to resume", file=sys.stderr)
@@ -300,45 +323,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"segqc {args.command}: internal error ({type(e).__name__}: {e}); rerun with SEGQC_DEBUG=1 for the "
               "traceback and please report it", file=sys.stderr)
         return EXIT_ALL_FAILED
-    return EXIT_ALL_FAILED
-
-
-def _print_dataset(dataset: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title="estimated model performance on these cases (95 % bootstrap intervals)")
-    for col in ("group", "n", "mean Dice", "share Dice ≥ τ", "true mean Dice"):
-        t.add_column(col)
-    for g, r in dataset.items():
-        lo, hi = r["mean_dice_ci"]
-        plo, phi = r["share_pass_ci"]
-        t.add_row(g, str(r["n"]), f"{r['mean_dice']:.3f} [{lo:.3f}, {hi:.3f}]",
-                  f"{r['share_pass']:.3f} [{plo:.3f}, {phi:.3f}]",
-                  f"{r['true_mean_dice']:.3f}" if "true_mean_dice" in r else "–")
-    Console().print(t)
-
-
-def _fmt(v) -> str:
-    return "–" if v is None else f"{v:.3f}"
-
-
-def _print_bench(result: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title=f"QC methods on {result['cases']} (n = {result['n']}, tau = {result['tau']})")
-    for col in ("method", "r", "MAE", "AUROC", "AURC", "ECE", "cover", "deployed r", "deployed MAE",
-                "max |Δ mean Dice|"):
-        t.add_column(col)
-    for name, res in result["methods"].items():
-        o = res["overall"]
-        dep = res.get("deployed", {})
-        gaps = [v["abs_error_mean_dice"] for k, v in res["dataset_level"].items() if k != "all"]
-        t.add_row(name, *(_fmt(v) for v in (o["pearson"], o["mae"], o["auroc"], o["aurc"], o["ece"],
-                                             res["interval_coverage"], dep.get("pearson"), dep.get("mae"),
-                                             max(gaps) if gaps else None)))
-    Console().print(t)
 
 
 if __name__ == "__main__":

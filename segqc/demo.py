@@ -46,14 +46,13 @@ def run_demo(*, out: str | Path = "runs/demo", dataset: str = "both", device: st
         methods: QC methods to fit (`DEMO_PARAMS` holds their small settings).
         n_threads: torch and LightGBM CPU threads (None: their defaults); 1 on a shared machine.
     """
-    from rich.console import Console
-
     from segqc import api
-    from segqc.cli import _print_dataset
+    from segqc.evaluation.tables import print_dataset, short_table
     from segqc.report import write_report
+    from segqc.ui import console as ui_console
     from segqc.utils import torch_threads
 
-    console = Console()
+    console = ui_console(stderr=False)
     started = time.time()
     out = Path(out)
     root = api.sample_data_dir()
@@ -73,10 +72,10 @@ def run_demo(*, out: str | Path = "runs/demo", dataset: str = "both", device: st
                     calibration_pairs=DEMO_CALIBRATION_PAIRS, max_slice_size=64 if name == "kvasir" else 128)
             summary, dataset_est = api.predict(bundle=bundle_dir, data=root / name / "candidates.csv", out=run_dir,
                                                resume=False)
-            _print_dataset(dataset_est)
+            print_dataset(dataset_est)
             result = api.evaluate_csv(table=run_dir / "predictions.csv", out=run_dir / "evaluation", p_col="p_pass",
                                       group_col=None, tau=0.8, title=f"demo {name}")
-            console.print(_short_table(result, f"{name}: QC accuracy against the expert masks"))
+            console.print(short_table(result, f"{name}: QC accuracy against the expert masks"))
             report = write_report(run_dir, out=out / name / "report.html",
                                   title=f"segqc demo — {name} candidates judged without their expert masks")
             reports.append(report)
@@ -92,19 +91,3 @@ def run_demo(*, out: str | Path = "runs/demo", dataset: str = "both", device: st
         console.print(f"  {r.resolve().as_uri()}", highlight=False, soft_wrap=True)
     return code
 
-
-def _short_table(result: dict, title: str):
-    from rich.table import Table
-
-    o = result["overall"]
-    t = Table(title=title)
-    for col in ("cases", "Pearson r", "Spearman ρ", "MAE", "AUROC (Dice < τ)", "AURC", "ECE", "true mean Dice",
-                "pred mean Dice"):
-        t.add_column(col, justify="right")
-
-    def f(v) -> str:
-        return "–" if v is None else f"{v:.3f}"
-
-    t.add_row(str(o["n"]), f(o["pearson"]), f(o["spearman"]), f(o["mae"]), f(o["auroc"]), f(o["aurc"]), f(o["ece"]),
-              f(o["mean_true_dice"]), f(o["mean_pred_dice"]))
-    return t

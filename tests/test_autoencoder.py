@@ -7,14 +7,18 @@ import json
 import numpy as np
 import pytest
 
+from segqc.components.pgt_scoring import diagonal_mm
 from segqc.data import load_dataset
 from segqc.methods import get_method_class
 from segqc.methods.autoencoder import MaskAutoencoder, _corrupt_onehot, build_mask_autoencoder
-from segqc.methods.base import NotFittedError
+from segqc.methods.base import FitContext, NotFittedError
 from segqc.plan.fingerprint import compute_fingerprint, plan_from_fingerprint
 
-TINY = {"epochs": 2, "batch_size": 4, "channels": (8, 16), "max_minutes": 0.5, "device": "cpu", "n_threads": 1,
-        "seed": 0}
+TINY = {"epochs": 2, "batch_size": 4, "channels": (8, 16), "max_minutes": 0.5, "n_threads": 1, "seed": 0}
+
+
+def _ctx(seed: int = 0) -> FitContext:
+    return FitContext(rng=np.random.default_rng(seed), device="cpu")
 
 
 def _load(path: str, n: int):
@@ -26,14 +30,14 @@ def _load(path: str, n: int):
 @pytest.fixture(scope="module")
 def kvasir():
     cases, plan = _load("segqc/sample_data/kvasir/reference", 6)
-    method = MaskAutoencoder(**TINY).fit(cases, plan, np.random.default_rng(0))
+    method = MaskAutoencoder(**TINY).fit(cases, plan, _ctx())
     return cases, plan, method
 
 
 @pytest.fixture(scope="module")
 def hippo():
     cases, plan = _load("segqc/sample_data/hippocampus/reference", 3)
-    method = MaskAutoencoder(**TINY).fit(cases, plan, np.random.default_rng(0))
+    method = MaskAutoencoder(**TINY).fit(cases, plan, _ctx())
     return cases, plan, method
 
 
@@ -43,6 +47,7 @@ def _check_score(score, case, labels):
         assert 0.0 <= score.dice[k] <= 1.0
         assert np.isfinite(score.dice[k])
     assert set(score.hd95) == set(labels)
+    assert all(np.isfinite(v) and v >= 0.0 for v in score.hd95.values())
     pgt, err = score.maps["pgt"], score.maps["error"]
     assert pgt.shape == case.mask.shape and pgt.dtype == np.uint8
     assert set(np.unique(pgt).tolist()) <= {0, *labels}
@@ -56,6 +61,7 @@ def test_registry_names_the_class():
     assert MaskAutoencoder.name == "autoencoder"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["kvasir", "hippo"])
 def test_fit_and_score_on_original_grid(which, request):
     cases, plan, method = request.getfixturevalue(which)
@@ -70,12 +76,13 @@ def test_fit_and_score_on_original_grid(which, request):
 
 @pytest.mark.parametrize("which", ["kvasir", "hippo"])
 def test_state_round_trip_gives_identical_scores(which, request):
-    cases, _, method = request.getfixturevalue(which)
+    cases, plan, method = request.getfixturevalue(which)
     arrays, config = method.state()
     assert arrays and all(isinstance(a, np.ndarray) and a.dtype == np.float32 for a in arrays.values())
     config = json.loads(json.dumps(config))  # JSON only, no pickle
-    loaded = MaskAutoencoder.from_state(arrays, config)
-    assert loaded.get_params() == {**method.get_params(), "channels": tuple(method.channels)}
+    loaded = MaskAutoencoder.from_state(arrays, config, plan, device="cpu")
+    assert loaded.get_params() == method.get_params() and loaded.channels == tuple(method.channels)
+    assert loaded.labels_ == method.labels_ and loaded.net_args_ == method.net_args_
     for case in cases[:2]:
         a, b = method.score(case), loaded.score(case)
         assert a.dice == b.dice
@@ -92,7 +99,10 @@ def test_empty_candidate_gives_a_number(which, request):
     _check_score(score, case, list(plan.labels))
     for k, d in score.dice.items():
         # Dice conventions: both empty → 1, only the reconstruction non-empty → 0
-        assert d == (1.0 if not (score.maps["pgt"] == k).any() else 0.0)
+        recon_empty = not (score.maps["pgt"] == k).any()
+        assert d == (1.0 if recon_empty else 0.0)
+        # HD95 conventions (pgt_scoring): both empty → 0, only one empty → the image diagonal in mm
+        assert score.hd95[k] == (0.0 if recon_empty else pytest.approx(diagonal_mm(case.mask.shape, case.spacing)))
 
 
 def test_unfitted_state_is_refused():
@@ -104,20 +114,25 @@ def test_unfitted_state_is_refused():
 def test_bad_params_are_refused(kvasir):
     cases, plan, _ = kvasir
     with pytest.raises(ValueError, match="epochs"):
-        MaskAutoencoder(epochs=0).fit(cases, plan, np.random.default_rng(0))
+        MaskAutoencoder(epochs=0).fit(cases, plan, _ctx())
     with pytest.raises(ValueError, match="denoise"):
-        MaskAutoencoder(denoise=1.5).fit(cases, plan, np.random.default_rng(0))
+        MaskAutoencoder(denoise=1.5).fit(cases, plan, _ctx())
+    with pytest.raises(ValueError, match="channels"):
+        MaskAutoencoder(channels=(8, 0))
+    with pytest.raises(TypeError, match="device"):
+        MaskAutoencoder(device="cpu")  # the device is the FitContext's / the loader's
 
 
 def test_fit_is_reproducible(hippo):
     cases, plan, method = hippo
-    again = MaskAutoencoder(**TINY).fit(cases, plan, np.random.default_rng(0))
+    again = MaskAutoencoder(**TINY).fit(cases, plan, _ctx())
     a, _ = method.state()
     b, _ = again.state()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
 
 
+@pytest.mark.slow
 def test_bottleneck_is_smaller_than_the_input():
     import torch
 
@@ -135,11 +150,12 @@ def test_bottleneck_is_smaller_than_the_input():
         build_mask_autoencoder(3, channels=(8, 16), latent_dim=16)
 
 
+@pytest.mark.slow
 def test_dense_latent_fits_and_round_trips(hippo):
     cases, plan, _ = hippo
-    method = MaskAutoencoder(**TINY, latent_dim=8).fit(cases, plan, np.random.default_rng(0))
+    method = MaskAutoencoder(**TINY, latent_dim=8).fit(cases, plan, _ctx())
     arrays, config = method.state()
-    loaded = MaskAutoencoder.from_state(arrays, json.loads(json.dumps(config)))
+    loaded = MaskAutoencoder.from_state(arrays, json.loads(json.dumps(config)), plan, device="cpu")
     a, b = method.score(cases[1]), loaded.score(cases[1])
     _check_score(a, cases[1], list(plan.labels))
     assert a.dice == b.dice

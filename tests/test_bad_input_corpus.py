@@ -28,6 +28,9 @@ from conftest import TINY_FIT
 from segqc.cli import main
 from segqc.engines.batch import read_rows
 
+# every test here runs a whole command on a corpus of bad input with a fitted bundle
+pytestmark = pytest.mark.slow
+
 OK = "ok"
 
 # why each kind of bad input must be refused (patterns of the error reason, case-insensitive)

@@ -7,6 +7,7 @@ import pytest
 from test_methods import TINY, _tiny_models
 
 from segqc.methods import make_method
+from segqc.methods.base import FitContext
 from segqc.plan.fingerprint import compute_fingerprint, plan_from_fingerprint
 from segqc.utils import torch_threads
 
@@ -30,9 +31,9 @@ def fitted(kvasir_cases, hippo_cases, tmp_path_factory):
             cases = kvasir_cases if data == "kvasir" else hippo_cases
             plan = plan_from_fingerprint(compute_fingerprint(cases[:3]), max_slice_size=32)
             method = make_method(name, **TINY[name])
-            kw = ({"models": _tiny_models(cases[0], plan, tmp_path_factory.mktemp(name))}
-                  if method.needs_model else {})
-            done[name, data] = method.fit(cases[:3], plan, np.random.default_rng(0), **kw), cases[3:6]
+            models = _tiny_models(cases[0], plan, tmp_path_factory.mktemp(name)) if method.needs_model else ()
+            ctx = FitContext(rng=np.random.default_rng(0), device="cpu", models=models)
+            done[name, data] = method.fit(cases[:3], plan, ctx), cases[3:6]
         return done[name, data]
 
     return get

@@ -99,8 +99,8 @@ def _cli_refuses(folder: Path, sample: Path, tmp_path: Path, capsys) -> None:
 
 
 def _edit_leaf(doc: dict) -> None:
-    cfg = doc["methods"]["features"]["config"]
-    cfg["booster_"] = re.sub(r"leaf_value=\S+", "leaf_value=0.97", cfg["booster_"], count=1)
+    cfg = doc["methods"]["features"]["config"]["custom"]
+    cfg["model_"] = re.sub(r"leaf_value=\S+", "leaf_value=0.97", cfg["model_"], count=1)
 
 
 def _edit_calibrator(doc: dict) -> None:
@@ -128,13 +128,13 @@ def _non_dict_entry(doc: dict) -> None:
 
 
 def _longer_booster(doc: dict) -> None:
-    cfg = doc["methods"]["features"]["config"]
-    cfg["booster_"] = cfg["booster_"].replace("leaf_value=", "leaf_value=1 ", 1)
+    cfg = doc["methods"]["features"]["config"]["custom"]
+    cfg["model_"] = cfg["model_"].replace("leaf_value=", "leaf_value=1 ", 1)
 
 
 def _truncated_booster(doc: dict) -> None:
-    cfg = doc["methods"]["features"]["config"]
-    cfg["booster_"] = cfg["booster_"][: cfg["booster_"].index("leaf_value=")]  # inside the first tree
+    cfg = doc["methods"]["features"]["config"]["custom"]
+    cfg["model_"] = cfg["model_"][: cfg["model_"].index("leaf_value=")]  # inside the first tree
 
 
 def _edited(folder: Path, edit) -> Path:

@@ -41,3 +41,38 @@ def test_state_roundtrip_and_errors(rng):
         DiceCalibrator().fit([0.1, 0.2], [0.1, 0.2])
     with pytest.raises(ValueError, match="tau"):
         DiceCalibrator(tau=1.5).fit(true, true)
+
+
+def test_cross_fitted_residuals_use_the_fixed_folds(rng):
+    """The interval's radius comes from `cross_val_predict` on segqc's fixed, seeded folds."""
+    from sklearn.isotonic import IsotonicRegression
+
+    from segqc.calibration.crossfit import cross_fit_folds
+
+    true = rng.uniform(0, 1, 123)
+    raw = true + rng.normal(0, 0.1, 123)
+    folds = cross_fit_folds(123)
+    assert folds.get_n_splits() == 5 and sorted(np.bincount(folds.test_fold)) == [24, 24, 25, 25, 25]
+    resid = np.empty(123)
+    for train, test in folds.split():  # the loop `cross_val_predict` stands for
+        iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(raw[train], true[train])
+        resid[test] = true[test] - iso.predict(raw[test])
+    assert DiceCalibrator(coverage=0.9).fit(raw, true).radius_ == conformal_quantile(resid, 0.9)
+
+
+def test_dataset_estimate_is_a_seeded_percentile_bootstrap():
+    from segqc.calibration.population import estimate_groups
+
+    pred = np.array([0.9, 0.8, 0.7, 0.95, 0.6, 0.85, 0.5, 0.75])
+    p_pass = (pred >= 0.8).astype(float)
+    est = estimate_groups(pred, p_pass, ["a"] * 4 + ["b"] * 4, n_boot=500, rng=np.random.default_rng(3))
+    assert list(est) == ["all", "a", "b"] and est["a"]["n"] == 4
+    # the same intervals by hand: resample cases with the same generator, 2.5th / 97.5th percentile of the means
+    hand = np.random.default_rng(3)
+    for name, sel in (("all", slice(None)), ("a", slice(0, 4)), ("b", slice(4, 8))):
+        for key, values in (("mean_dice_ci", pred[sel]), ("share_pass_ci", p_pass[sel])):
+            means = values[hand.integers(0, len(values), size=(500, len(values)))].mean(axis=1)
+            assert est[name][key] == pytest.approx(tuple(np.percentile(means, [2.5, 97.5])), abs=1e-12)
+        assert est[name]["mean_dice_ci"][0] <= est[name]["mean_dice"] <= est[name]["mean_dice_ci"][1]
+    one = estimate_groups([0.9], [1.0])["all"]  # one case: no interval
+    assert np.isnan(one["mean_dice_ci"]).all() and one["mean_dice"] == 0.9

@@ -40,6 +40,38 @@ def test_help_explains_every_option(capsys):
         assert "usage" in text
 
 
+def test_options_come_from_their_registries():
+    import argparse
+
+    from segqc.cli_options import method_params, parse_param
+    from segqc.data.layouts import LAYOUTS
+    from segqc.user_models import MODEL_KINDS
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for name, sub in commands.items():
+        assert callable(sub.get_default("func")), f"{name} has no function"
+        for action in sub._actions:
+            if "--layout" in action.option_strings:
+                assert tuple(action.choices) == LAYOUTS and action.default == "auto"
+            if "--model-kind" in action.option_strings:
+                assert tuple(action.choices) == MODEL_KINDS
+    assert {n for n, sub in commands.items() if any("--layout" in a.option_strings for a in sub._actions)} == \
+        {"fingerprint", "metrics", "fit", "predict", "report"}
+    pairs = [parse_param(t) for t in ("cnn.epochs=4", "segmenter.snapshot_epochs=[1, 2]", "features.mode=fast",
+                                      "features.segmenter=false")]
+    assert method_params(pairs) == {"cnn": {"epochs": 4}, "segmenter": {"snapshot_epochs": [1, 2]},
+                                    "features": {"mode": "fast", "segmenter": False}}
+    with pytest.raises(argparse.ArgumentTypeError, match="METHOD.PARAM=VALUE"):
+        parse_param("epochs=4")
+
+
+def test_methods_lists_every_method(capsys):
+    from segqc.methods import METHODS
+
+    assert main(["methods"]) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == list(METHODS)
+
+
 def test_metrics_reports_bad_cases_and_resumes(sample, tmp_path, capsys):
     cases = _manifest_with_bad_cases(sample, tmp_path)
     out = tmp_path / "m"
@@ -78,6 +110,7 @@ def test_fingerprint_and_evaluate(sample, tmp_path):
     assert main(["evaluate", str(table), "--out", str(tmp_path / "ev"), "--pred-col", "nope"]) == 1
 
 
+@pytest.mark.slow
 def test_fit_predict_bench_end_to_end(sample, tmp_path, capsys):
     bundle = tmp_path / "bundle"
     ref = tmp_path / "ref"

@@ -10,7 +10,8 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 
-from segqc.data.corrupt import CORRUPTIONS, _mean_dice, corrupt, erode_dilate, sample_corruptions
+from segqc.data.corrupt import CORRUPTIONS, corrupt, erode_dilate, sample_corruptions
+from segqc.data.corrupt.geometry import mean_dice
 
 SAMPLE = Path(__file__).resolve().parents[1] / "segqc" / "sample_data"
 KVASIR = sorted((SAMPLE / "kvasir" / "reference" / "masks").glob("*.png"))
@@ -62,7 +63,7 @@ def test_severity_hurts(case):
     for kind in ["erode_dilate", "shift", "partial_deletion", "false_positive_blobs"]:
         light, _ = corrupt(mask, spacing, np.random.default_rng(3), kind=kind, severity=0.1)
         heavy, _ = corrupt(mask, spacing, np.random.default_rng(3), kind=kind, severity=0.9)
-        assert _mean_dice(mask, heavy) < _mean_dice(mask, light), kind
+        assert mean_dice(mask, heavy) < mean_dice(mask, light), kind
 
 
 @pytest.mark.parametrize("kind", [None, *sorted(CORRUPTIONS)])
@@ -100,7 +101,7 @@ def test_empty(case):
     mask, spacing = case
     out, _ = corrupt(mask, spacing, np.random.default_rng(0), kind="empty")
     assert not out.any()
-    assert _mean_dice(mask, out) == 0.0
+    assert mean_dice(mask, out) == 0.0
 
 
 def test_missing_slices_blanks_whole_axial_slices():
@@ -129,19 +130,19 @@ def test_label_swap_only_on_multiclass():
     np.testing.assert_array_equal(full == 2, m3 == 1)
 
 
-def test_mean_dice():
+def testmean_dice():
     a = np.zeros((4, 4), np.uint8)
-    assert _mean_dice(a, a) == 1.0
+    assert mean_dice(a, a) == 1.0
     b = a.copy()
     b[0, 0] = 1
-    assert _mean_dice(a, b) == 0.0
-    assert _mean_dice(b, a) == 0.0
+    assert mean_dice(a, b) == 0.0
+    assert mean_dice(b, a) == 0.0
     c = b.copy()
     c[0, 1] = 1
-    assert _mean_dice(b, c) == pytest.approx(2 / 3)
+    assert mean_dice(b, c) == pytest.approx(2 / 3)
     d = b.copy()
     d[3, 3] = 2
-    assert _mean_dice(d, b) == pytest.approx(0.5)  # label 2 missing -> 0, mean with 1
+    assert mean_dice(d, b) == pytest.approx(0.5)  # label 2 missing -> 0, mean with 1
 
 
 def test_sampler_spreads_dice_over_unit_interval():
@@ -151,7 +152,7 @@ def test_sampler_spreads_dice_over_unit_interval():
     dice = np.array([d for _, d in results])
     for m, d in results:
         assert m.shape == mask.shape and m.dtype == mask.dtype
-        assert d == pytest.approx(_mean_dice(mask, m))
+        assert d == pytest.approx(mean_dice(mask, m))
     assert np.all((dice >= 0) & (dice <= 1))
     bins = np.histogram(dice, bins=5, range=(0, 1))[0]
     assert np.count_nonzero(bins) >= 3, bins

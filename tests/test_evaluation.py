@@ -17,7 +17,6 @@ from segqc.evaluation import (
     eaurc,
     evaluate,
     expected_calibration_error,
-    format_table,
     mae,
     pearson,
     plot_calibration,
@@ -27,6 +26,7 @@ from segqc.evaluation import (
     sensitivity_specificity,
     spearman,
 )
+from segqc.evaluation.tables import format_table
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -246,6 +246,28 @@ def test_format_table_renders():
     assert "overall" in text and "m1" in text and "m2" in text
     assert "0.100" in text  # overall MAE = (0.1 + 0.1 + 0 + 0.2) / 4 = 0.100
     assert "–" in text  # ECE is None
+
+
+def test_printed_tables(capsys):
+    from segqc import evaluation as ev
+    from segqc.evaluation import plots, scores, tables
+
+    assert set(ev.__all__) == set(scores.__all__) | set(plots.__all__)  # tables are imported from their module
+    res = evaluate([0.9, 0.5, 0.85, 0.6], [0.8, 0.6, 0.85, 0.4], p_pass=[0.9, 0.2, 0.7, 0.1])
+    buf = io.StringIO()
+    from rich.console import Console
+
+    Console(file=buf, width=300).print(tables.short_table(res, "demo table"))
+    assert "demo table" in buf.getvalue() and "0.100" in buf.getvalue()
+    tables.print_eval(res, "accuracy title")
+    tables.print_dataset({"all": {"n": 4, "mean_dice": 0.7, "mean_dice_ci": (0.6, 0.8), "share_pass": 0.5,
+                                  "share_pass_ci": (0.25, 0.75), "true_mean_dice": 0.71}})
+    tables.print_bench({"cases": "cases.csv", "n": 4, "tau": 0.8, "methods": {"features": {
+        "overall": res["overall"], "interval_coverage": 0.75, "deployed": {"pearson": None, "mae": 0.1},
+        "dataset_level": {"all": {"abs_error_mean_dice": 0.01}, "g": {"abs_error_mean_dice": 0.02}}}}})
+    out = capsys.readouterr().out  # on stdout, beside the commands' other output
+    assert "accuracy title" in out and "0.600, 0.800" in out and "0.710" in out
+    assert "QC methods on cases.csv (n = 4, tau = 0.8)" in out and "0.750" in out
 
 
 # --------------------------------------------------------------------------- plots

@@ -15,10 +15,21 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 
-from segqc.data import images, layouts, load_dataset, read_image, read_manifest, read_mask, write_image, write_mask
+from segqc.data import (
+    images,
+    layouts,
+    load_dataset,
+    nifti_scan,
+    read_image,
+    read_manifest,
+    read_mask,
+    write_image,
+    write_mask,
+)
 from segqc.data.case import Geometry
 from segqc.data.errors import CaseError
 from segqc.data.layouts import CaseRef
+from segqc.data.nifti_scan import scan_nifti
 
 RNG = np.random.default_rng(0)
 GEO3 = Geometry.identity(3)
@@ -125,18 +136,18 @@ def test_nifti2_payload_check(tmp_path, order):
     img[0, 0, :2] = np.nan
     data = _nifti(img, 2, order)
     (tmp_path / "ok.nii.gz").write_bytes(gzip.compress(data))
-    assert images._scan_nifti(tmp_path / "ok.nii.gz") == 2
+    assert scan_nifti(tmp_path / "ok.nii.gz") == 2
     (tmp_path / "short.nii").write_bytes(data[:-8])
     with pytest.raises(ValueError, match=f"promises {len(data):,} bytes .*holds {len(data) - 8:,}"):
-        images._scan_nifti(tmp_path / "short.nii")
+        scan_nifti(tmp_path / "short.nii")
 
 
 def test_nan_count_across_read_chunks(tmp_path, monkeypatch):
-    monkeypatch.setattr(images, "_CHUNK", 7)  # voxels straddle chunk ends
+    monkeypatch.setattr(nifti_scan, "_CHUNK", 7)  # voxels straddle chunk ends
     img = RNG.random((3, 4, 5))
     img.flat[[0, 17, 59]] = [np.nan, np.inf, -np.inf]
     (tmp_path / "x.nii.gz").write_bytes(gzip.compress(_nifti(img, 1, ">")))
-    assert images._scan_nifti(tmp_path / "x.nii.gz") == 3
+    assert scan_nifti(tmp_path / "x.nii.gz") == 3
 
 
 def test_damaged_gzip_metaimage_and_nrrd_are_clear_errors(tmp_path):

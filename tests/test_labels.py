@@ -35,15 +35,19 @@ def test_unknown_values_are_named_or_background():
     assert unknown_labels(np.array([-1, 0, 1]), [1]) == [-1]
 
 
-def test_reference_id_is_explicit():
+def test_training_pair_names_its_reference_case():
+    """A manifest row of the user's (candidate, expert) pairs names its reference case explicitly."""
     from segqc.data.case import Case, Geometry
+    from segqc.pipeline.training_pairs import manifest_pairs
 
-    def case(case_id, **meta):
-        return Case(case_id, np.zeros((1, 2, 2), np.float32), None, Geometry.identity(2), meta=meta)
+    def row(case_id, **meta):
+        z = np.zeros((2, 2), np.uint8)
+        return Case(case_id, np.zeros((1, 2, 2), np.float32), z, Geometry.identity(2), truth=z, meta=meta)
 
-    assert case("a#model").reference_id == "a#model"  # no convention hidden in the id
-    assert case("a~2", source_id="a").reference_id == "a"  # a manifest's repeated id
-    assert case("a~2", source_id="a", reference_id="b").reference_id == "b"
+    rows = [row("a#model"), row("a~2", source_id="a"), row("a~3", source_id="a", reference_id="b")]
+    fit, cal = manifest_pairs(rows, cal_ids={"b"})
+    assert [p.reference_id for p in fit] == ["a#model", "a"]  # no convention hidden in the id
+    assert [p.reference_id for p in cal] == ["b"] and cal[0].source == "manifest"
 
 
 def _relabelled(sample, tmp, relabel, n: int = 8):
@@ -63,6 +67,7 @@ def _relabelled(sample, tmp, relabel, n: int = 8):
     return manifest, rows
 
 
+@pytest.mark.slow
 def test_fit_and_predict_with_label_2(sample, tmp_path):
     from segqc import api
     from segqc.engines.batch import read_rows

@@ -2,25 +2,13 @@
 
 import numpy as np
 import pytest
+from tiny_settings import TINY
 
 from segqc.methods import METHODS, get_method_class, make_method
-from segqc.methods.base import NotFittedError
+from segqc.methods.base import FitContext, NotFittedError
 from segqc.pipeline.bundle import QCBundle, load_bundle, save_bundle
 from segqc.plan.fingerprint import compute_fingerprint, plan_from_fingerprint
 from segqc.utils import look_up_option
-
-TINY = {
-    "features": {"pairs_per_case": 3, "n_estimators": 20, "segmenter_epochs": 1},
-    "cnn": {"epochs": 1, "pairs_per_case": 2, "batch_size": 4},
-    "autoencoder": {"epochs": 1, "batch_size": 4},
-    "model_uncertainty": {"n_samples": 2, "pairs_per_case": 1, "n_estimators": 10, "device": "cpu"},
-    "diffusion": {"size": 16, "channels": (8, 8), "train_steps": 2, "batch_size": 4, "timesteps": 50,
-                  "ddim_steps": 2, "n_samples": 2, "device": "cpu"},
-    "nnqc": {"ae_channels": (8, 8), "unet_channels": (8, 16), "expert_channels": (8,), "context_dim": 16,
-             "stage1_steps": 2, "stage2_steps": 2, "batch_size": 4, "pairs_per_case": 1, "n_samples": 2,
-             "ddim_steps": 2, "device": "cpu"},
-    "rca": {"k": 2, "iterations": (5, 3), "shrink": (1,)},
-}
 
 
 def test_registry_is_light_and_complete():
@@ -38,8 +26,9 @@ def test_method_contract(name, data, kvasir_cases, hippo_cases, tmp_path):
     assert not any(k.endswith("_") for k in vars(method)), "constructor must only store parameters"
     with pytest.raises(NotFittedError):
         method.score(cases[0])
-    kw = {"models": _tiny_models(cases[0], plan, tmp_path)} if method.needs_model else {}
-    assert method.fit(cases, plan, np.random.default_rng(0), **kw) is method
+    models = _tiny_models(cases[0], plan, tmp_path) if method.needs_model else ()
+    ctx = FitContext(rng=np.random.default_rng(0), device="cpu", models=models)
+    assert method.fit(cases, plan, ctx) is method
     bad = cases[1].with_mask(np.zeros_like(cases[1].mask))
     for case in (cases[0], bad):
         s = method.score(case)

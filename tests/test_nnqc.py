@@ -1,21 +1,42 @@
-"""nnQC: the slice-position expert matters, empty candidates are scored, bundles round-trip."""
+"""nnQC: model-made pairs are learned from, the slice-position expert matters, empty candidates are scored,
+bundles round-trip."""
 
 import numpy as np
 import pytest
 
-from segqc.methods.nnqc import NNQC, relative_positions
+from segqc.methods.base import FitContext, TrainingPair
+from segqc.methods.nnqc import NNQC
+from segqc.nets.nnqc_training import relative_positions
 from segqc.plan.fingerprint import compute_fingerprint, plan_from_fingerprint
 
 TINY = {"ae_channels": (8, 8), "unet_channels": (8, 16), "expert_channels": (8,), "context_dim": 16,
         "stage1_steps": 3, "stage2_steps": 30, "batch_size": 4, "pairs_per_case": 1, "n_samples": 2,
-        "ddim_steps": 2, "lr": 1e-2, "device": "cpu", "n_threads": 1, "seed": 0}
+        "ddim_steps": 2, "lr": 1e-2, "n_threads": 1, "seed": 0}
 
 
 @pytest.fixture(scope="module")
 def fitted(hippo_cases):
     cases = hippo_cases[:3]
     plan = plan_from_fingerprint(compute_fingerprint(cases), max_slice_size=32)
-    return NNQC(**TINY).fit(cases, plan, np.random.default_rng(0)), cases
+    # model-made pairs: one of a reference case (shares its image), one of another case (brings its own)
+    pairs = [TrainingPair(cases[0], np.roll(cases[0].mask, 2, axis=-1), "manifest"),
+             TrainingPair(hippo_cases[4], np.roll(hippo_cases[4].mask, 3, axis=-2), "manifest")]
+    ctx = FitContext(rng=np.random.default_rng(0), device="cpu", pairs=pairs)
+    return NNQC(**TINY).fit(cases, plan, ctx), cases
+
+
+def test_model_made_pairs_are_learned_from(fitted):
+    method, cases = fitted
+    assert method.fit_info_["n_pairs"] == len(cases) * TINY["pairs_per_case"] + 2
+
+
+def test_parameters_are_checked():
+    with pytest.raises(ValueError, match="config"):
+        NNQC(config="gpu2")
+    with pytest.raises(ValueError, match="stage1_share"):
+        NNQC(stage1_share=1.0)
+    with pytest.raises(TypeError, match="device"):  # the device is the fit's (FitContext) or the loader's
+        NNQC(device="cpu")
 
 
 def test_relative_positions():
@@ -62,7 +83,7 @@ def test_empty_candidate_and_missing_slices_are_finite(fitted):
 def test_state_round_trip(fitted):
     method, cases = fitted
     arrays, config = method.state()
-    back = NNQC.from_state(arrays, config)
+    back = NNQC.from_state(arrays, config, method.plan_, device="cpu")
     a, b = method.score(cases[1]), back.score(cases[1])
     assert a.dice == pytest.approx(b.dice, abs=1e-6)
     assert np.array_equal(a.maps["pgt"], b.maps["pgt"])

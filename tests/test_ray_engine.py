@@ -55,6 +55,7 @@ def _maps(out):
     return sorted(p.relative_to(out) for p in (out / "maps").rglob("*") if p.is_file())
 
 
+@pytest.mark.slow
 def test_ray_predictions_equal_local(runs):
     local, on_ray = runs
     expected = (local / "predictions.csv").read_text().replace(str(local), str(on_ray))
@@ -67,6 +68,7 @@ def test_ray_predictions_equal_local(runs):
     assert (run["options"]["engine"], run["n_ok"], run["n_failed"], run["n_skipped"]) == ("ray", 20, 2, 0)
 
 
+@pytest.mark.slow
 def test_ray_bad_cases_get_error_rows(runs):
     rows = {r["case_id"]: r for r in csv.DictReader(open(runs[1] / "predictions.csv"))}
     missing, corrupt = rows["missing_file"], rows["corrupt_file"]
@@ -74,6 +76,7 @@ def test_ray_bad_cases_get_error_rows(runs):
     assert "nope.png" in missing["error"] and "corrupt.png" in corrupt["error"]
 
 
+@pytest.mark.slow
 def test_ray_resume_redoes_only_missing_rows(runs, bundle, manifest):
     on_ray = runs[1]
     csv_path = on_ray / "predictions.csv"
@@ -84,6 +87,7 @@ def test_ray_resume_redoes_only_missing_rows(runs, bundle, manifest):
     assert csv_path.read_text() == before
 
 
+@pytest.mark.slow
 def test_ray_engine_without_ray_says_how_to_install(bundle, manifest, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
     code = main(["predict", str(manifest), "--bundle", str(bundle), "--out", str(tmp_path / "qc"), "--engine", "ray"])
@@ -94,9 +98,9 @@ def test_ray_engine_without_ray_says_how_to_install(bundle, manifest, tmp_path, 
 
 def test_default_workers_follow_the_cluster():
     pytest.importorskip("ray")
-    from segqc.engines.ray_engine import _default_workers
+    from segqc.engines.ray_engine import default_workers
 
     cluster = SimpleNamespace(cluster_resources=lambda: {"CPU": 16.0, "GPU": 2.0})
-    assert _default_workers(cluster, 0) == 16 and _default_workers(cluster, 0.5) == 4
+    assert default_workers(cluster, 0) == 16 and default_workers(cluster, 0.5) == 4
     with pytest.raises(ValueError, match="has 0"):
-        _default_workers(SimpleNamespace(cluster_resources=lambda: {"CPU": 8.0}), 1)
+        default_workers(SimpleNamespace(cluster_resources=lambda: {"CPU": 8.0}), 1)

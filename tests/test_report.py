@@ -120,6 +120,7 @@ def kvasir_qc(sample, tmp_path_factory, tiny_bundle):
     return out
 
 
+@pytest.mark.slow
 def test_predict_report_2d_renders_in_browser(kvasir_qc, tmp_path):
     html = kvasir_qc / "report.html"
     text = html.read_text()
@@ -143,6 +144,7 @@ def test_predict_report_2d_renders_in_browser(kvasir_qc, tmp_path):
     _not_blank(shot)
 
 
+@pytest.mark.slow
 def test_thumbnail_shows_candidate_pgt_and_error_panels(kvasir_qc):
     import base64
     import io
@@ -163,6 +165,7 @@ def test_thumbnail_shows_candidate_pgt_and_error_panels(kvasir_qc):
     assert {r["flag"] for r in bad} == {"error"} and all(r["error"] for r in bad)
 
 
+@pytest.mark.slow
 def test_report_3d_two_labels_with_mosaic(sample, tmp_path, tiny_bundle):
     bundle = tiny_bundle("hippocampus")
     out = tmp_path / "qc"
@@ -178,6 +181,7 @@ def test_report_3d_two_labels_with_mosaic(sample, tmp_path, tiny_bundle):
     _not_blank(shot)
 
 
+@pytest.mark.slow
 def test_large_run_is_paginated_and_sorted(kvasir_qc, tmp_path):
     """200 rows (real cases repeated under new ids): one page of 50 rows is rendered."""
     from segqc.report import write_report
@@ -205,6 +209,7 @@ def test_large_run_is_paginated_and_sorted(kvasir_qc, tmp_path):
     _not_blank(shot)
 
 
+@pytest.mark.slow
 def test_report_without_images_still_lists_every_case(kvasir_qc, tmp_path):
     from segqc.report import write_report
 

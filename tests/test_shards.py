@@ -7,7 +7,7 @@ import pytest
 from conftest import candidates_manifest
 
 from segqc.cli import main
-from segqc.engines.shards import select_part
+from segqc.pipeline.parts import select_part
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +30,7 @@ def test_select_part_is_a_deterministic_partition():
         select_part(items, 0, 0)
 
 
+@pytest.mark.slow
 def test_parts_merged_equal_one_run(bundle, manifest, tmp_path, capsys):
     one, split = tmp_path / "a", tmp_path / "b"  # folders of equal path length: map paths compare as text
     assert main(["predict", str(manifest), "--bundle", str(bundle), "--out", str(one / "qc")]) == 3
@@ -57,6 +58,7 @@ def test_parts_merged_equal_one_run(bundle, manifest, tmp_path, capsys):
     assert "0 cases judged, 2 failed, 11 already done" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_merge_refuses_what_is_not_one_whole_run(bundle, manifest, tmp_path, capsys):
     parts = [tmp_path / f"part{i}" for i in range(3)]
     for i, part in enumerate(parts):

@@ -151,14 +151,15 @@ def test_sample_probabilities(tiny, kvasir_cases):
 
 def test_method_single_aggregation_and_maps(tiny, kvasir_cases):
     from segqc.methods import make_method
+    from segqc.methods.base import FitContext
     from segqc.plan.fingerprint import compute_fingerprint, plan_from_fingerprint
 
     cases = kvasir_cases[:3]
     plan = plan_from_fingerprint(compute_fingerprint(cases), max_slice_size=32)
     m = make_method("model_uncertainty", aggregation="ensemble:pairwise_dice", n_samples=2)
     with pytest.raises(ValueError, match="needs the segmentation model"):
-        m.fit(cases, plan, np.random.default_rng(0))
-    m.fit(cases, plan, np.random.default_rng(0), models=tiny)
+        m.fit(cases, plan, FitContext(rng=np.random.default_rng(0), device="cpu"))
+    m.fit(cases, plan, FitContext(rng=np.random.default_rng(0), device="cpu", models=tiny))
     assert m.sources_ == ["ensemble"]
     s = m.score(cases[0])
     s_all = sample_probabilities(tiny, cases[0].image, source="ensemble")
@@ -166,11 +167,28 @@ def test_method_single_aggregation_and_maps(tiny, kvasir_cases):
     for key in ("entropy", "variance", "mutual_information", "pgt", "error"):
         assert s.maps[key].shape == cases[0].shape, key
     assert set(m.last_seconds) == {"ensemble"}
+    # a loaded method reopens the model files its state refers to, on the loader's device
+    arrays, config = m.state()
+    back = type(m).from_state(arrays, json.loads(json.dumps(config)), plan, device="cpu")
+    assert back.score(cases[0]).dice == pytest.approx(s.dice)
+    assert [x.path for x in back._get_models()] == [x.path for x in tiny]
+    # an in-memory model has no file to refer to: its state is refused, never saved without it
+    mem = TorchModel(torch.nn.Conv2d(3, 2, 1), Preprocessing(input_size=(16, 16)), device="cpu")
+    alone = make_method("model_uncertainty", aggregation="tta:candidate_dice", n_samples=2)
+    alone.fit(cases, plan, FitContext(rng=np.random.default_rng(0), device="cpu", models=[mem]))
+    with pytest.raises(ValueError, match="in-memory model"):
+        alone.state()
+    # parameters are checked when the method is made, before any sampling
+    with pytest.raises(ValueError, match="learned"):
+        make_method("model_uncertainty", aggregation="pairwise_dice")
+    with pytest.raises(ValueError, match="Did you mean 'tta'"):
+        make_method("model_uncertainty", sources="ta")
     with pytest.raises(ValueError, match="needs at least 2 models|needs source"):
         make_method("model_uncertainty", aggregation="ensemble:pairwise_dice").fit(
-            cases, plan, np.random.default_rng(0), models=tiny[:1])
+            cases, plan, FitContext(rng=np.random.default_rng(0), device="cpu", models=tiny[:1]))
 
 
+@pytest.mark.slow
 def test_cli_fit_predict_with_model(tiny, sample, tmp_path):
     """`segqc fit/predict --model ... --model-kind torchscript`: the bundle refers to the files, maps are written."""
     import csv
@@ -196,7 +214,7 @@ def test_cli_fit_predict_with_model(tiny, sample, tmp_path):
                  "--set", "segmenter.epochs=1", "--set", "segmenter.snapshot_epochs=[1]", "--device", "cpu",
                  *opts]) == 0
     doc = json.loads((tmp_path / "b" / "bundle.json").read_text())
-    refs = doc["methods"]["model_uncertainty"]["config"]["model_refs_"]
+    refs = doc["methods"]["model_uncertainty"]["config"]["fitted"]["model_refs_"]
     assert [r["path"] for r in refs] == models and all(r["kind"] == "torchscript" for r in refs)
     src = list(csv.DictReader(open(sample / "kvasir" / "candidates.csv")))[:3]
     man = tmp_path / "cands.csv"

@@ -60,13 +60,12 @@ class DiceCalibrator:
         self.pass_x_, self.pass_y_ = _isotonic(raw, (true_dice >= self.tau).astype(float))
         # residuals of the isotonic map on cases it was not fitted on (5-fold cross-fitting):
         # in-sample residuals are too small and would make the interval under-cover
-        folds = np.arange(len(raw)) % 5
-        np.random.default_rng(0).shuffle(folds)
-        resid = np.empty(len(raw))
-        for k in range(5):
-            test = folds == k
-            x, y = _isotonic(raw[~test], true_dice[~test])
-            resid[test] = true_dice[test] - np.interp(raw[test], x, y)
+        from sklearn.isotonic import IsotonicRegression
+
+        from segqc.calibration.crossfit import out_of_fold
+
+        iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0)
+        resid = true_dice - out_of_fold(iso, raw, true_dice, n_folds=5, seed=0)
         self.radius_ = conformal_quantile(resid, self.coverage)
         self.n_ = int(ok.sum())
         return self

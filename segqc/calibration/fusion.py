@@ -26,13 +26,10 @@ FUSION = "fusion"
 
 
 def _out_of_fold_calibrated(raw: np.ndarray, true: np.ndarray, tau: float, n_folds: int = 5) -> np.ndarray:
-    folds = np.arange(len(raw)) % n_folds
-    np.random.default_rng(0).shuffle(folds)
-    out = np.empty(len(raw))
-    for k in range(n_folds):
-        test = folds == k
-        out[test] = DiceCalibrator(tau=tau).fit(raw[~test], true[~test]).predict_dice(raw[test])
-    return out
+    """Each pair's calibrated Dice by a `DiceCalibrator` fitted on the other folds."""
+    from segqc.calibration.crossfit import DiceRegressor, out_of_fold
+
+    return out_of_fold(DiceRegressor(DiceCalibrator(tau=tau)), raw, true, n_folds=n_folds, seed=0)
 
 
 class Fusion:

@@ -16,11 +16,14 @@ __all__ = ["estimate_groups"]
 
 
 def _boot(values: np.ndarray, rng: np.random.Generator, n_boot: int) -> tuple[float, float]:
+    """95 % percentile interval of the mean, from ``n_boot`` case resamples drawn with ``rng``."""
+    from scipy.stats import bootstrap
+
     if len(values) < 2:
         return float("nan"), float("nan")
-    idx = rng.integers(0, len(values), size=(n_boot, len(values)))
-    means = values[idx].mean(axis=1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+    ci = bootstrap((values,), np.mean, n_resamples=n_boot, confidence_level=0.95, method="percentile",
+                   rng=rng).confidence_interval
+    return float(ci.low), float(ci.high)
 
 
 def estimate_groups(pred_dice: Sequence[float], p_pass: Sequence[float], groups: Sequence[str] | None = None, *,

@@ -187,8 +187,10 @@ class CrossFittedSegmenter:
         # case_ids_/folds_/snapshots are fitting-time state: a loaded segmenter averages all folds
 
     @classmethod
-    def from_state(cls, arrays: dict[str, np.ndarray], config: dict) -> "CrossFittedSegmenter":
-        seg = cls(**config["params"])
+    def from_state(cls, arrays: dict[str, np.ndarray], config: dict, device: str | None = None,
+                   ) -> "CrossFittedSegmenter":
+        """The fitted segmenter, its networks on ``device`` (the loader's; default: the one it was fitted with)."""
+        seg = cls(**{**config["params"], **({"device": device} if device is not None else {})})
         seg.kwargs_ = config["kwargs_"]
         dev = resolve_device(seg.device)
         seg.nets_ = []

@@ -65,8 +65,6 @@ class Case:
         geometry: spacing / origin / direction of the spatial grid.
         truth: optional expert mask used only for evaluation (never seen by a QC method).
         meta: free-form provenance (file paths, group such as the model name, ...).
-            A training pair made from a reference case carries ``meta["reference_id"]``,
-            the id of that reference case (see `reference_id`).
     """
 
     case_id: str
@@ -93,16 +91,6 @@ class Case:
     def shape(self) -> tuple[int, ...]:
         """Spatial shape."""
         return tuple(self.image.shape[1:])
-
-    @property
-    def reference_id(self) -> str:
-        """The reference case whose image (and expert mask) this case is about.
-
-        Training pairs (a candidate ``mask`` with the expert ``truth``) set it in
-        ``meta["reference_id"]``; the rows of a manifest that repeat an id keep the original
-        one in ``meta["source_id"]``; any other case is its own reference.
-        """
-        return str(self.meta.get("reference_id") or self.meta.get("source_id") or self.case_id)
 
     def with_mask(self, mask: np.ndarray | None) -> "Case":
         """A shallow copy carrying another mask (e.g. a corrupted one)."""

@@ -11,19 +11,16 @@ that names it, so that one bad file fails one case, not the batch.
 
 from __future__ import annotations
 
-import gzip
 import math
 import os
 import re
-import struct
 import warnings
-import zlib
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
 from segqc.data.case import Geometry
+from segqc.data.nifti_scan import scan_nifti
 
 __all__ = ["MAX_VOXELS", "MEDICAL_SUFFIXES", "PHOTO_SUFFIXES", "is_photo", "read_image", "read_mask", "write_image",
            "write_mask"]
@@ -124,7 +121,7 @@ def _read_sitk(path: Path) -> tuple[np.ndarray, Geometry, int, int]:
     try:  # SimpleITK raises RuntimeError for corrupt files
         reader.ReadImageInformation()
         _check_voxels(path, reader.GetSize()[:3][::-1])  # a 4D NIfTI's fourth axis holds channels
-        nonfinite = _scan_nifti(path) if suffix_of(path) in NIFTI_SUFFIXES else None
+        nonfinite = scan_nifti(path) if suffix_of(path) in NIFTI_SUFFIXES else None
         img = reader.Execute()
     except RuntimeError as e:
         raise _sitk_error(path, e) from None
@@ -141,105 +138,6 @@ def _read_sitk(path: Path) -> tuple[np.ndarray, Geometry, int, int]:
     geometry = Geometry(spacing, origin, tuple(d.ravel().tolist()))
     return arr, geometry, img.GetNumberOfComponentsPerPixel(), nonfinite
 
-
-# NIfTI datatype codes of floating-point voxels → numpy dtype names
-_NIFTI_FLOATS = {16: "f4", 64: "f8"}
-# Single-file NIfTI-1 / NIfTI-2 headers: size, magic (offset, bytes), offsets and formats of
-# datatype + bitpix, dim[8] and vox_offset.
-_NIFTI_HEADERS = ((348, 344, b"n+1\0", 70, 40, "8h", 108, "f"), (540, 4, b"n+2\0", 12, 16, "8q", 168, "q"))
-_CHUNK = 1 << 24  # bytes read at a time when streaming a volume: memory stays bounded whatever its size
-
-
-class _NiftiLayout(NamedTuple):
-    """Where the voxels of a NIfTI file lie, according to its header."""
-
-    offset: int  # first voxel byte
-    end: int  # one past the last voxel byte
-    float_dtype: str | None  # numpy dtype of floating-point voxels (which may be NaN / inf), else None
-
-
-def _nifti_layout(head: bytes) -> _NiftiLayout | None:
-    """Parse a NIfTI-1 or NIfTI-2 single-file header in either byte order; None if it is not one we can check."""
-    for size, at_magic, magic, at_type, at_dim, dim_fmt, at_offset, offset_fmt in _NIFTI_HEADERS:
-        if len(head) < size or head[at_magic:at_magic + 4] != magic:
-            continue
-        for order in "<>":
-            if struct.unpack_from(order + "i", head)[0] != size:
-                continue
-            datatype, bitpix = struct.unpack_from(order + "2h", head, at_type)
-            dim = struct.unpack_from(order + dim_fmt, head, at_dim)
-            offset = struct.unpack_from(order + offset_fmt, head, at_offset)[0]
-            shape = dim[1:dim[0] + 1]
-            if not (1 <= dim[0] <= 7 and min(shape) >= 1 and bitpix >= 1 and 0 <= offset < 2 ** 62):
-                return None  # an implausible header: SimpleITK's own reading decides
-            start = max(int(offset), size + 4)  # the 4 extension-flag bytes always precede the voxels
-            dtype = order + _NIFTI_FLOATS[datatype] if datatype in _NIFTI_FLOATS else None
-            return _NiftiLayout(start, start + (math.prod(shape) * bitpix + 7) // 8, dtype)
-    return None
-
-
-class _VoxelScan:
-    """Bytes of a stream seen so far, and the NaN / inf among its float voxels.
-
-    Chunks are fed in order and need not align with voxels: a partial voxel waits for the next chunk.
-    """
-
-    def __init__(self, layout: _NiftiLayout):
-        self.layout, self.got, self.nonfinite, self._tail = layout, 0, 0, b""
-
-    def feed(self, chunk: bytes) -> None:
-        start, self.got = self.got, self.got + len(chunk)
-        lo, hi = max(self.layout.offset - start, 0), min(self.layout.end - start, len(chunk))
-        if self.layout.float_dtype is None or lo >= hi:
-            return
-        data = self._tail + chunk[lo:hi]
-        n = len(data) // np.dtype(self.layout.float_dtype).itemsize
-        values = np.frombuffer(data, self.layout.float_dtype, count=n)
-        self.nonfinite += n - int(np.count_nonzero(np.isfinite(values)))
-        self._tail = data[values.nbytes:]
-
-
-def _chunks(stream, first: bytes):
-    chunk = first
-    while chunk:
-        yield chunk
-        chunk = stream.read(_CHUNK)
-
-
-def _scan_nifti(path: Path) -> int:
-    """Check that a NIfTI file holds every voxel its header promises; return how many are NaN / inf.
-
-    SimpleITK reads a short file, or a gzip stream cut short, as if the missing voxels were 0, and
-    turns NaN into 0: both would pass unnoticed. One streaming pass over the (decompressed) bytes
-    checks both, without a second copy of the volume in memory.
-
-    Raises:
-        ValueError: the file is truncated or its gzip stream is damaged (bad CRC, cut short).
-    """
-    with open(path, "rb") as raw:
-        packed = raw.read(2) == b"\x1f\x8b"  # by content: some tools gzip a .nii, or name a plain file .nii.gz
-        raw.seek(0)
-        stream = gzip.GzipFile(fileobj=raw) if packed else raw
-        scan = None
-        try:
-            head = stream.read(_NIFTI_HEADERS[-1][0])
-            layout = _nifti_layout(head)
-            if layout is None:
-                return 0
-            scan = _VoxelScan(layout)
-            if packed or layout.float_dtype:
-                for chunk in _chunks(stream, head):
-                    scan.feed(chunk)
-            else:  # nothing to inflate or scan: the file size says it all
-                scan.got = os.fstat(raw.fileno()).st_size
-        except (EOFError, OSError, zlib.error) as e:  # gzip: cut short, bad CRC, corrupt deflate data
-            where = f" after {scan.got:,} of {scan.layout.end:,} bytes" if scan else ""
-            raise ValueError(f"{path} is truncated or damaged: reading it failed{where} ({e})") from None
-    if scan.got < layout.end:
-        raise ValueError(f"{path} is truncated or damaged: its header promises {layout.end:,} bytes "
-                         f"(voxels from byte {layout.offset:,}) but it holds {scan.got:,}"
-                         + (" once decompressed" if packed else ""))
-    return scan.nonfinite
 
 
 # Pillow modes read as stored; the others become RGB

@@ -27,7 +27,7 @@ from segqc.data.case import Case
 from segqc.data.errors import CaseError
 from segqc.data.images import MEDICAL_SUFFIXES, PHOTO_SUFFIXES, read_image, read_mask, suffix_of
 
-__all__ = ["LAYOUTS", "CaseRef", "detect_layout", "load_dataset", "read_manifest"]
+__all__ = ["LAYOUTS", "CaseRef", "detect_layout", "guess_root", "load_dataset", "read_manifest"]
 
 LAYOUTS = ("auto", "nnunet", "msd", "flat", "csv")
 _CHANNEL = re.compile(r"^(?P<id>.+)_(?P<ch>\d{4})$")
@@ -277,3 +277,22 @@ def _unique_ids(wanted: list[tuple[str, bool]]) -> list[str]:
         used.add(key)
         out.append(key)
     return out
+
+
+def guess_root(cases: Path) -> Path:
+    """The folder a benchmark's relative paths start from: walk up from ``cases`` until the first path resolves.
+
+    (The shared benchmarks' ``cases.csv`` paths are relative to ``shared/``.)
+    """
+    import sys
+
+    cases = Path(cases)
+    listed = [r for r in read_manifest(cases, root=cases.parent) if r.image]
+    if not listed:
+        return cases.parent
+    rel = listed[0].image[0].relative_to(cases.parent)
+    for parent in [cases.parent, *cases.parents]:
+        if (parent / rel).exists():
+            return parent
+    print(f"segqc: cannot resolve {rel} above {cases}; using its folder", file=sys.stderr)
+    return cases.parent

@@ -1,2 +1,2 @@
-"""Engines that run a scorer over many cases: row by row with resume (`batch`), on Ray
-(`ray_engine`), or in parts that `segqc merge` joins (`shards`)."""
+"""Engines that run a scorer over many cases: row by row in this process, with resume
+(`batch`), or on Ray (`ray_engine`). Splitting a run into parts is `segqc.pipeline.parts`."""

@@ -151,8 +151,7 @@ def run_batch(refs: Sequence[CaseRef], fn: Callable[[Case], dict] | None, out_cs
             a file written with another identity raises ValueError.
         engine: `LocalEngine` (default) or `segqc.engines.ray_engine.RayEngine`.
     """
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from segqc.ui import progress as progress_bar
 
     if make_scorer is None:
         make_scorer = partial(per_case, fn)
@@ -170,10 +169,7 @@ def run_batch(refs: Sequence[CaseRef], fn: Callable[[Case], dict] | None, out_cs
     todo = [r for r in refs if r.case_id not in done]
     summary = BatchSummary(len(refs), 0, 0, len(refs) - len(todo), out_csv)
     new_file = not out_csv.exists()
-    with open(out_csv, "a", newline="") as f, Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        disable=quiet, console=Console(stderr=True),
-    ) as progress:
+    with open(out_csv, "a", newline="") as f, progress_bar(disable=quiet, remaining=True) as progress:
         if new_file:
             f.write(format_row(header, dict(zip(header, header))))
         task = progress.add_task(description, total=len(todo))

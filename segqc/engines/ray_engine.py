@@ -77,7 +77,7 @@ class RayEngine:
     def _pipeline(self, ray, refs: Sequence[CaseRef], make_scorer, require_mask: bool):
         from ray.data import ActorPoolStrategy
 
-        workers = self.workers or _default_workers(ray, self.gpus_per_worker)
+        workers = self.workers or default_workers(ray, self.gpus_per_worker)
         items = [{"index": i, "ref": pickle.dumps(ref)} for i, ref in enumerate(refs)]
         return (ray.data.from_items(items)
                 .map_batches(_read, batch_size=self.batch_size, batch_format="pyarrow",
@@ -127,7 +127,7 @@ def _data_options():
             h.setLevel(level)
 
 
-def _default_workers(ray, gpus_per_worker: float) -> int:
+def default_workers(ray, gpus_per_worker: float) -> int:
     """One actor per CPU of the cluster, or per share of its GPUs."""
     res = ray.cluster_resources()
     if gpus_per_worker <= 0:

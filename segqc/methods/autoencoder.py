@@ -33,9 +33,7 @@ import numpy as np
 
 from segqc.data.case import Case
 from segqc.data.labels import to_index, to_labels
-from segqc.methods.base import QCMethod, RawScore, check_is_fitted, check_labels
-from segqc.metrics import binary_dice, binary_hd95
-from segqc.nets.weights import load_net_arrays, net_to_arrays
+from segqc.methods.base import FitContext, Param, QCMethod, RawScore, check_is_fitted, check_labels, fraction, positive
 from segqc.utils import torch_threads
 
 __all__ = ["MaskAutoencoder", "build_mask_autoencoder"]
@@ -173,10 +171,15 @@ def _corrupt_onehot(y, gen, p_corrupt: float):
     return out
 
 
+def _positive_ints(v) -> str | None:
+    ok = len(v) >= 1 and all(not isinstance(c, bool) and int(c) == c and c >= 1 for c in v)
+    return None if ok else "must be one or more positive integers"
+
+
 class MaskAutoencoder(QCMethod):
     """Denoising mask autoencoder; QC score = Dice(candidate, its reconstruction) per label.
 
-    Args:
+    Parameters:
         epochs: passes over the reference slices (training also stops at ``max_minutes``).
         batch_size: slices per step.
         lr: peak AdamW learning rate, cosine decay to 0 over the run; when the first steps
@@ -189,76 +192,46 @@ class MaskAutoencoder(QCMethod):
             the spatial latent is squeezed through (a tighter, global shape code).
         denoise: fraction of training inputs that are lightly corrupted (0 = plain AE).
         max_minutes: wall-clock cap on the training loop.
-        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (`resolve_device`).
         n_threads: torch CPU threads while fitting / scoring (restored afterwards); None
             keeps torch's setting. On a shared machine 1 avoids thread oversubscription,
             which can slow small convolutions down a hundredfold.
-        seed: seed of weights, batches and corruptions; None draws one from ``fit``'s rng.
+        seed: seed of weights, batches and corruptions; None draws one from ``ctx.rng``.
     """
 
     name = "autoencoder"
-
-    def __init__(self, *, epochs: int = 60, batch_size: int = 32, lr: float = 3e-3, latent_channels: int = 4,
-                 channels: tuple[int, ...] = (32, 64), latent_dim: int | None = None, denoise: float = 0.7,
-                 max_minutes: float = 4.5, device: str = "auto", n_threads: int | None = None,
-                 seed: int | None = None):
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.lr = lr
-        self.latent_channels = latent_channels
-        self.channels = channels
-        self.latent_dim = latent_dim
-        self.denoise = denoise
-        self.max_minutes = max_minutes
-        self.device = device
-        self.n_threads = n_threads
-        self.seed = seed
+    params = {
+        "epochs": Param(60, check=positive),
+        "batch_size": Param(32, check=positive),
+        "lr": Param(3e-3, check=positive),
+        "latent_channels": Param(4, check=positive),
+        "channels": Param((32, 64), check=_positive_ints),
+        "latent_dim": Param(None, int, positive),
+        "denoise": Param(0.7, check=fraction),
+        "max_minutes": Param(4.5, check=positive),
+        "n_threads": Param(None, int, positive),
+        "seed": Param(None, int),
+    }
 
     # -- fitting -----------------------------------------------------------------------
-    def _validate_params(self) -> None:
-        for name in ("epochs", "batch_size", "latent_channels"):
-            v = getattr(self, name)
-            if int(v) != v or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
-        if not self.max_minutes > 0:
-            raise ValueError(f"max_minutes must be > 0, got {self.max_minutes!r}")
-        if not 0.0 <= self.denoise <= 1.0:
-            raise ValueError(f"denoise must be in [0, 1], got {self.denoise!r}")
-        if self.latent_dim is not None and (int(self.latent_dim) != self.latent_dim or self.latent_dim < 1):
-            raise ValueError(f"latent_dim must be a positive integer or None, got {self.latent_dim!r}")
-        if self.n_threads is not None and (int(self.n_threads) != self.n_threads or self.n_threads < 1):
-            raise ValueError(f"n_threads must be a positive integer or None, got {self.n_threads!r}")
-        if len(self.channels) < 1 or any(int(c) != c or c < 1 for c in self.channels):
-            raise ValueError(f"channels must be positive integers, got {self.channels!r}")
+    def _fit(self, reference: list[Case], ctx: FitContext) -> None:
+        """Train on the expert masks of ``reference`` in the plan's model space.
 
-    def fit(self, cases: list[Case], plan, rng: np.random.Generator, extra_pairs: list[Case] | None = None,
-            progress=None) -> MaskAutoencoder:
-        """Train on the expert masks of ``cases`` in the plan's model space.
-
-        ``extra_pairs`` are ignored: the autoencoder learns plausible shapes from expert
-        masks only, never from candidates. ``progress()`` is called after each case is
-        prepared and after each epoch.
+        ``ctx.pairs`` are ignored: the autoencoder learns plausible shapes from expert
+        masks only, never from candidates.
         """
-        self._validate_params()
         with torch_threads(self.n_threads):
-            return self._fit(cases, plan, rng, progress)
+            self._train(reference, ctx)
 
-    def _fit(self, cases, plan, rng: np.random.Generator, progress) -> MaskAutoencoder:
+    def _train(self, cases: list[Case], ctx: FitContext) -> None:
         import torch
         from monai.losses import DiceCELoss
 
         from segqc.plan.preprocess import preprocess
-        from segqc.utils import resolve_device
 
-        labels = sorted(int(k) for k in plan.labels)
+        plan, rng, labels, device = self.plan_, ctx.rng, self.labels_, self.device_
         if not labels:
             raise ValueError("the plan has no foreground labels; nothing to learn")
-        if not cases:
-            raise ValueError("fit needs at least one reference case with an expert mask")
         seed = int(rng.integers(2**31)) if self.seed is None else int(self.seed)
-        device = resolve_device(self.device)
 
         slices, n_empty = [], 0
         for case in cases:
@@ -269,8 +242,7 @@ class MaskAutoencoder(QCMethod):
             idx = to_index(m_ms, labels, what=f"expert mask of {case.case_id}")
             slices.append(idx)
             n_empty += int((~idx.reshape(len(idx), -1).any(1)).sum())
-            if progress is not None:
-                progress()
+            ctx.progress(f"autoencoder: prepared {case.case_id}")
         data = np.concatenate(slices, axis=0)
         nonempty = data.reshape(len(data), -1).any(1)
         # empty slices teach "nothing in, nothing out", but should not swamp the shapes
@@ -333,19 +305,19 @@ class MaskAutoencoder(QCMethod):
             if epoch_loss:
                 epochs_run += 1
                 losses.append(float(np.mean(epoch_loss)))
-            if progress is not None:
-                progress()
+            ctx.progress(f"autoencoder epoch {epochs_run}/{int(self.epochs)}")
             if done:
                 break
         net.eval()
-        self.labels_ = labels
-        self.plan_ = plan
         self.net_args_ = net_args
         self.net_ = net
         self.n_train_slices_ = int(n)
         self.history_ = {"epochs_run": epochs_run, "steps": step, "train_seconds": time.perf_counter() - t0,
                          "loss": losses, "seed": seed, "n_empty_slices": int(n_empty)}
-        return self
+
+    def _build_network(self, key: str):
+        """The untrained autoencoder of ``net_args_`` (``net_`` is the only network)."""
+        return build_mask_autoencoder(**self.net_args_)
 
     # -- scoring -----------------------------------------------------------------------
     def _probs(self, idx_ms: np.ndarray) -> np.ndarray:
@@ -385,8 +357,9 @@ class MaskAutoencoder(QCMethod):
     def _score_cases(self, cases: list[Case]) -> list[RawScore]:
         """Dice and HD95 (mm) of the candidate against its reconstruction, on the original grid.
 
-        Dice follows `segqc.metrics` (both empty → 1, one empty → 0, never NaN); HD95 is
-        NaN when exactly one of candidate and reconstruction is empty. Maps (original
+        The reconstruction is a pGT: `segqc.components.pgt_scoring.score_against_pgt`
+        (both empty → Dice 1, HD95 0; exactly one empty → Dice 0, HD95 the image
+        diagonal). Maps (original
         grid): ``pgt`` the reconstruction's labels, ``error`` float32 in [0, 1], the
         autoencoder's probability that the candidate's label is wrong. Features:
         ``soft_dice_<label>`` (candidate vs reconstruction probabilities, model space) and
@@ -396,17 +369,16 @@ class MaskAutoencoder(QCMethod):
             return [self._score(c, *r) for c, r in zip(cases, self._reconstruct_many(cases))]
 
     def _score(self, case: Case, probs: np.ndarray, idx: np.ndarray, props: dict) -> RawScore:
+        from segqc.components.pgt_scoring import score_against_pgt
         from segqc.plan.preprocess import invert_map, invert_mask
 
         recon = invert_mask(to_labels(probs.argmax(1), self.labels_), props)
         p_cand = np.take_along_axis(probs, idx[:, None], axis=1)[:, 0]
         error = np.clip(invert_map(1.0 - p_cand, props, fill=0.0), 0.0, 1.0).astype(np.float32)
         cand = case.mask
-        dice, hd, feats = {}, {}, {}
+        dice, hd = score_against_pgt(cand, recon, self.labels_, case.spacing)
+        feats = {}
         for i, k in enumerate(self.labels_, start=1):
-            c, r = cand == k, recon == k
-            dice[k] = float(binary_dice(c, r))
-            hd[k] = float(binary_hd95(c, r, case.spacing))
             # soft Dice in model space: a smoother variant for fusion / calibration
             ci, pi = idx == i, probs[:, i]
             denom = float(ci.sum() + pi.sum())
@@ -414,30 +386,3 @@ class MaskAutoencoder(QCMethod):
         fg = (cand > 0) | (recon > 0)
         feats["error_mean_fg"] = float(error[fg].mean()) if fg.any() else 0.0
         return RawScore(dice=dice, hd95=hd, maps={"pgt": recon, "error": error}, features=feats)
-
-    # -- persistence -------------------------------------------------------------------
-    def state(self) -> tuple[dict[str, np.ndarray], dict]:
-        check_is_fitted(self)
-        arrays = net_to_arrays(self.net_, "net.")
-        params = self.get_params()
-        params["channels"] = [int(c) for c in params["channels"]]
-        config = {"params": params, "labels_": self.labels_, "plan_": self.plan_.to_dict(),
-                  "net_args_": self.net_args_, "n_train_slices_": self.n_train_slices_, "history_": self.history_}
-        return arrays, config
-
-    @classmethod
-    def from_state(cls, arrays: dict[str, np.ndarray], config: dict) -> MaskAutoencoder:
-        from segqc.plan.fingerprint import Plan
-        from segqc.utils import resolve_device
-
-        params = dict(config["params"])
-        params["channels"] = tuple(params["channels"])
-        m = cls(**params)
-        m.labels_ = [int(k) for k in config["labels_"]]
-        m.plan_ = Plan.from_dict(config["plan_"])
-        m.net_args_ = dict(config["net_args_"])
-        m.n_train_slices_ = int(config["n_train_slices_"])
-        m.history_ = config.get("history_", {})
-        net = load_net_arrays(build_mask_autoencoder(**m.net_args_), arrays, "net.", "autoencoder")
-        m.net_ = net.to(resolve_device(m.device)).eval()
-        return m

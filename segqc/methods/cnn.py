@@ -1,18 +1,19 @@
 """A CNN that looks at the image and the candidate mask and regresses Dice (Robinson et al. 2018).
 
 Input, in model space (`segqc.plan.preprocess`): the normalised image channels plus one soft
-one-hot channel per foreground label of the candidate mask; output: one sigmoid per
-foreground label, its predicted Dice. 2D datasets use a 2D network on the ``S × S``
-slice; 3D datasets a 3D network on the whole ``(Z, S, S)`` volume, Z zero-padded to a
-fixed multiple of 8 so that fitting and scoring see the same field of view.
+one-hot channel per foreground label of the candidate mask
+(`segqc.plan.preprocess.soft_mask_to_model_space`); output: one sigmoid per foreground
+label, its predicted Dice. 2D datasets use a 2D network on the ``S × S`` slice; 3D
+datasets a 3D network on the whole ``(Z, S, S)`` volume, Z zero-padded to a fixed
+multiple of 8 so that fitting and scoring see the same field of view.
 
 The backbone is MONAI's `ResNet` (basic blocks, global average pooling, so any input
 size works). It learns from realistic bad masks of the reference cases
-(`segqc.data.corrupt`), freshly drawn every ``refresh_every`` epochs, plus any user-supplied
-candidate masks; targets are the Dice against the expert mask measured on the ORIGINAL
-grid, so resampling never biases them. Loss = MSE on the sigmoid outputs + a RankNet
-term on the pairs of a batch whose true Dice differ, because QC mostly has to *order*
-cases (which ones to review first) and MSE alone lets a network hedge towards the mean.
+(`segqc.data.corrupt`), freshly drawn every ``refresh_every`` epochs, plus the model-made
+training pairs of ``ctx.pairs``; targets are the Dice against the expert mask measured on
+the ORIGINAL grid, so resampling never biases them. Loss = MSE on the sigmoid outputs + a
+RankNet term on the pairs of a batch whose true Dice differ, because QC mostly has to
+*order* cases (which ones to review first) and MSE alone lets a network hedge towards the mean.
 
 Fitting stops when ``max_minutes`` is spent; the cosine learning-rate schedule is
 shortened after the first epoch so that it still ends when the budget does.
@@ -26,41 +27,21 @@ import time
 import numpy as np
 
 from segqc.data.case import Case
-from segqc.methods.base import QCMethod, RawScore, check_is_fitted, make_training_pairs
-from segqc.metrics import binary_dice
-from segqc.nets.weights import load_net_arrays, net_to_arrays
+from segqc.methods.base import (
+    FitContext,
+    Param,
+    QCMethod,
+    RawScore,
+    TrainingPair,
+    make_training_pairs,
+    non_negative,
+    positive,
+)
 from segqc.utils import torch_threads
 
-__all__ = ["CNNRegressor", "mask_to_model_space"]
+__all__ = ["CNNRegressor"]
 
 _Z_MULTIPLE = 8
-
-
-def mask_to_model_space(mask: np.ndarray, props: dict, labels: list[int], plan) -> np.ndarray:
-    """Soft one-hot of a candidate mask in model space: float32 ``(L, Z, S, S)`` in [0, 1].
-
-    Follows the image's forward transform recorded in ``props`` (in-plane resampling to
-    ``props["resampled_shape"]``, then the same crop and zero pad), but keeps the linearly
-    interpolated indicator of each label instead of an argmax: the network then sees
-    partial-volume boundaries rather than a staircase.
-    """
-    from segqc.plan.preprocess import resize_inplane
-
-    m = np.asarray(mask)
-    if m.ndim == 2:
-        m = m[None]
-    onehot = np.stack([m == k for k in labels]).astype(np.float32)  # (L, Z, H, W)
-    size = tuple(int(v) for v in props["resampled_shape"])
-    in_size = onehot.shape[-2:]
-    kwargs = plan.resampling.get("mask", {}).get("kwargs", {})
-    aa = bool(kwargs.get("antialias", True)) and any(o < i for i, o in zip(in_size, size))
-    x = resize_inplane(onehot, size, mode="linear", antialias=aa)
-    (c0, c1), (d0, d1) = props["crop"]
-    x = x[..., c0:c1, d0:d1]
-    pad = props["pad"]
-    if any(p for pp in pad for p in pp):
-        x = np.pad(x, [(0, 0), (0, 0)] + [tuple(p) for p in pad])
-    return np.ascontiguousarray(np.clip(x, 0.0, 1.0), dtype=np.float32)
 
 
 def _backbone_kwargs(spatial_dims: int, n_in: int, n_out: int, widths, layers) -> dict:
@@ -91,7 +72,7 @@ def _ranknet(logits, target, min_gap: float):
 class CNNRegressor(QCMethod):
     """Image + candidate mask → MONAI ResNet → Dice per foreground label.
 
-    Args:
+    Parameters:
         epochs: training epochs; None = 12 on CPU, 40 on CUDA (``max_minutes`` caps both).
         pairs_per_case: bad masks drawn per reference case for each refresh.
         refresh_every: draw fresh bad masks every this many epochs (0 = once, at the start).
@@ -104,54 +85,34 @@ class CNNRegressor(QCMethod):
             (where several labels have a fixed layout, e.g. anterior / posterior
             hippocampus, a flip would teach the network that swapped labels are fine).
         max_minutes: wall-clock budget of ``fit`` (preprocessing included).
-        device: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         n_threads: torch CPU threads while fitting (None = torch's default); scoring
             never changes the thread setting.
-        seed: seed of the network's initialisation (None = drawn from ``fit``'s rng).
+        seed: seed of the network's initialisation (None = drawn from ``ctx.rng``).
     """
 
     name = "cnn"
+    params = {
+        "epochs": Param(None, int, positive),
+        "pairs_per_case": Param(4, check=positive),
+        "refresh_every": Param(1, check=non_negative),
+        "batch_size": Param(32, check=positive),
+        "lr": Param(1e-3, check=positive),
+        "weight_decay": Param(1e-4, check=non_negative),
+        "rank_weight": Param(0.1, check=non_negative),
+        "rank_min_gap": Param(0.05, check=non_negative),
+        "widths": Param((16, 32, 64, 128), check=positive),
+        "layers": Param((1, 1, 1, 1), check=positive),
+        "flip": Param(None, bool),
+        "max_minutes": Param(6.0, check=positive),
+        "n_threads": Param(None, int, positive),
+        "seed": Param(None, int),
+    }
 
-    def __init__(self, *, epochs: int | None = None, pairs_per_case: int = 4, refresh_every: int = 1,
-                 batch_size: int = 32, lr: float = 1e-3, weight_decay: float = 1e-4, rank_weight: float = 0.1,
-                 rank_min_gap: float = 0.05, widths: tuple[int, ...] = (16, 32, 64, 128),
-                 layers: tuple[int, ...] = (1, 1, 1, 1), flip: bool | None = None, max_minutes: float = 6.0,
-                 device: str = "auto", n_threads: int | None = None, seed: int | None = None):
-        self.epochs = epochs
-        self.pairs_per_case = pairs_per_case
-        self.refresh_every = refresh_every
-        self.batch_size = batch_size
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.rank_weight = rank_weight
-        self.rank_min_gap = rank_min_gap
-        self.widths = widths
-        self.layers = layers
-        self.flip = flip
-        self.max_minutes = max_minutes
-        self.device = device
-        self.n_threads = n_threads
-        self.seed = seed
-
-    # -- helpers -------------------------------------------------------------------------
-    def _validate(self, cases: list[Case], plan) -> None:
-        if not cases:
-            raise ValueError("CNNRegressor.fit needs at least one reference case")
-        if not plan.labels:
-            raise ValueError("the plan has no foreground labels; nothing to regress")
-        for name in ("pairs_per_case", "batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
-        if self.epochs is not None and int(self.epochs) < 1:
-            raise ValueError(f"epochs must be ≥ 1 or None, got {self.epochs}")
-        if not self.max_minutes > 0:
-            raise ValueError(f"max_minutes must be > 0, got {self.max_minutes}")
+    def _validate_params(self) -> None:
         if len(self.widths) != 4 or len(self.layers) != 4:
             raise ValueError(f"widths and layers need 4 stages each, got {self.widths} and {self.layers}")
-        for c in cases:
-            if c.mask is None:
-                raise ValueError(f"reference case {c.case_id} has no expert mask")
 
+    # -- helpers -------------------------------------------------------------------------
     def _input(self, image_ms: np.ndarray, soft_ms: np.ndarray) -> np.ndarray:
         """``(C+L, S, S)`` for 2D, ``(C+L, z_pad_, S, S)`` for 3D (zeros after the last slice)."""
         x = np.concatenate([image_ms, soft_ms.astype(np.float32, copy=False)], axis=0)
@@ -163,33 +124,27 @@ class CNNRegressor(QCMethod):
             x = np.pad(x, [(0, 0), (0, zp - z), (0, 0), (0, 0)])
         return x
 
-    def _targets(self, bad: np.ndarray, truth: np.ndarray) -> np.ndarray:
-        return np.array([binary_dice(bad == k, truth == k) for k in self.labels_], dtype=np.float32)
-
     # -- fitting -------------------------------------------------------------------------
-    def fit(self, cases: list[Case], plan, rng: np.random.Generator, extra_pairs: list[Case] | None = None,
-            progress=None) -> "CNNRegressor":
-        """Learn Dice from bad masks of ``cases`` (plus ``extra_pairs``: ``mask`` candidate, ``truth`` expert).
-
-        ``progress()`` (no arguments) is called once per epoch. Returns ``self``.
-        """
+    def _fit(self, reference: list[Case], ctx: FitContext) -> None:
+        """Learn Dice from fresh bad masks of ``reference`` plus ``ctx.pairs``."""
         import torch
 
-        from segqc.plan.preprocess import preprocess
-        from segqc.utils import resolve_device
+        from segqc.plan.preprocess import preprocess, soft_mask_to_model_space
 
         t0 = time.perf_counter()
         budget = 60.0 * float(self.max_minutes)
-        self._validate(cases, plan)
-        extra_pairs = list(extra_pairs or [])
+        plan, rng = self.plan_, ctx.rng
+        if not self.labels_:
+            raise ValueError("the plan has no foreground labels; nothing to regress")
+        for c in reference:
+            if c.mask is None:
+                raise ValueError(f"reference case {c.case_id} has no expert mask")
+        extra_pairs = list(ctx.pairs)
         for p in extra_pairs:
-            if p.mask is None or p.truth is None:
-                raise ValueError(f"extra pair {p.case_id} needs both a candidate mask and an expert truth")
-        self.plan_ = plan
-        self.labels_ = [int(k) for k in plan.labels]
+            if p.candidate is None or p.truth is None:
+                raise ValueError(f"training pair of {p.reference_id} needs both a candidate mask and an expert mask")
         self.spatial_dims_ = int(plan.ndim)
         self.n_channels_ = int(plan.n_channels)
-        self.device_ = resolve_device(self.device)
         on_cuda = self.device_.startswith("cuda")
         epochs = int(self.epochs) if self.epochs is not None else (40 if on_cuda else 12)
         flip = self.flip if self.flip is not None else len(self.labels_) == 1
@@ -199,19 +154,19 @@ class CNNRegressor(QCMethod):
         with torch_threads(self.n_threads):
             # each image once; every candidate mask is then sent through its image's props
             images, props = [], []
-            for c in cases + extra_pairs:
+            for c in reference + [p.reference for p in extra_pairs]:
                 img, _, pr = preprocess(c.with_mask(None), plan)
                 images.append(img)
                 props.append(pr)
-            n_ref = len(cases)
+            n_ref = len(reference)
             self.z_pad_ = _round_up(max(im.shape[1] for im in images)) if self.spatial_dims_ == 3 else 1
 
-            def make_samples(pairs: list[Case], idx: list[int]) -> list[tuple[int, np.ndarray, np.ndarray]]:
-                return [(i, mask_to_model_space(p.mask, props[i], self.labels_, plan).astype(np.float16),
-                         self._targets(p.mask, p.truth)) for p, i in zip(pairs, idx)]
+            def make_samples(pairs: list[TrainingPair], idx: list[int]) -> list[tuple[int, np.ndarray, np.ndarray]]:
+                return [(i, soft_mask_to_model_space(p.candidate, props[i], self.labels_, plan).astype(np.float16),
+                         p.true_dice(self.labels_).astype(np.float32)) for p, i in zip(pairs, idx)]
 
             def fresh() -> list[tuple[int, np.ndarray, np.ndarray]]:
-                pairs = make_training_pairs(cases, rng, int(self.pairs_per_case))
+                pairs = make_training_pairs(reference, rng, int(self.pairs_per_case))
                 idx = [i for i in range(n_ref) for _ in range(int(self.pairs_per_case))]
                 return make_samples(pairs, idx)
 
@@ -264,8 +219,9 @@ class CNNRegressor(QCMethod):
                     history.append({"epoch": epoch + 1, "mse": float(np.mean([m for m, _ in losses])),
                                     "loss": float(np.mean([v for _, v in losses])), "samples": n_seen,
                                     "seconds": round(time.perf_counter() - te, 2)})
-                if progress is not None:
-                    progress()
+                    ctx.progress(f"cnn epoch {epoch + 1}/{planned}: loss {history[-1]['loss']:.4f}")
+                else:
+                    ctx.progress(f"cnn epoch {epoch + 1}/{planned}")
                 if stopped:
                     break
                 # shrink the schedule so it ends with the time budget
@@ -282,7 +238,10 @@ class CNNRegressor(QCMethod):
         self.fit_info_ = {"epochs_run": len(history), "epochs_requested": epochs, "stopped_by_time": stopped,
                           "seconds": round(time.perf_counter() - t0, 2), "device": self.device_,
                           "torch_seed": seed, "flip": bool(flip)}
-        return self
+
+    def _build_network(self, key: str):
+        """The untrained ResNet of ``backbone_`` (``model_`` is the only network)."""
+        return _build(self.backbone_)
 
     # -- scoring -------------------------------------------------------------------------
     def _score_cases(self, cases: list[Case]) -> list[RawScore]:
@@ -293,10 +252,10 @@ class CNNRegressor(QCMethod):
 
     def _model_input(self, case: Case) -> np.ndarray:
         """The network input of ``case`` (`_input`): its image and candidate mask in model space."""
-        from segqc.plan.preprocess import preprocess
+        from segqc.plan.preprocess import preprocess, soft_mask_to_model_space
 
         img, _, props = preprocess(case.with_mask(None), self.plan_)
-        return self._input(img, mask_to_model_space(case.mask, props, self.labels_, self.plan_))
+        return self._input(img, soft_mask_to_model_space(case.mask, props, self.labels_, self.plan_))
 
     def _predict(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         """Sigmoid outputs ``(L,)`` per network input; inputs of one shape share calls (3D ones may differ in Z)."""
@@ -311,40 +270,6 @@ class CNNRegressor(QCMethod):
         self.model_.eval()
         rows = [torch.from_numpy(x[None]) for x in inputs]
         return [p[0].numpy() for p in forward_grouped(run, rows)]
-
-    # -- persistence ---------------------------------------------------------------------
-    def state(self) -> tuple[dict[str, np.ndarray], dict]:
-        check_is_fitted(self)
-        arrays = net_to_arrays(self.model_)
-        params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.get_params().items()}
-        config = {"params": params, "labels_": self.labels_, "backbone_": self.backbone_,
-                  "spatial_dims_": self.spatial_dims_, "n_channels_": self.n_channels_, "z_pad_": self.z_pad_,
-                  "plan_": self.plan_.to_dict(), "n_train_": self.n_train_, "history_": self.history_,
-                  "fit_info_": self.fit_info_}
-        return arrays, config
-
-    @classmethod
-    def from_state(cls, arrays: dict[str, np.ndarray], config: dict) -> "CNNRegressor":
-        from segqc.plan.fingerprint import Plan
-        from segqc.utils import resolve_device
-
-        params = dict(config["params"])
-        for k in ("widths", "layers"):
-            if isinstance(params.get(k), list):
-                params[k] = tuple(params[k])
-        m = cls(**params)
-        m.labels_ = [int(k) for k in config["labels_"]]
-        m.backbone_ = dict(config["backbone_"])
-        m.spatial_dims_ = int(config["spatial_dims_"])
-        m.n_channels_ = int(config["n_channels_"])
-        m.z_pad_ = int(config["z_pad_"])
-        m.plan_ = Plan.from_dict(config["plan_"])
-        m.n_train_ = int(config.get("n_train_", 0))
-        m.history_ = list(config.get("history_", []))
-        m.fit_info_ = dict(config.get("fit_info_", {}))
-        m.device_ = resolve_device(m.device)
-        m.model_ = load_net_arrays(_build(m.backbone_), arrays, what="cnn").to(m.device_).eval()
-        return m
 
 
 def _round_up(n: int, multiple: int = _Z_MULTIPLE) -> int:

@@ -16,6 +16,10 @@ x0 implied by ε = (x_t − √(1−ᾱ)·ε̂)/√ᾱ divides a small ε error 
 directly makes the first DDIM step an image-conditioned segmentation and the later steps
 refine it, so few DDIM steps suffice. ``prediction="epsilon"`` keeps Wolleb et al.'s choice.
 
+It learns from the reference cases only (image → expert mask) and ignores the training pairs
+of ``ctx.pairs``: a segmenter conditioned on the image alone never sees a candidate, so
+candidate masks, good or bad, have nothing to teach it.
+
 Networks and schedulers are MONAI's (`DiffusionModelUNet`, `DDPMScheduler`, `DDIMScheduler`).
 """
 
@@ -28,10 +32,9 @@ import numpy as np
 
 from segqc.data.case import Case
 from segqc.data.labels import to_index, to_labels
-from segqc.methods.base import QCMethod, RawScore, check_is_fitted
+from segqc.methods.base import FitContext, Param, QCMethod, RawScore, one_of, positive
 from segqc.metrics import binary_dice
-from segqc.nets.weights import load_net_arrays, net_to_arrays
-from segqc.utils import resolve_device, torch_threads
+from segqc.utils import torch_threads
 
 __all__ = ["DiffusionEnsemble"]
 
@@ -51,29 +54,24 @@ class DiffusionEnsemble(QCMethod):
         train_steps, batch_size, lr: training (stops early after ``max_minutes``).
         timesteps: DDPM training steps; ddim_steps: sampling steps; n_samples: masks per case.
         prediction: what the network outputs, ``sample`` (the clean mask x0) or ``epsilon``.
-        device: ``auto`` = GPU when present; n_threads: torch CPU threads; seed: sampling noise.
+        n_threads: torch CPU threads; seed: sampling noise.
     """
 
     name = "diffusion"
-
-    def __init__(self, *, size: int = 64, channels: tuple[int, ...] | None = None,
-                 train_steps: int = 20000, batch_size: int = 16, lr: float = 2e-4, timesteps: int = 1000,
-                 ddim_steps: int = 5, prediction: str = "sample",
-                 n_samples: int = 5, max_minutes: float = 20.0, device: str = "auto", n_threads: int | None = None,
-                 seed: int = 0):
-        self.size = size
-        self.channels = channels
-        self.train_steps = train_steps
-        self.batch_size = batch_size
-        self.lr = lr
-        self.timesteps = timesteps
-        self.ddim_steps = ddim_steps
-        self.prediction = prediction
-        self.n_samples = n_samples
-        self.max_minutes = max_minutes
-        self.device = device
-        self.n_threads = n_threads
-        self.seed = seed
+    params = {
+        "size": Param(64, check=positive),
+        "channels": Param(None, tuple, positive),
+        "train_steps": Param(20000, check=positive),
+        "batch_size": Param(16, check=positive),
+        "lr": Param(2e-4, check=positive),
+        "timesteps": Param(1000, check=positive),
+        "ddim_steps": Param(5, check=positive),
+        "prediction": Param("sample", check=one_of("sample", "epsilon")),
+        "n_samples": Param(5, check=positive),
+        "max_minutes": Param(20.0, check=positive),
+        "n_threads": Param(None, int),
+        "seed": Param(0),
+    }
 
     # -- data --------------------------------------------------------------------------
     def _slices(self, image_ms: np.ndarray):
@@ -100,40 +98,42 @@ class DiffusionEnsemble(QCMethod):
             y = (F.interpolate(y, size=(self.size, self.size), mode="area") > 0.5).float()
         return 2 * y - 1
 
-    def _build(self, n_in: int):
-        from monai.networks.nets import DiffusionModelUNet
-
+    def _net_kwargs(self, n_in: int) -> dict:
+        """`DiffusionModelUNet` arguments for ``n_in`` conditioning channels (kept in ``net_kwargs_``)."""
         widths = self.channels or ((32, 64, 64) if self.ndim_ == 2 else (16, 32, 32))
         ch = tuple(int(c) for c in widths)
-        self.net_kwargs_ = {"spatial_dims": 2, "in_channels": len(self.labels_) + n_in,
-                            "out_channels": len(self.labels_), "channels": ch, "num_res_blocks": 1,
-                            "attention_levels": tuple(i == len(ch) - 1 for i in range(len(ch))),
-                            "num_head_channels": ch[-1], "norm_num_groups": min(8, ch[0])}
+        return {"spatial_dims": 2, "in_channels": len(self.labels_) + n_in, "out_channels": len(self.labels_),
+                "channels": ch, "num_res_blocks": 1, "num_head_channels": ch[-1], "norm_num_groups": min(8, ch[0]),
+                "attention_levels": tuple(i == len(ch) - 1 for i in range(len(ch)))}
+
+    def _build_network(self, key: str):
+        from monai.networks.nets import DiffusionModelUNet
+
+        if key != "net_":
+            return super()._build_network(key)
         return DiffusionModelUNet(**self.net_kwargs_)
 
     # -- fitting -----------------------------------------------------------------------
-    def fit(self, cases: list[Case], plan, rng: np.random.Generator, progress=None, **_) -> DiffusionEnsemble:
+    def _fit(self, reference: list[Case], ctx: FitContext) -> None:
+        """The segmenter p(mask | image) from the reference cases (``ctx.pairs`` unused: see above)."""
         import torch
         from monai.networks.schedulers import DDPMScheduler
 
         from segqc.plan.preprocess import preprocess
 
-        if self.prediction not in ("sample", "epsilon"):
-            raise ValueError(f"prediction must be 'sample' or 'epsilon', got {self.prediction!r}")
-        self.labels_ = [int(k) for k in plan.labels]
-        self.plan_ = plan
-        self.ndim_ = plan.ndim
-        dev = resolve_device(self.device)
+        rng, dev = ctx.rng, self.device_
+        self.ndim_ = self.plan_.ndim
         xs, ys = [], []
-        for c in cases:
-            im, mk, _ = preprocess(c, plan)
+        for c in reference:
+            im, mk, _ = preprocess(c, self.plan_)
             xs.append(self._slices(im))
             ys.append(self._targets(mk))
         X, Y = torch.cat(xs), torch.cat(ys)
         gen = torch.Generator().manual_seed(int(rng.integers(1 << 31)))
         with torch_threads(self.n_threads):
             torch.manual_seed(int(rng.integers(1 << 31)))
-            net = self._build(X.shape[1]).to(dev)
+            self.net_kwargs_ = self._net_kwargs(X.shape[1])
+            net = self._build_network("net_").to(dev)
             sched = DDPMScheduler(num_train_timesteps=self.timesteps, prediction_type=self.prediction)
             opt = torch.optim.AdamW(net.parameters(), lr=self.lr)
             t0, losses = time.time(), []
@@ -151,15 +151,14 @@ class DiffusionEnsemble(QCMethod):
                 loss.backward()
                 opt.step()
                 losses.append(float(loss.detach()))
-                if progress is not None and (step + 1) % 500 == 0:
-                    progress(f"diffusion: step {step + 1}, loss {np.mean(losses[-500:]):.4f}, "
-                             f"{time.time() - t0:.0f} s")
+                if (step + 1) % 500 == 0:
+                    ctx.progress(f"diffusion: step {step + 1}, loss {np.mean(losses[-500:]):.4f}, "
+                                 f"{time.time() - t0:.0f} s")
                 if time.time() - t0 > 60 * self.max_minutes:
                     break
         self.net_ = net.eval()
         self.train_steps_done_ = step + 1
         self.final_loss_ = float(np.mean(losses[-100:]))
-        return self
 
     # -- sampling ----------------------------------------------------------------------
     def sample(self, case: Case) -> tuple[np.ndarray, dict]:
@@ -262,36 +261,6 @@ class DiffusionEnsemble(QCMethod):
             dice[k] = float(np.clip(agree * (1 - v), 0, 1))
         return RawScore(dice=dice, maps={"pgt": pgt, "variance": var_o, "error": err.astype(np.float32)},
                         features=feats)
-
-    # -- persistence -------------------------------------------------------------------
-    def state(self) -> tuple[dict[str, np.ndarray], dict]:
-        check_is_fitted(self)
-        arrays = net_to_arrays(self.net_, "net.")
-        params = {**self.get_params(), "channels": list(self.channels) if self.channels else None}
-        config = {"params": params, "labels_": self.labels_, "plan_": self.plan_.to_dict(), "ndim_": self.ndim_,
-                  "net_kwargs_": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.net_kwargs_.items()},
-                  "train_steps_done_": self.train_steps_done_, "final_loss_": self.final_loss_}
-        return arrays, config
-
-    @classmethod
-    def from_state(cls, arrays: dict[str, np.ndarray], config: dict) -> DiffusionEnsemble:
-        from monai.networks.nets import DiffusionModelUNet
-
-        from segqc.plan.fingerprint import Plan
-
-        params = dict(config["params"])
-        params["channels"] = tuple(params["channels"]) if params["channels"] else None
-        params.setdefault("prediction", "epsilon")  # bundles written before x0 prediction
-        m = cls(**params)
-        m.labels_ = [int(k) for k in config["labels_"]]
-        m.plan_ = Plan.from_dict(config["plan_"])
-        m.ndim_ = int(config["ndim_"])
-        m.net_kwargs_ = config["net_kwargs_"]
-        net = load_net_arrays(DiffusionModelUNet(**m.net_kwargs_), arrays, "net.", "diffusion")
-        m.net_ = net.to(resolve_device(m.device)).eval()
-        m.train_steps_done_ = config["train_steps_done_"]
-        m.final_loss_ = config["final_loss_"]
-        return m
 
 
 def _image_key(case: Case) -> bytes:

@@ -26,7 +26,16 @@ from scipy import ndimage
 from segqc.components.booster import booster_from_text
 from segqc.data.case import Case
 from segqc.data.labels import to_index, to_labels
-from segqc.methods.base import QCMethod, RawScore, check_is_fitted, make_training_pairs
+from segqc.methods.base import (
+    FitContext,
+    Param,
+    QCMethod,
+    RawScore,
+    TrainingPair,
+    make_training_pairs,
+    non_negative,
+    positive,
+)
 from segqc.metrics import binary_dice
 
 __all__ = ["FeatureRegressor", "mask_features"]
@@ -237,61 +246,51 @@ def reference_stats(cases: list[Case], labels: list[int], rng: np.random.Generat
 class FeatureRegressor(QCMethod):
     """Shape + image–mask features → LightGBM → Dice per label.
 
-    Args:
-        pairs_per_case: bad masks generated per reference case.
-        n_estimators, learning_rate, num_leaves: LightGBM parameters.
-        n_jobs: LightGBM threads.
-        segmenter: add agreement features with segqc's own cross-fitted segmenter.
-        segmenter_epochs, segmenter_minutes: its training cap and time budget.
-        device: where the segmenter runs (``auto`` = GPU when present).
+    Parameters: ``pairs_per_case`` bad masks per reference case; ``n_estimators``,
+    ``learning_rate``, ``num_leaves``, ``n_jobs`` (threads): LightGBM's; ``segmenter``: add
+    agreement features with segqc's cross-fitted segmenter (``ctx.segmenter`` when `fit` gets
+    one, else trained here with ``segmenter_epochs`` / ``segmenter_minutes``).
     """
 
     name = "features"
-
-    def __init__(self, *, pairs_per_case: int = 12, n_estimators: int = 400, learning_rate: float = 0.03,
-                 num_leaves: int = 15, n_jobs: int = 2, segmenter: bool = True, segmenter_epochs: int = 40,
-                 segmenter_minutes: float = 10.0, device: str = "auto"):
-        self.pairs_per_case = pairs_per_case
-        self.segmenter = segmenter
-        self.segmenter_epochs = segmenter_epochs
-        self.segmenter_minutes = segmenter_minutes
-        self.device = device
-        self.n_estimators = n_estimators
-        self.learning_rate = learning_rate
-        self.num_leaves = num_leaves
-        self.n_jobs = n_jobs
+    params = {
+        "pairs_per_case": Param(12, check=non_negative, doc="bad masks generated per reference case"),
+        "n_estimators": Param(400, check=positive),
+        "learning_rate": Param(0.03, check=positive),
+        "num_leaves": Param(15, check=positive),
+        "n_jobs": Param(2, doc="LightGBM threads"),
+        "segmenter": Param(True, doc="agreement features with segqc's cross-fitted segmenter"),
+        "segmenter_epochs": Param(40, check=positive),
+        "segmenter_minutes": Param(10.0, check=positive),
+    }
+    # a LightGBM model (saved as its own text format) and the segmenter (its own state)
+    custom_state = ("model_", "segmenter_")
 
     # -- fitting -----------------------------------------------------------------------
-    def fit(self, cases: list[Case], plan, rng: np.random.Generator, extra_pairs: list[Case] | None = None,
-            progress=None, segmenter=None) -> "FeatureRegressor":
-        """Learn Dice from bad masks of ``cases`` plus ``extra_pairs`` (``mask`` candidate, ``truth`` expert).
-
-        ``segmenter``: an already fitted `CrossFittedSegmenter` whose folds cover ``cases``
-        (shared by `segqc.api.fit`); without it, one is trained here.
-        """
+    def _fit(self, reference: list[Case], ctx: FitContext) -> None:
+        """Learn Dice from bad masks of ``reference`` plus ``ctx.pairs``."""
         import lightgbm as lgb
 
-        labels = [int(k) for k in plan.labels]
-        self.labels_ = labels
-        self.plan_ = plan
-        self.ref_stats_ = reference_stats(cases, labels, rng)
+        plan, rng = self.plan_, ctx.rng
+        self.ref_stats_ = reference_stats(reference, self.labels_, rng)
         probas: dict[str, np.ndarray] = {}
         if self.segmenter:
             from segqc.components.segmenter import CrossFittedSegmenter
             from segqc.plan.preprocess import invert_map, preprocess
 
-            ms = [preprocess(c, plan) for c in cases]
+            ms = [preprocess(c, plan) for c in reference]
+            segmenter = ctx.segmenter
             if segmenter is None:
                 segmenter = CrossFittedSegmenter(epochs=self.segmenter_epochs, max_minutes=self.segmenter_minutes,
-                                                 device=self.device)
-                segmenter.fit([(im, to_index(mk, labels)) for im, mk, _ in ms], len(labels), rng, progress=progress,
-                              case_ids=[c.case_id for c in cases])
+                                                 device=self.device_)
+                segmenter.fit([(im, to_index(mk, self.labels_)) for im, mk, _ in ms], len(self.labels_), rng,
+                              progress=ctx.progress, case_ids=[c.case_id for c in reference])
             self.segmenter_ = segmenter
             # each reference case is judged by the network that did not see it
-            for c, (im, _, props) in zip(cases, ms):
+            for c, (im, _, props) in zip(reference, ms):
                 probas[c.case_id] = invert_map(segmenter.predict_proba(im, case_id=c.case_id), props)
-        pairs = make_training_pairs(cases, rng, self.pairs_per_case, extra_pairs)
-        X, y = self._table(pairs, probas, progress)
+        pairs = make_training_pairs(reference, rng, self.pairs_per_case, ctx.pairs)
+        X, y = self._table(pairs, probas, ctx.progress)
         self.feature_names_ = sorted({k for row in X for k in row})
         A = self._matrix(X)
         self.model_ = lgb.LGBMRegressor(n_estimators=self.n_estimators, learning_rate=self.learning_rate,
@@ -300,7 +299,6 @@ class FeatureRegressor(QCMethod):
                                         random_state=int(rng.integers(1 << 31)), verbose=-1)
         self.model_.fit(A, np.asarray(y))
         self.n_train_ = len(y)
-        return self
 
     def _proba(self, case: Case) -> np.ndarray | None:
         if not self.segmenter:
@@ -310,17 +308,21 @@ class FeatureRegressor(QCMethod):
         image_ms, _, props = preprocess(case.with_mask(None), self.plan_)
         return invert_map(self.segmenter_.predict_proba(image_ms), props)
 
-    def _table(self, pairs: list[Case], probas: dict, progress=None) -> tuple[list[dict], list[float]]:
+    def _table(self, pairs: list[TrainingPair], probas: dict, progress) -> tuple[list[dict], list[float]]:
         X, y = [], []
-        for p in pairs:
-            proba = probas.get(p.case_id) if self.segmenter else None
-            if self.segmenter and proba is None:  # user-supplied pairs of unseen cases
-                proba = probas[p.case_id] = self._proba(p)
+        for i, p in enumerate(pairs):
+            proba = None
+            if self.segmenter:
+                # a reference case's out-of-fold probabilities, whichever candidate of it this is;
+                # pairs of cases the segmenter never saw get every fold's average
+                proba = probas.get(p.reference_id)
+                if proba is None:
+                    proba = probas[p.reference_id] = self._proba(p.reference)
             for k in self.labels_:
-                X.append(mask_features(p, k, self.ref_stats_, proba))
-                y.append(binary_dice(p.mask == k, p.truth == k))
-            if progress is not None:
-                progress()
+                X.append(mask_features(p.case, k, self.ref_stats_, proba))
+                y.append(binary_dice(p.candidate == k, p.truth == k))
+            if (i + 1) % 100 == 0 or i + 1 == len(pairs):
+                progress(f"{self.name}: measured {i + 1}/{len(pairs)} training pairs")
         return X, y
 
     def _matrix(self, rows: list[dict]) -> np.ndarray:
@@ -339,35 +341,27 @@ class FeatureRegressor(QCMethod):
             maps = {"pgt": to_labels(proba.argmax(0), self.labels_), "error": err.astype(np.float32)}
         return RawScore(dice={k: float(v) for k, v in zip(self.labels_, pred)}, maps=maps)
 
-    # -- persistence -------------------------------------------------------------------
-    def state(self) -> tuple[dict[str, np.ndarray], dict]:
-        check_is_fitted(self)
-        arrays, seg_config = self.segmenter_.state() if self.segmenter else ({}, None)
-        config = {"params": self.get_params(), "labels_": self.labels_, "ref_stats_": self.ref_stats_,
-                  "plan_": self.plan_.to_dict(), "segmenter_": seg_config,
-                  "feature_names_": self.feature_names_, "n_train_": self.n_train_,
-                  # LightGBM's own text format: plain data, never unpickled
-                  "booster_": self.model_.booster_.model_to_string()}
-        return arrays, config
+    # -- persistence: the booster as LightGBM text (plain data, never unpickled), the segmenter its own way
+    def _dump_custom(self, key: str) -> tuple[dict[str, np.ndarray], object]:
+        if key == "model_":
+            return {}, self.model_.booster_.model_to_string()
+        return self.segmenter_.state()
 
-    @classmethod
-    def from_state(cls, arrays: dict[str, np.ndarray], config: dict) -> FeatureRegressor:
-        m = cls(**config["params"])
-        from segqc.plan.fingerprint import Plan
-
-        m.labels_ = [int(k) for k in config["labels_"]]
-        m.plan_ = Plan.from_dict(config["plan_"])
-        if config.get("segmenter_"):
+    def _load_custom(self, key: str, arrays: dict[str, np.ndarray], doc) -> None:
+        if key == "model_":
+            self.model_ = booster_from_text(doc)
+        elif key == "segmenter_":
             from segqc.components.segmenter import CrossFittedSegmenter
 
-            m.segmenter_ = CrossFittedSegmenter.from_state(arrays, config["segmenter_"])
-        elif m.segmenter:
+            self.segmenter_ = CrossFittedSegmenter.from_state(arrays, doc, device=self.device_)
+        else:
+            super()._load_custom(key, arrays, doc)
+
+    def _after_load(self) -> None:
+        if not hasattr(self, "model_"):
+            raise ValueError("features: no booster was saved")
+        if self.model_.booster_.num_feature() != len(self.feature_names_):
+            raise ValueError(f"features: the booster takes {self.model_.booster_.num_feature()} features, the state "
+                             f"names {len(self.feature_names_)}")
+        if self.segmenter and not hasattr(self, "segmenter_"):
             raise ValueError("features: 'segmenter' is on but no segmenter state was saved")
-        m.ref_stats_ = config["ref_stats_"]
-        m.feature_names_ = [str(k) for k in config["feature_names_"]]
-        m.n_train_ = config["n_train_"]
-        m.model_ = booster_from_text(config["booster_"])
-        if m.model_.booster_.num_feature() != len(m.feature_names_):
-            raise ValueError(f"features: the booster takes {m.model_.booster_.num_feature()} features, the state "
-                             f"names {len(m.feature_names_)}")
-        return m

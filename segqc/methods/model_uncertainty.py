@@ -24,7 +24,17 @@ import numpy as np
 from segqc.components.uncertainty import AGGREGATIONS, SOURCES, aggregate, sample_probabilities_many, uncertainty_maps
 from segqc.data.case import Case
 from segqc.data.labels import to_index
-from segqc.methods.base import QCMethod, RawScore, check_is_fitted, check_labels, make_training_pairs
+from segqc.methods.base import (
+    FitContext,
+    Param,
+    QCMethod,
+    RawScore,
+    TrainingPair,
+    check_labels,
+    make_training_pairs,
+    non_negative,
+    positive,
+)
 from segqc.metrics import binary_dice
 from segqc.utils import look_up_option, torch_threads
 
@@ -34,7 +44,7 @@ __all__ = ["ModelUncertainty"]
 class ModelUncertainty(QCMethod):
     """Uncertainty of the segmentation model → Dice per label.
 
-    Args:
+    Parameters:
         sources: ``auto`` (every usable one: MC dropout if the first model has dropout layers,
             TTA, an ensemble if two or more models are given) or a comma-separated subset of
             ``mc_dropout,tta,ensemble``.
@@ -43,38 +53,41 @@ class ModelUncertainty(QCMethod):
         n_samples: passes per case for MC dropout and TTA.
         pairs_per_case: bad masks per reference case for the learned map.
         n_estimators, learning_rate, num_leaves, n_jobs: LightGBM parameters.
-        device: where the model runs when the bundle reopens it (``auto`` = GPU when present).
         n_threads: torch CPU threads while sampling.
         seed: TTA parameters and dropout masks (the same for every case, so scores are repeatable).
+
+    The models reopened from a bundle run on the loader's device (``device_``).
     """
 
     name = "model_uncertainty"
     needs_model = True
+    params = {
+        "sources": Param("auto"),
+        "aggregation": Param("learned"),
+        "n_samples": Param(8, check=positive),
+        "pairs_per_case": Param(4, check=non_negative),
+        "n_estimators": Param(300, check=positive),
+        "learning_rate": Param(0.05, check=positive),
+        "num_leaves": Param(15, check=positive),
+        "n_jobs": Param(1, doc="LightGBM threads"),
+        "n_threads": Param(1, check=positive, doc="torch CPU threads while sampling (None: leave as is)"),
+        "seed": Param(0, check=non_negative),
+    }
+    custom_state = ("model_",)  # the LightGBM model, as its own text format (data, not code)
 
-    def __init__(self, *, sources: str = "auto", aggregation: str = "learned", n_samples: int = 8,
-                 pairs_per_case: int = 4, n_estimators: int = 300, learning_rate: float = 0.05,
-                 num_leaves: int = 15, n_jobs: int = 1, device: str = "auto", n_threads: int | None = 1,
-                 seed: int = 0):
-        self.sources = sources
-        self.aggregation = aggregation
-        self.n_samples = n_samples
-        self.pairs_per_case = pairs_per_case
-        self.n_estimators = n_estimators
-        self.learning_rate = learning_rate
-        self.num_leaves = num_leaves
-        self.n_jobs = n_jobs
-        self.device = device
-        self.n_threads = n_threads
-        self.seed = seed
+    def _validate_params(self) -> None:
+        if self.sources != "auto":
+            for s in str(self.sources).split(","):
+                look_up_option(s.strip(), SOURCES, "sampling source")
+        self._single()
 
     # -- models ------------------------------------------------------------------------
-    def set_models(self, models: list) -> "ModelUncertainty":
+    def use_models(self, models) -> None:
         """Use these `SegModel` s (first = the one that made the candidates; others = ensemble partners)."""
         if not models:
             raise ValueError(f"{self.name} needs the segmentation model: pass --model PATH (repeat for an ensemble)")
         self._models = list(models)
         self._cache = None
-        return self
 
     def _get_models(self) -> list:
         if getattr(self, "_models", None) is None:
@@ -82,7 +95,7 @@ class ModelUncertainty(QCMethod):
 
             if not getattr(self, "model_refs_", None):
                 raise ValueError(f"{self.name} has no segmentation model; pass it with --model")
-            self._models = models_from_refs(self.model_refs_, device=self.device)
+            self._models = models_from_refs(self.model_refs_, device=self.device_)
         return self._models
 
     def _resolve_sources(self, models) -> list[str]:
@@ -155,15 +168,10 @@ class ModelUncertainty(QCMethod):
         return [float(label)] + [feats.get(n, np.nan) for n in self.feature_names_[1:]]
 
     # -- fitting -----------------------------------------------------------------------
-    def fit(self, cases: list[Case], plan, rng: np.random.Generator, *, models: list | None = None,
-            extra_pairs: list[Case] | None = None, progress=None, **_) -> "ModelUncertainty":
-        """Learn Dice from the model's uncertainty on ``cases`` (expert masks) and ``extra_pairs``.
-
-        ``models``: `segqc.user_models.SegModel` list, required (the first made the candidates).
-        """
-        self.set_models(models or [])
+    def _fit(self, reference: list[Case], ctx: FitContext) -> None:
+        """Learn Dice from the model's uncertainty on ``reference`` (expert masks) and ``ctx.pairs``."""
+        self.use_models(ctx.models)
         models = self._models
-        self.labels_ = [int(k) for k in plan.labels]
         self.sources_ = self._resolve_sources(models)
         single = self._single()
         if single and single[0] not in self.sources_:
@@ -173,40 +181,38 @@ class ModelUncertainty(QCMethod):
             self.sources_ = [single[0]]  # sample only what the score uses
         from segqc.user_models import model_ref
 
-        # in-memory models cannot be saved; the bundle then refuses to save with a clear error
+        # in-memory models cannot be saved; `state` then refuses with a clear error
         self.model_refs_ = [model_ref(m) for m in models] if all(m.path for m in models) else []
         self.feature_names_ = ["label"] + [f"{s}.{a}" for s in self.sources_ for a in AGGREGATIONS]
         if single is None:
-            self._fit_booster(cases, rng, extra_pairs, progress)
+            self._fit_booster(reference, ctx)
         else:
             self.n_train_ = 0
-        return self
 
-    def _fit_booster(self, cases, rng, extra_pairs, progress) -> None:
+    def _fit_booster(self, reference: list[Case], ctx: FitContext) -> None:
         import lightgbm as lgb
 
-        model = self._models[0]
+        model, rng = self._models[0], ctx.rng
         X, y = [], []
-        by_id: dict[str, list[Case]] = {}
-        for case in cases:
-            own = Case(case.case_id, case.image, model.predict_mask(case.image), case.geometry, truth=case.mask,
-                       meta=case.meta)
+        by_id: dict[str, list[TrainingPair]] = {}
+        for case in reference:
+            own = TrainingPair(case, model.predict_mask(case.image), "user_model")
             by_id.setdefault(case.case_id, []).append(own)
             by_id[case.case_id] += make_training_pairs([case], rng, self.pairs_per_case)
-        for p in extra_pairs or []:
-            if p.meta.get("source") == "model" and p.reference_id in by_id:
+        for p in ctx.pairs:
+            if p.source == "user_model" and p.reference_id in by_id:
                 continue  # the model's own prediction on a fit case: already in
             by_id.setdefault(p.reference_id, []).append(p)
         for i, pairs in enumerate(by_id.values()):
-            s = self.samples(pairs[0])  # one sampling per image, shared by all its candidates
+            s = self.samples(pairs[0].reference)  # one sampling per image, shared by all its candidates
             for p in pairs:
-                check_labels(p.mask, self.labels_)
-                feats = self.case_features(p, s)
+                check_labels(p.candidate, self.labels_)
+                feats = self.case_features(p.case, s)
                 for k in self.labels_:
                     X.append(self._row(feats[k], k))
-                    y.append(binary_dice(p.mask == k, p.truth == k))
-            if progress is not None and (i + 1) % 10 == 0:
-                progress(f"{self.name}: sampled {i + 1}/{len(by_id)} reference images")
+                    y.append(binary_dice(p.candidate == k, p.truth == k))
+            if (i + 1) % 10 == 0:
+                ctx.progress(f"{self.name}: sampled {i + 1}/{len(by_id)} reference images")
         A, y = np.asarray(X, float), np.asarray(y, float)
         self.model_ = lgb.LGBMRegressor(n_estimators=self.n_estimators, learning_rate=self.learning_rate,
                                         num_leaves=self.num_leaves, min_child_samples=max(2, min(10, len(y) // 8)),
@@ -239,28 +245,27 @@ class ModelUncertainty(QCMethod):
         flat = {f"{n}.{k}": v for k, f in feats.items() for n, v in f.items()}
         return RawScore(dice=dice, maps=maps, features=flat)
 
-    # -- persistence -------------------------------------------------------------------
+    # -- persistence: the model is referred to (model_refs_), never saved -------------------
     def state(self) -> tuple[dict[str, np.ndarray], dict]:
-        check_is_fitted(self)
-        if not self.model_refs_:
+        """The base's state, refused for a model that has no file to refer to."""
+        if getattr(self, "model_refs_", None) == []:
             raise ValueError(f"{self.name} was fitted with an in-memory model; save it as a monai / torchscript / "
                              "onnx file and fit with segqc.user_models.load_model(...) to keep it in a bundle")
-        config = {"params": self.get_params(), "labels_": self.labels_, "sources_": self.sources_,
-                  "model_refs_": self.model_refs_, "feature_names_": self.feature_names_, "n_train_": self.n_train_}
-        if hasattr(self, "model_"):
-            config["booster_"] = self.model_.booster_.model_to_string()  # LightGBM text: data, not code
-        return {}, config
+        return super().state()
 
-    @classmethod
-    def from_state(cls, arrays: dict[str, np.ndarray], config: dict) -> ModelUncertainty:
-        m = cls(**config["params"])
-        m.labels_ = [int(k) for k in config["labels_"]]
-        m.sources_ = list(config["sources_"])
-        m.model_refs_ = config["model_refs_"]
-        m.feature_names_ = config["feature_names_"]
-        m.n_train_ = config["n_train_"]
-        if config.get("booster_"):
-            from segqc.components.booster import booster_from_text
+    def _dump_custom(self, key: str) -> tuple[dict[str, np.ndarray], str]:
+        return {}, self.model_.booster_.model_to_string()
 
-            m.model_ = booster_from_text(config["booster_"])
-        return m
+    def _load_custom(self, key: str, arrays: dict[str, np.ndarray], doc) -> None:
+        from segqc.components.booster import booster_from_text
+
+        if key != "model_":
+            super()._load_custom(key, arrays, doc)
+        self.model_ = booster_from_text(doc)
+        if self.model_.booster_.num_feature() != len(self.feature_names_):
+            raise ValueError(f"{self.name}: the booster takes {self.model_.booster_.num_feature()} features, the "
+                             f"state names {len(self.feature_names_)}")
+
+    def _after_load(self) -> None:
+        if self._single() is None and not hasattr(self, "model_"):
+            raise ValueError(f"{self.name}: aggregation 'learned' but no booster was saved")

@@ -44,19 +44,29 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from segqc.components.pgt_scoring import hd95_or_diagonal
 from segqc.data.case import Case
 from segqc.data.labels import to_index, to_labels
-from segqc.methods.base import QCMethod, RawScore, check_is_fitted, check_labels
-from segqc.metrics import binary_dice, binary_hd95
+from segqc.methods.base import (
+    FitContext,
+    Param,
+    QCMethod,
+    RawScore,
+    check_is_fitted,
+    check_labels,
+    non_negative,
+    positive,
+)
+from segqc.metrics import binary_dice
 from segqc.utils import look_up_option
 
 __all__ = ["RCA", "luminance"]
 
 AGGREGATES = ("max", "mean", "vote")
-# Rec. 601 luma weights: one channel that keeps the structure of an RGB photo
 # images whose warped atlases are also kept on the original grid (consecutive candidates
 # of one image, e.g. calibration pairs, then skip the inverse resampling)
 _RECENT = 4
+# Rec. 601 luma weights: one channel that keeps the structure of an RGB photo
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
@@ -74,34 +84,16 @@ def _unpad(x: np.ndarray, props: dict) -> np.ndarray:
     return x[..., b0:S - a0, b1:S - a1]
 
 
-def _to_original(warped: np.ndarray, props: dict, n_labels: int) -> np.ndarray:
-    """Label-index maps ``(k, [Z,] h, w)`` of the unpadded model space → ``(k, *original_shape)`` uint8.
+def _to_original(warped: np.ndarray, props: dict) -> np.ndarray:
+    """Label-index maps ``(k, [Z,] h, w)`` of the unpadded model space → ``(k, *original_shape)``.
 
-    The inverse of `segqc.plan.preprocess.preprocess` for a whole stack at once (what
-    `invert_mask` does for one mask: un-crop with background, each label's indicator
-    resampled linearly, antialiased, then argmax with ties to the lower label), with the
-    argmax done in numpy: one pass instead of k, and no slow torch channel reduction.
+    Padded back to ``(k, Z, S, S)`` (the padding is cut off again) for `invert_masks`,
+    which inverts the whole stack in one resampling call.
     """
-    from segqc.plan.preprocess import resize_inplane
+    from segqc.plan.preprocess import invert_masks
 
-    k = warped.shape[0]
-    x = warped.reshape(-1, *warped.shape[-2:])
-    h, w = props["resampled_shape"]
-    (c0, c1), (d0, d1) = props["crop"]
-    if (c0, c1, d0, d1) != (0, h, 0, w):
-        full = np.zeros((x.shape[0], h, w), dtype=x.dtype)
-        full[:, c0:c1, d0:d1] = x
-        x = full
-    orig = tuple(props["original_shape"])
-    if (h, w) == orig[-2:]:
-        return np.ascontiguousarray(x.reshape(k, *orig).astype(np.uint8))
-    best = resize_inplane((x == 0).astype(np.float32), orig[-2:], mode="linear", antialias=True)
-    out = np.zeros(best.shape, dtype=np.uint8)
-    for i in range(1, n_labels + 1):
-        p = resize_inplane((x == i).astype(np.float32), orig[-2:], mode="linear", antialias=True)
-        better = p > best
-        out[better], best[better] = i, p[better]
-    return out.reshape(k, *orig)
+    x = warped.reshape(warped.shape[0], props["n_slices"], *warped.shape[-2:])
+    return invert_masks(np.pad(x, [(0, 0), (0, 0), *props["pad"]]), props)
 
 
 def _thumbnail(lum: np.ndarray, side: int) -> np.ndarray:
@@ -134,78 +126,59 @@ def _ncc(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / den) if den > 0 else 0.0
 
 
+def _positive_ints(v) -> str | None:
+    ok = v and all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1 for s in v)
+    return None if ok else "must be positive integers"
+
+
 class RCA(QCMethod):
     """Atlas-based reverse classification accuracy: register references, warp their masks, compare.
 
-    Args:
-        k: atlases registered per new image (the most similar ones).
-        stages: registration stages in order, from ``rigid``, ``affine``, ``bspline``.
-        iterations: optimiser iterations per stage (one int for all stages).
-        shrink: multi-resolution shrink factors, coarse to fine.
-        bins: Mattes mutual-information histogram bins.
-        samples: voxels sampled (random, seeded) by the metric at full resolution: a count,
-            not a fraction, so 2D photos and 3D volumes cost alike (4000 ≈ 25 % of a
-            128 × 110 photo, 6 % of a 35 × 51 × 35 hippocampus crop).
-        mesh: B-spline control-grid cells per axis.
-        bspline_shrink: pyramid of the B-spline stage (None: ``shrink``); ``(2,)`` stops it
-            at half resolution, several times faster in 3D.
-        aggregate: raw Dice per label: ``max`` over atlases (RCA), ``mean`` over atlases,
-            or ``vote`` (Dice with the majority-vote pseudo ground truth).
-        max_atlases: cap on stored atlases (a random subset of the reference cases).
-        thumb: thumbnail side used to choose atlases (``thumb²`` in 2D, ``(thumb/2)³`` in 3D).
-        n_jobs: atlases registered at once (threads).
-        itk_threads: ITK threads per registration; ``n_jobs × itk_threads`` ≈ CPU cores.
-        cache_size: images whose warped atlases are kept in memory (0 = no cache).
-        seed: seed of the atlas subset and of the metric sampling; None draws from
-            ``fit``'s rng.
+    Fitted state: the atlases as two flat arrays (``atlas_images_`` float16 luminance,
+    ``atlas_masks_`` uint8 label indices) cut by ``atlas_shapes_``, with their spacings
+    and ids; thumbnails are cheap to rebuild, so the bundle does not store them.
     """
 
     name = "rca"
-
-    def __init__(self, *, k: int = 10, stages: tuple[str, ...] = ("affine", "bspline"),
-                 iterations: tuple[int, ...] | int = (50, 20), shrink: tuple[int, ...] = (2, 1), bins: int = 32,
-                 samples: int = 4000, mesh: int = 4, bspline_shrink: tuple[int, ...] | None = None,
-                 aggregate: str = "max", max_atlases: int = 500,
-                 thumb: int = 32, n_jobs: int = 2, itk_threads: int = 1, cache_size: int = 256,
-                 seed: int | None = None):
-        self.k = k
-        self.stages = stages
-        self.iterations = iterations
-        self.shrink = shrink
-        self.bins = bins
-        self.samples = samples
-        self.mesh = mesh
-        self.bspline_shrink = bspline_shrink
-        self.aggregate = aggregate
-        self.max_atlases = max_atlases
-        self.thumb = thumb
-        self.n_jobs = n_jobs
-        self.itk_threads = itk_threads
-        self.cache_size = cache_size
-        self.seed = seed
+    params = {
+        "k": Param(10, check=positive, doc="atlases registered per new image (the most similar ones)"),
+        "stages": Param(("affine", "bspline"), kind=(tuple, str),
+                        doc="registration stages in order, from rigid, affine, bspline"),
+        "iterations": Param((50, 20), kind=(tuple, int), doc="optimiser iterations per stage (one int for all)"),
+        "shrink": Param((2, 1), check=_positive_ints, doc="multi-resolution shrink factors, coarse to fine"),
+        "bins": Param(32, check=positive, doc="Mattes mutual-information histogram bins"),
+        "samples": Param(4000, check=positive,
+                         doc="voxels sampled (random, seeded) by the metric at full resolution: a count, not a "
+                             "fraction, so 2D photos and 3D volumes cost alike (4000 ≈ 25 % of a 128 × 110 "
+                             "photo, 6 % of a 35 × 51 × 35 hippocampus crop)"),
+        "mesh": Param(4, check=positive, doc="B-spline control-grid cells per axis"),
+        "bspline_shrink": Param(None, kind=tuple, check=_positive_ints,
+                                doc="pyramid of the B-spline stage (None: shrink); (2,) stops it at half "
+                                    "resolution, several times faster in 3D"),
+        "aggregate": Param("max", doc="raw Dice per label: max over atlases (RCA), mean over atlases, or vote "
+                                      "(Dice with the majority-vote pseudo ground truth)"),
+        "max_atlases": Param(500, check=positive, doc="cap on stored atlases (a random subset of the references)"),
+        "thumb": Param(32, check=positive, doc="thumbnail side used to choose atlases (thumb² in 2D, (thumb/2)³ "
+                                               "in 3D)"),
+        "n_jobs": Param(2, check=positive, doc="atlases registered at once (threads)"),
+        "itk_threads": Param(1, check=positive, doc="ITK threads per registration; n_jobs × itk_threads ≈ cores"),
+        "cache_size": Param(256, check=non_negative, doc="images whose warped atlases are kept in memory (0: none)"),
+        "seed": Param(None, kind=int, doc="seed of the atlas subset and of the metric sampling; None draws from "
+                                          "fit's rng"),
+    }
 
     # -- fitting -----------------------------------------------------------------------
     def _validate_params(self) -> None:
         from segqc.components.registration import STAGES
 
-        for name in ("k", "bins", "samples", "mesh", "max_atlases", "thumb", "n_jobs", "itk_threads"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or int(v) != v or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if int(self.cache_size) != self.cache_size or self.cache_size < 0:
-            raise ValueError(f"cache_size must be an integer ≥ 0, got {self.cache_size!r}")
         stages = [self.stages] if isinstance(self.stages, str) else list(self.stages)
         if not stages:
             raise ValueError("stages must name at least one of rigid, affine, bspline, got ()")
         for s in stages:
             look_up_option(s, STAGES, "registration stage")
-        its = [self.iterations] if np.isscalar(self.iterations) else list(self.iterations)
-        if len(its) not in (1, len(stages)) or any(int(i) != i or i < 1 for i in its):
+        its = [self.iterations] if isinstance(self.iterations, int) else list(self.iterations)
+        if len(its) not in (1, len(stages)) or _positive_ints(its):
             raise ValueError(f"iterations must be one positive int or one per stage {stages}, got {self.iterations!r}")
-        for name in ("shrink", "bspline_shrink"):
-            v = getattr(self, name)
-            if (v is not None or name == "shrink") and (not v or any(int(s) != s or s < 1 for s in v)):
-                raise ValueError(f"{name} must be positive integers, got {v!r}")
         look_up_option(self.aggregate, AGGREGATES, "aggregate")
 
     def _stage_iterations(self) -> tuple[list[str], list[int]]:
@@ -214,26 +187,23 @@ class RCA(QCMethod):
         its = its * len(stages) if len(its) == 1 else its
         return stages, [int(i) for i in its]
 
-    def fit(self, cases: list[Case], plan, rng: np.random.Generator, extra_pairs: list[Case] | None = None,
-            progress=None) -> RCA:
+    def _fit(self, reference: list[Case], ctx: FitContext) -> None:
         """Store the reference cases (image luminance + expert mask in model space) as atlases.
 
-        ``extra_pairs`` are ignored: an atlas needs an expert mask, not a candidate.
-        ``progress(msg)`` gets one summary line.
+        ``ctx.pairs`` are ignored: an atlas needs an expert mask, not a candidate.
         """
         from segqc.plan.preprocess import preprocess
 
-        self._validate_params()
-        labels = sorted(int(k) for k in plan.labels)
+        # label indices follow the sorted labels, whatever the plan's order (ties in the vote go to the lower)
+        labels = sorted(self.labels_)
         if not labels:
             raise ValueError("the plan has no foreground labels; RCA needs labelled atlases")
         if len(labels) >= 255:
             raise ValueError(f"RCA stores masks as uint8 label indices: at most 254 labels, got {len(labels)}")
-        cases = [c.load() if not isinstance(c, Case) and hasattr(c, "load") else c for c in cases]
-        cases = [c for c in cases if c.mask is not None]
+        cases = [c for c in reference if c.mask is not None]
         if not cases:
             raise ValueError("fit needs at least one reference case with an expert mask")
-        seed = int(rng.integers(2**31)) if self.seed is None else int(self.seed)
+        seed = int(ctx.rng.integers(2**31)) if self.seed is None else int(self.seed)
         pick = np.arange(len(cases))
         if len(cases) > self.max_atlases:
             pick = np.sort(np.random.default_rng(seed).choice(len(cases), int(self.max_atlases), replace=False))
@@ -241,29 +211,34 @@ class RCA(QCMethod):
         for i in pick:
             case = cases[int(i)]
             check_labels(case.mask, labels, f"expert mask of {case.case_id}")
-            im, mk, props = preprocess(case, plan)
-            lum, spacing = _to_atlas_space(im, props, plan.modality)
+            im, mk, props = preprocess(case, self.plan_)
+            lum, spacing = _to_atlas_space(im, props, self.plan_.modality)
             images.append(lum.astype(np.float16))
             masks.append(to_index(_unpad(mk, props), labels).reshape(lum.shape))
-            spacings.append(spacing)
+            spacings.append(list(spacing))
             ids.append(case.case_id)
-        self.labels_ = labels
-        self.plan_ = plan
-        self.seed_ = seed
-        self._set_atlases(images, masks, spacings, ids)
-        if progress is not None:
-            mb = sum(a.nbytes + m.nbytes for a, m in zip(images, masks)) / 2**20
-            progress(f"rca: {len(images)} atlases stored ({mb:.1f} MB)")
-        return self
+        self.labels_, self.seed_ = labels, seed
+        self.atlas_images_ = np.concatenate([a.ravel() for a in images])
+        self.atlas_masks_ = np.concatenate([m.ravel() for m in masks]).astype(np.uint8, copy=False)
+        self.atlas_shapes_ = [list(a.shape) for a in images]
+        self.atlas_spacings_, self.atlas_ids_ = spacings, ids
+        self._after_load()
+        mb = (self.atlas_images_.nbytes + self.atlas_masks_.nbytes) / 2**20
+        ctx.progress(f"rca: {len(images)} atlases stored ({mb:.1f} MB)")
 
-
-    def _set_atlases(self, images, masks, spacings, ids) -> None:
-        self.atlas_images_ = list(images)
-        self.atlas_masks_ = list(masks)
-        self.atlas_spacings_ = [tuple(float(v) for v in s) for s in spacings]
-        self.atlas_ids_ = list(ids)
-        # thumbnails are cheap to rebuild, so the bundle does not store them
-        self.thumbs_ = np.stack([_thumbnail(a.astype(np.float32), int(self.thumb)) for a in self.atlas_images_])
+    def _after_load(self) -> None:
+        """Per-atlas views of the flat arrays (their sizes checked against the shapes), thumbnails, caches."""
+        self.atlas_images_ = np.asarray(self.atlas_images_, dtype=np.float16)
+        self.atlas_masks_ = np.asarray(self.atlas_masks_, dtype=np.uint8)
+        shapes = [tuple(int(v) for v in s) for s in self.atlas_shapes_]
+        sizes = [int(np.prod(s)) for s in shapes]
+        if self.atlas_images_.size != sum(sizes) or self.atlas_masks_.size != sum(sizes):
+            raise ValueError(f"rca state holds {self.atlas_images_.size} image / {self.atlas_masks_.size} mask "
+                             f"voxels, the atlas shapes need {sum(sizes)}")
+        cuts = np.cumsum([0] + sizes)
+        self._images = [self.atlas_images_[a:b].reshape(s) for a, b, s in zip(cuts[:-1], cuts[1:], shapes)]
+        self._masks = [self.atlas_masks_[a:b].reshape(s) for a, b, s in zip(cuts[:-1], cuts[1:], shapes)]
+        self._thumbs = np.stack([_thumbnail(a.astype(np.float32), int(self.thumb)) for a in self._images])
         self._cache: OrderedDict = OrderedDict()
         self._recent: list[dict] = []
 
@@ -272,18 +247,18 @@ class RCA(QCMethod):
         """Register the k most similar atlases to ``fixed``; their warped masks (label indices)."""
         from segqc.components.registration import register, warp_image, warp_labels
 
-        sims = self.thumbs_ @ _thumbnail(fixed, int(self.thumb)) / self.thumbs_.shape[1]
+        sims = self._thumbs @ _thumbnail(fixed, int(self.thumb)) / self._thumbs.shape[1]
         order = np.argsort(-sims, kind="stable")[: min(int(self.k), len(sims))]
         stages, its = self._stage_iterations()
         n_lab = len(self.labels_)
 
         def one(j: int):
-            mov = self.atlas_images_[j].astype(np.float32)
-            sp = self.atlas_spacings_[j]
+            mov = self._images[j].astype(np.float32)
+            sp = tuple(float(v) for v in self.atlas_spacings_[j])
             tx, metric = register(fixed, mov, spacing, sp, stages=stages, iterations=its, shrink=self.shrink,
                                   bins=self.bins, sampling=min(1.0, self.samples / fixed.size), mesh=self.mesh,
                                   bspline_shrink=self.bspline_shrink, threads=self.itk_threads, seed=self.seed_)
-            warped = warp_labels(self.atlas_masks_[j], sp, tx, fixed.shape, spacing, range(1, n_lab + 1))
+            warped = warp_labels(self._masks[j], sp, tx, fixed.shape, spacing, range(1, n_lab + 1))
             ncc = _ncc(fixed, warp_image(mov, sp, tx, fixed.shape, spacing, default=float(mov.min())))
             return warped, metric, ncc
 
@@ -309,9 +284,7 @@ class RCA(QCMethod):
         # the original shape too: the cached masks are also kept on the original grid
         tag = f"{fixed.shape}{props['original_shape']}{props['crop']}".encode()
         key = hashlib.blake2b(fixed.tobytes() + np.asarray(spacing).tobytes() + tag, digest_size=16).hexdigest()
-        cache = getattr(self, "_cache", None)
-        if cache is None:
-            cache = self._cache = OrderedDict()
+        cache = self._cache
         if key in cache:
             cache.move_to_end(key)
             return cache[key], props
@@ -329,20 +302,20 @@ class RCA(QCMethod):
         """Best Dice per label over the warped atlases (``aggregate``), HD95 (mm) against the best one.
 
         Dice follows `segqc.metrics` (both empty → 1, one empty → 0: never NaN, also for
-        an empty candidate); HD95 is NaN when exactly one of the candidate and the best
-        atlas is empty for that label. Maps (original grid): ``pgt`` the majority vote of
-        the warped atlas masks (ties → the lower label), ``error`` float32 in [0, 1], the
-        share of atlases whose label differs from the candidate's. Features:
-        ``dice_max_<k>``, ``dice_mean_<k>``, ``dice_std_<k>``, ``dice_vote_<k>``,
-        ``reg_metric_best`` / ``reg_metric_mean`` (Mattes MI, lower = better aligned),
-        ``ncc_best`` / ``ncc_mean`` (image correlation after warping), ``similarity_top``
-        (thumbnail correlation of the most similar atlas), ``n_atlases`` and
-        ``register_seconds``.
+        an empty candidate); HD95 follows `segqc.components.pgt_scoring` (the image
+        diagonal when exactly one of the candidate and the best atlas is empty for that
+        label). Maps (original grid): ``pgt`` the majority vote of the warped atlas masks
+        (ties → the lower label), ``error`` float32 in [0, 1], the share of atlases whose
+        label differs from the candidate's. Features: ``dice_max_<k>``, ``dice_mean_<k>``,
+        ``dice_std_<k>``, ``dice_vote_<k>``, ``reg_metric_best`` / ``reg_metric_mean``
+        (Mattes MI, lower = better aligned), ``ncc_best`` / ``ncc_mean`` (image correlation
+        after warping), ``similarity_top`` (thumbnail correlation of the most similar
+        atlas), ``n_atlases`` and ``register_seconds``.
         """
         res, props = self.warped_atlases(case)
         n_lab = len(self.labels_)
         if "original" not in res:  # label indices on the original grid, (k, *case.shape)
-            res["original"] = _to_original(res["warped"], props, n_lab)
+            res["original"] = _to_original(res["warped"], props)
             self._recent.append(res)  # only the last few images keep this (large) copy
             while len(self._recent) > _RECENT:
                 self._recent.pop(0).pop("original", None)
@@ -360,7 +333,7 @@ class RCA(QCMethod):
             d_vote = float(binary_dice(c, vote == i))
             best = int(np.argmax(d))
             dice[k] = {"max": float(d.max()), "mean": float(d.mean()), "vote": d_vote}[self.aggregate]
-            hd[k] = float(binary_hd95(c, warped[best] == i, case.spacing))
+            hd[k] = hd95_or_diagonal(c, warped[best] == i, case.spacing)
             feats.update({f"dice_max_{k}": float(d.max()), f"dice_mean_{k}": float(d.mean()),
                           f"dice_std_{k}": float(d.std()), f"dice_vote_{k}": d_vote})
         best_atlas = int(np.argmax(per_atlas.mean(1)))
@@ -373,46 +346,3 @@ class RCA(QCMethod):
         error = (warped != cand_idx[None]).mean(0).astype(np.float32)
         pgt = to_labels(vote, self.labels_).astype(cand.dtype if cand.dtype.kind in "iu" else np.int32)
         return RawScore(dice=dice, hd95=hd, maps={"pgt": pgt, "error": error}, features=feats)
-
-    # -- persistence -------------------------------------------------------------------
-    def state(self) -> tuple[dict[str, np.ndarray], dict]:
-        """Atlases as two flat arrays (float16 luminance, uint8 label indices) + their shapes."""
-        check_is_fitted(self)
-        arrays = {"atlas_images": np.concatenate([a.ravel() for a in self.atlas_images_]),
-                  "atlas_masks": np.concatenate([m.ravel() for m in self.atlas_masks_])}
-        params = self.get_params()
-        for key in ("stages", "shrink", "bspline_shrink"):
-            if params[key] is not None:
-                params[key] = [params[key]] if isinstance(params[key], str) else list(params[key])
-        if not np.isscalar(params["iterations"]):
-            params["iterations"] = [int(i) for i in params["iterations"]]
-        config = {"params": params, "labels_": self.labels_, "plan_": self.plan_.to_dict(), "seed_": self.seed_,
-                  "atlas_shapes_": [list(a.shape) for a in self.atlas_images_],
-                  "atlas_spacings_": [list(s) for s in self.atlas_spacings_], "atlas_ids_": self.atlas_ids_}
-        return arrays, config
-
-    @classmethod
-    def from_state(cls, arrays: dict[str, np.ndarray], config: dict) -> RCA:
-        from segqc.plan.fingerprint import Plan
-
-        params = dict(config["params"])
-        for key in ("stages", "shrink", "bspline_shrink"):
-            if params.get(key) is not None:
-                params[key] = tuple(params[key])
-        if not np.isscalar(params["iterations"]):
-            params["iterations"] = tuple(params["iterations"])
-        m = cls(**params)
-        m.labels_ = [int(k) for k in config["labels_"]]
-        m.plan_ = Plan.from_dict(config["plan_"])
-        m.seed_ = int(config["seed_"])
-        shapes = [tuple(s) for s in config["atlas_shapes_"]]
-        sizes = [int(np.prod(s)) for s in shapes]
-        flat_i, flat_m = np.asarray(arrays["atlas_images"]), np.asarray(arrays["atlas_masks"])
-        if flat_i.size != sum(sizes) or flat_m.size != sum(sizes):
-            raise ValueError(f"rca state holds {flat_i.size} image / {flat_m.size} mask voxels, the atlas shapes "
-                             f"need {sum(sizes)}")
-        cuts = np.cumsum([0] + sizes)
-        images = [flat_i[a:b].astype(np.float16).reshape(s) for a, b, s in zip(cuts[:-1], cuts[1:], shapes)]
-        masks = [flat_m[a:b].astype(np.uint8).reshape(s) for a, b, s in zip(cuts[:-1], cuts[1:], shapes)]
-        m._set_atlases(images, masks, config["atlas_spacings_"], config["atlas_ids_"])
-        return m

@@ -36,18 +36,18 @@ import json
 import os
 import re
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from segqc import __version__
 from segqc.calibration.calibrator import DiceCalibrator
+from segqc.pipeline.answering import QCBundle
 from segqc.utils import sha256_file
 
 __all__ = ["KEY_ENV", "SCHEMA_VERSION", "BundleError", "QCBundle", "document_digest", "load_bundle", "save_bundle"]
 
-SCHEMA_VERSION = 2  # 2: bundle.json carries an integrity digest (version 1 bundles cannot be verified)
+SCHEMA_VERSION = 3  # 2: an integrity digest; 3: methods' state as the method contract saves it (`QCMethod.state`)
 KEY_ENV = "SEGQC_BUNDLE_KEY"
 
 # top-level fields of bundle.json that must hold a JSON object
@@ -64,23 +64,6 @@ class BundleError(ValueError):
     def __init__(self, folder: Path, reason: str):
         # one line: the reason may quote a library's multi-line message
         super().__init__(f"bundle {folder}: {' '.join(reason.split())}")
-
-
-@dataclass
-class QCBundle:
-    """Everything `segqc predict` needs: the plan, fitted methods and their calibrators."""
-
-    plan: object
-    methods: dict = field(default_factory=dict)        # name → fitted QCMethod
-    calibrators: dict = field(default_factory=dict)    # name → DiceCalibrator
-    fingerprint: dict = field(default_factory=dict)
-    info: dict = field(default_factory=dict)           # fit options, timings, validation figures
-    default_method: str | None = None
-    fusion: object | None = None                       # segqc.calibration.fusion.Fusion over ≥ 2 methods
-
-    @property
-    def tau(self) -> float:
-        return next(iter(self.calibrators.values())).tau if self.calibrators else 0.8
 
 
 def _versions() -> dict:
@@ -185,8 +168,10 @@ def bundle_hash(folder: str | Path) -> str:
     return sha256_file(Path(folder) / "bundle.json")[:16]
 
 
-def load_bundle(folder: str | Path, methods: list[str] | None = None) -> QCBundle:
+def load_bundle(folder: str | Path, methods: list[str] | None = None, device: str = "auto") -> QCBundle:
     """Read a bundle written by `save_bundle` (only the named methods if given), verifying it first.
+
+    The methods' networks are placed on ``device`` (``auto``: a GPU when present).
 
     Raises FileNotFoundError when there is no bundle.json, and `BundleError` (a ValueError whose
     message names the folder and the problem) for anything else that is wrong with the bundle.
@@ -205,7 +190,7 @@ def load_bundle(folder: str | Path, methods: list[str] | None = None) -> QCBundl
     written_by = doc["versions"].get("segqc")
     if written_by != __version__:
         warnings.warn(f"bundle written by segqc {written_by}, loading with {__version__}", stacklevel=2)
-    return _build(doc, folder, methods)
+    return _build(doc, folder, methods, device)
 
 
 def _read_document(path: Path, folder: Path) -> dict:
@@ -333,7 +318,7 @@ def _method_class(folder: Path, name: str, entry: dict):
     return cls
 
 
-def _build(doc: dict, folder: Path, methods: list[str] | None) -> QCBundle:
+def _build(doc: dict, folder: Path, methods: list[str] | None, device: str) -> QCBundle:
     from segqc.plan.fingerprint import Plan
 
     hashes = doc["sha256"]
@@ -344,7 +329,8 @@ def _build(doc: dict, folder: Path, methods: list[str] | None) -> QCBundle:
             continue
         cls = _method_class(folder, name, entry)
         bundle.methods[name] = _rebuild(folder, f"method {name!r}", cls.from_state,
-                                        _arrays(folder, f"{name}.safetensors", hashes), entry["config"])
+                                        _arrays(folder, f"{name}.safetensors", hashes), entry["config"],
+                                        bundle.plan, device)
         if "calibration" in entry:
             bundle.calibrators[name] = _rebuild(folder, f"the calibrator of {name!r}", DiceCalibrator.from_state,
                                                 _arrays(folder, f"{name}.calib.safetensors", hashes),

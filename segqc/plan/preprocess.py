@@ -233,10 +233,7 @@ def preprocess(case: Case, plan: Plan) -> tuple[np.ndarray, np.ndarray | None, d
     crop, pad = [list(c) for c, _ in crop_pad], [list(p) for _, p in crop_pad]
     image = np.ascontiguousarray(_crop_pad(image, crop, pad), dtype=np.float32)
     if mask is not None:
-        mk_rs = plan.resampling["mask"]
-        mask = resize_labels(mask, size, mode=mk_rs["name"],
-                             antialias=_antialias(mk_rs.get("kwargs", {}), in_size, size))
-        mask = np.ascontiguousarray(_crop_pad(mask, crop, pad))
+        mask = _mask_along(mask, in_size, size, crop, pad, plan)
 
     z_spacing = spacing[0] if case.ndim == 3 else 1.0
     g = case.geometry
@@ -258,6 +255,44 @@ def preprocess(case: Case, plan: Plan) -> tuple[np.ndarray, np.ndarray | None, d
         "normalization": applied,
     }
     return image, mask, props
+
+
+def _mask_along(mask: np.ndarray, in_size, size, crop, pad, plan: Plan) -> np.ndarray:
+    """A ``(Z, H, W)`` label array through the plan's mask resampling, crop and pad."""
+    mk_rs = plan.resampling["mask"]
+    mask = resize_labels(mask, size, mode=mk_rs["name"], antialias=_antialias(mk_rs.get("kwargs", {}), in_size, size))
+    return np.ascontiguousarray(_crop_pad(mask, crop, pad))
+
+
+def mask_to_model_space(mask: np.ndarray, props: dict, plan: Plan) -> np.ndarray:
+    """A label mask on the original grid → model space ``(Z, S, S)``, along a case's ``props``.
+
+    What `preprocess` does to a case's mask, for another mask of the same image (a
+    candidate scored against an image already sent to model space).
+    """
+    m = np.asarray(mask)
+    if m.ndim == 2:
+        m = m[None]
+    size = [int(v) for v in props["resampled_shape"]]
+    return _mask_along(m, tuple(m.shape[-2:]), size, props["crop"], props["pad"], plan)
+
+
+def soft_mask_to_model_space(mask: np.ndarray, props: dict, labels, plan: Plan) -> np.ndarray:
+    """Soft one-hot of a label mask in model space: float32 ``(L, Z, S, S)`` in [0, 1].
+
+    Follows `mask_to_model_space` but keeps each label's linearly interpolated indicator
+    instead of hard labels: a network then sees partial-volume boundaries rather than a
+    staircase.
+    """
+    m = np.asarray(mask)
+    if m.ndim == 2:
+        m = m[None]
+    onehot = np.stack([m == k for k in labels]).astype(np.float32)  # (L, Z, H, W)
+    size = tuple(int(v) for v in props["resampled_shape"])
+    in_size = onehot.shape[-2:]
+    aa = _antialias(plan.resampling.get("mask", {}).get("kwargs", {}), in_size, size)
+    x = _crop_pad(resize_inplane(onehot, size, mode="linear", antialias=aa), props["crop"], props["pad"])
+    return np.ascontiguousarray(np.clip(x, 0.0, 1.0), dtype=np.float32)
 
 
 # --------------------------------------------------------------------------- inverse
@@ -303,18 +338,27 @@ def invert_mask(mask_ms: np.ndarray, props: dict, *, mode: str = "onehot_linear"
     (int64 for a non-integer input, which is rounded first).
     """
     mask_ms = np.asarray(mask_ms)
-    if mask_ms.dtype.kind not in "iub":
-        mask_ms = np.rint(mask_ms).astype(np.int64)
-    elif mask_ms.dtype.kind == "b":
-        mask_ms = mask_ms.astype(np.uint8)
-    mask_ms = _check_ms(mask_ms, props, "mask_ms")
-    if mask_ms.ndim != 3:
+    if _check_ms(mask_ms, props, "mask_ms").ndim != 3:
         raise ValueError(f"mask_ms must be (Z, S, S), got {mask_ms.shape}")
-    x = _uncrop_unpad(mask_ms, props, 0)
+    return invert_masks(mask_ms, props, mode=mode)
+
+
+def invert_masks(masks_ms: np.ndarray, props: dict, *, mode: str = "onehot_linear") -> np.ndarray:
+    """`invert_mask` of a stack ``(..., Z, S, S)`` of label arrays of one case → ``(..., *original_shape)``.
+
+    One resampling call for the whole stack (e.g. RCA's warped atlases); every mask gets
+    exactly the answer `invert_mask` gives it alone (each slice is resampled on its own).
+    """
+    masks_ms = np.asarray(masks_ms)
+    if masks_ms.dtype.kind not in "iub":
+        masks_ms = np.rint(masks_ms).astype(np.int64)
+    elif masks_ms.dtype.kind == "b":
+        masks_ms = masks_ms.astype(np.uint8)
+    x = _uncrop_unpad(_check_ms(masks_ms, props, "mask_ms"), props, 0)
     orig = props["original_shape"]
     x = resize_labels(x, tuple(orig[-2:]), mode=mode, antialias=True)
-    out = x[0] if props["ndim"] == 2 else x
-    assert list(out.shape) == list(orig), (out.shape, orig)
+    out = x[..., 0, :, :] if props["ndim"] == 2 else x
+    assert list(out.shape[out.ndim - len(orig):]) == list(orig), (out.shape, orig)
     return out
 
 

@@ -90,9 +90,9 @@ def _find_refs(table: Path, run: dict, *, data=None, layout: str = "auto", masks
                 break
     try:
         if bench:
-            from segqc.api import _guess_root
+            from segqc.data.layouts import guess_root
 
-            root = Path(root) if root else _guess_root(source)
+            root = Path(root) if root else guess_root(source)
             return read_manifest(source, root=root, mask_col="prediction", truth_col="ground_truth",
                                  group_col="checkpoint"), None
         return load_dataset(source, layout=layout, masks=masks), None

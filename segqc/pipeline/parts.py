@@ -119,8 +119,9 @@ def merge_parts(parts: Sequence[str | Path], out: str | Path) -> tuple[dict, dic
 
     Returns the merged counts and the dataset estimate (written to ``out/dataset.json``).
     """
-    from segqc.api import write_dataset, write_run_record
     from segqc.engines.batch import format_row, write_identity
+    from segqc.pipeline.outputs import write_dataset
+    from segqc.pipeline.records import write_run_record
 
     started = time.time()
     out = Path(out)
@@ -132,7 +133,7 @@ def merge_parts(parts: Sequence[str | Path], out: str | Path) -> tuple[dict, dic
     read = sorted((_read_part(f) for f in folders), key=lambda p: int(p["identity"].get("part_id", 0)))
     k = _check_parts(read)
     header = read[0]["header"]
-    map_cols = [c for c in header if c.endswith(("_pgt", "_error"))]  # the map columns of `api._columns`
+    map_cols = [c for c in header if c.endswith(("_pgt", "_error"))]  # outputs.columns
     order = _listing_order(read[0]["run"])
     # without the listing (data moved), part i's j-th row was case i + j·K of it
     rows = [(order.get(r["case_id"], len(order)) if order else p_idx + j * k, r, p["folder"])

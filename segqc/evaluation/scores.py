@@ -11,20 +11,20 @@ Conventions used throughout:
 * A metric that is undefined on the given data (one class only, constant input, too
   few points) is ``nan``; ``evaluate`` turns ``nan`` into ``None`` so that its result
   is JSON-serialisable.
+
+The input checks (`as_1d`, `check_same_length`, `drop_nan_pairs`, `check_tau`) and
+`calibration_bins` are shared with `segqc.evaluation.plots`; they are not re-exported
+by `segqc.evaluation`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
-
-if TYPE_CHECKING:  # rich is only needed by format_table
-    from rich.table import Table
 
 __all__ = [
     "pearson",
@@ -38,10 +38,6 @@ __all__ = [
     "eaurc",
     "expected_calibration_error",
     "evaluate",
-    "format_table",
-    "plot_scatter",
-    "plot_risk_coverage",
-    "plot_calibration",
     "METRIC_KEYS",
 ]
 
@@ -65,32 +61,35 @@ METRIC_KEYS: tuple[str, ...] = (
 )
 
 
-# --------------------------------------------------------------------------- helpers
+# --------------------------------------------------------------------------- input checks
 
 
-def _as_1d(x: ArrayLike, name: str, dtype: Any = float) -> np.ndarray:
+def as_1d(x: ArrayLike, name: str, dtype: Any = float) -> np.ndarray:
+    """``x`` as a 1-D array of ``dtype``; ValueError naming ``name`` otherwise."""
     arr = np.asarray(x, dtype=dtype)
     if arr.ndim != 1:
         raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
     return arr
 
 
-def _check_same_length(*named: tuple[str, np.ndarray]) -> None:
+def check_same_length(*named: tuple[str, np.ndarray]) -> None:
+    """ValueError unless every ``(name, array)`` has the length of the first."""
     (name0, a0), *rest = named
     for name, a in rest:
         if len(a) != len(a0):
             raise ValueError(f"{name0} and {name} must have the same length, got {len(a0)} and {len(a)}")
 
 
-def _pair(a: ArrayLike, b: ArrayLike, name_a: str, name_b: str) -> tuple[np.ndarray, np.ndarray]:
+def drop_nan_pairs(a: ArrayLike, b: ArrayLike, name_a: str, name_b: str) -> tuple[np.ndarray, np.ndarray]:
     """Two float arrays of equal length with every pair containing a NaN removed."""
-    x, y = _as_1d(a, name_a), _as_1d(b, name_b)
-    _check_same_length((name_a, x), (name_b, y))
+    x, y = as_1d(a, name_a), as_1d(b, name_b)
+    check_same_length((name_a, x), (name_b, y))
     keep = ~(np.isnan(x) | np.isnan(y))
     return x[keep], y[keep]
 
 
-def _check_tau(tau: float) -> float:
+def check_tau(tau: float) -> float:
+    """``tau`` as a float; ValueError unless it is a Dice threshold in [0, 1]."""
     tau = float(tau)
     if not (0.0 <= tau <= 1.0):
         raise ValueError(f"tau must be a Dice threshold in [0, 1], got {tau}")
@@ -113,7 +112,7 @@ def pearson(true_dice: ArrayLike, pred_dice: ArrayLike) -> float:
 
     ``nan`` with fewer than 2 points or when either input is constant.
     """
-    t, p = _pair(true_dice, pred_dice, "true_dice", "pred_dice")
+    t, p = drop_nan_pairs(true_dice, pred_dice, "true_dice", "pred_dice")
     if t.size < 2 or _is_constant(t) or _is_constant(p):
         return math.nan
     tc, pc = t - t.mean(), p - p.mean()
@@ -128,7 +127,7 @@ def spearman(true_dice: ArrayLike, pred_dice: ArrayLike) -> float:
     """
     from scipy.stats import rankdata
 
-    t, p = _pair(true_dice, pred_dice, "true_dice", "pred_dice")
+    t, p = drop_nan_pairs(true_dice, pred_dice, "true_dice", "pred_dice")
     if t.size < 2 or _is_constant(t) or _is_constant(p):
         return math.nan
     return pearson(rankdata(t), rankdata(p))
@@ -136,7 +135,7 @@ def spearman(true_dice: ArrayLike, pred_dice: ArrayLike) -> float:
 
 def mae(true_dice: ArrayLike, pred_dice: ArrayLike) -> float:
     """Mean absolute error between true and predicted Dice; ``nan`` when empty."""
-    t, p = _pair(true_dice, pred_dice, "true_dice", "pred_dice")
+    t, p = drop_nan_pairs(true_dice, pred_dice, "true_dice", "pred_dice")
     return _mean(np.abs(t - p))
 
 
@@ -145,8 +144,8 @@ def mae(true_dice: ArrayLike, pred_dice: ArrayLike) -> float:
 
 def _fail_labels_and_scores(true_dice: ArrayLike, score: ArrayLike, tau: float) -> tuple[np.ndarray, np.ndarray] | None:
     """(failure labels, failure scores) or None when only one class is present."""
-    tau = _check_tau(tau)
-    t, s = _pair(true_dice, score, "true_dice", "score")
+    tau = check_tau(tau)
+    t, s = drop_nan_pairs(true_dice, score, "true_dice", "score")
     fail = t < tau
     if fail.size == 0 or fail.all() or not fail.any():
         return None
@@ -186,16 +185,16 @@ def sensitivity_specificity(true_dice: ArrayLike, pred_pass: ArrayLike, tau: flo
     specificity = passed good cases / good cases (good = true Dice >= ``tau``).
     Each is ``nan`` when its denominator is 0.
     """
-    tau = _check_tau(tau)
-    t = _as_1d(true_dice, "true_dice")
+    tau = check_tau(tau)
+    t = as_1d(true_dice, "true_dice")
     raw = np.asarray(pred_pass)
     if raw.dtype == bool:
-        q = _as_1d(raw, "pred_pass", dtype=bool)
-        _check_same_length(("true_dice", t), ("pred_pass", q))
+        q = as_1d(raw, "pred_pass", dtype=bool)
+        check_same_length(("true_dice", t), ("pred_pass", q))
         keep = ~np.isnan(t)
         t, passed = t[keep], q[keep]
     else:
-        t, p = _pair(t, raw, "true_dice", "pred_pass")
+        t, p = drop_nan_pairs(t, raw, "true_dice", "pred_pass")
         passed = p >= 0.5
     fail = t < tau
     n_fail, n_good = int(fail.sum()), int((~fail).sum())
@@ -217,7 +216,7 @@ def risk_coverage_curve(risk: ArrayLike, confidence: ArrayLike) -> tuple[np.ndar
     ascending and end at 1; ``weights`` sum to 1. NaN pairs are dropped; empty input
     gives empty arrays.
     """
-    r, c = _pair(risk, confidence, "risk", "confidence")
+    r, c = drop_nan_pairs(risk, confidence, "risk", "confidence")
     n = r.size
     if n == 0:
         empty = np.empty(0)
@@ -258,22 +257,22 @@ def eaurc(risk: ArrayLike, confidence: ArrayLike) -> float:
     depends only on the risk distribution; subtracting it isolates the ranking quality.
     0 for a perfect ranking, >= 0 otherwise (up to rounding). ``nan`` when empty.
     """
-    r, c = _pair(risk, confidence, "risk", "confidence")
+    r, c = drop_nan_pairs(risk, confidence, "risk", "confidence")
     return aurc(r, c) - aurc(r, -r)
 
 
 # --------------------------------------------------------------------------- calibration
 
 
-def _calibration_bins(
+def calibration_bins(
     true_dice: ArrayLike, p_pass: ArrayLike, tau: float, n_bins: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per equal-width bin on [0, 1]: (count, mean p, observed pass rate); empty bins → nan."""
-    tau = _check_tau(tau)
+    tau = check_tau(tau)
     if int(n_bins) != n_bins or n_bins < 1:
         raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
     n_bins = int(n_bins)
-    t, p = _pair(true_dice, p_pass, "true_dice", "p_pass")
+    t, p = drop_nan_pairs(true_dice, p_pass, "true_dice", "p_pass")
     bad = p[(p < 0) | (p > 1)]
     if bad.size:
         raise ValueError(f"p_pass must be probabilities in [0, 1], got {bad[0]}")
@@ -293,7 +292,7 @@ def expected_calibration_error(true_dice: ArrayLike, p_pass: ArrayLike, tau: flo
     ``ECE = sum_b (n_b / n) * |mean(p in b) - mean(1[Dice >= tau] in b)|``.
     0 is perfectly calibrated. ``nan`` when empty.
     """
-    counts, mean_p, frac_pass = _calibration_bins(true_dice, p_pass, tau, n_bins)
+    counts, mean_p, frac_pass = calibration_bins(true_dice, p_pass, tau, n_bins)
     n = counts.sum()
     if n == 0:
         return math.nan
@@ -357,19 +356,19 @@ def evaluate(
     Returns ``{"tau": tau, "overall": {metric: value}, "groups": {name: {metric: value}}}``
     with the metric keys of :data:`METRIC_KEYS`.
     """
-    tau = _check_tau(tau)
-    t = _as_1d(true_dice, "true_dice")
-    p = _as_1d(pred_dice, "pred_dice")
+    tau = check_tau(tau)
+    t = as_1d(true_dice, "true_dice")
+    p = as_1d(pred_dice, "pred_dice")
     named = [("true_dice", t), ("pred_dice", p)]
     pp = None
     if p_pass is not None:
-        pp = _as_1d(p_pass, "p_pass")
+        pp = as_1d(p_pass, "p_pass")
         named.append(("p_pass", pp))
     labels: list[str] | None = None
     if groups is not None:
         labels = [str(g) for g in groups]
         named.append(("groups", np.empty(len(labels))))
-    _check_same_length(*named)
+    check_same_length(*named)
 
     nan = np.isnan(t) | np.isnan(p)
     if pp is not None:
@@ -385,136 +384,3 @@ def evaluate(
         for name in dict.fromkeys(labels):
             result["groups"][name] = rows(lab == name)
     return result
-
-
-def format_table(result: dict[str, Any]) -> "Table":
-    """A rich table of an :func:`evaluate` result: one row for overall and one per group."""
-    from rich.table import Table
-
-    table = Table(title=f"QC evaluation (tau = {result.get('tau')})")
-    table.add_column("set", style="bold")
-    for key in METRIC_KEYS:
-        table.add_column(key, justify="right")
-
-    def cell(v: Any) -> str:
-        if v is None:
-            return "–"
-        if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
-            return str(int(v))
-        return f"{float(v):.3f}"
-
-    rows = [("overall", result["overall"]), *result.get("groups", {}).items()]
-    for name, row in rows:
-        table.add_row(str(name), *(cell(row.get(k)) for k in METRIC_KEYS))
-    return table
-
-
-# --------------------------------------------------------------------------- plots
-
-
-def _new_figure(figsize: tuple[float, float] = (5.0, 5.0)) -> Any:
-    """A matplotlib Figure on the Agg canvas, without touching pyplot's global state."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig: Any, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, format="png")
-    return path
-
-
-def plot_scatter(
-    true_dice: ArrayLike,
-    pred_dice: ArrayLike,
-    path: str | Path,
-    groups: Sequence[Hashable] | None = None,
-    tau: float = 0.8,
-    title: str = "",
-) -> Path:
-    """Scatter of predicted vs true Dice with the identity line and ``tau`` lines; PNG at ``path``.
-
-    Points in the lower-right / upper-left quadrants formed by the ``tau`` lines are
-    wrong pass/fail calls. One colour per group. NaN pairs are dropped.
-    """
-    tau = _check_tau(tau)
-    t, p = _as_1d(true_dice, "true_dice"), _as_1d(pred_dice, "pred_dice")
-    named = [("true_dice", t), ("pred_dice", p)]
-    labels = None if groups is None else np.asarray([str(g) for g in groups], dtype=object)
-    if labels is not None:
-        named.append(("groups", labels))
-    _check_same_length(*named)
-    keep = ~(np.isnan(t) | np.isnan(p))
-
-    fig = _new_figure()
-    ax = fig.add_subplot()
-    ax.plot([0, 1], [0, 1], color="0.5", lw=1, ls="--", label="identity")
-    ax.axvline(tau, color="tab:red", lw=0.8, ls=":")
-    ax.axhline(tau, color="tab:red", lw=0.8, ls=":", label=f"tau = {tau:g}")
-    if labels is None:
-        ax.scatter(t[keep], p[keep], s=14, alpha=0.7)
-    else:
-        for name in dict.fromkeys(labels[keep]):
-            m = keep & (labels == name)
-            ax.scatter(t[m], p[m], s=14, alpha=0.7, label=str(name))
-    ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), xlabel="true Dice", ylabel="predicted Dice", aspect="equal")
-    ax.set_title(title or f"predicted vs true Dice (n = {int(keep.sum())})")
-    ax.legend(loc="upper left", fontsize="small")
-    return _save(fig, path)
-
-
-def plot_risk_coverage(risk: ArrayLike, confidence: ArrayLike, path: str | Path, title: str = "") -> Path:
-    """Risk–coverage curve (selective risk vs coverage) with the optimal curve; PNG at ``path``.
-
-    Drawn as steps whose area is exactly :func:`aurc`; the legend gives AURC for both
-    curves (their difference is E-AURC).
-    """
-    r, c = _pair(risk, confidence, "risk", "confidence")
-    fig = _new_figure((6.0, 4.5))
-    ax = fig.add_subplot()
-    for conf, label, style in ((c, "QC score", "-"), (-r, "optimal", "--")):
-        cov, sel, _ = risk_coverage_curve(r, conf)
-        if cov.size:
-            ax.step(np.r_[0.0, cov], np.r_[sel[0], sel], where="pre", ls=style,
-                    label=f"{label} (AURC = {aurc(r, conf):.3f})")
-    ax.set(xlim=(0, 1), xlabel="coverage", ylabel="selective risk (mean 1 − Dice)")
-    ax.set_ylim(bottom=0)
-    if not title and r.size:
-        title = f"risk–coverage (n = {r.size}, E-AURC = {eaurc(r, c):.3f})"
-    ax.set_title(title)
-    ax.legend(loc="upper left", fontsize="small")
-    return _save(fig, path)
-
-
-def plot_calibration(
-    true_dice: ArrayLike, p_pass: ArrayLike, path: str | Path, tau: float = 0.8, n_bins: int = 10
-) -> Path:
-    """Reliability diagram of ``p_pass`` against the observed rate of Dice >= ``tau``; PNG at ``path``.
-
-    Bars are the observed pass rate per equal-width bin, dots the mean predicted
-    probability in the bin; a calibrated predictor has bars on the diagonal.
-    """
-    counts, mean_p, frac_pass = _calibration_bins(true_dice, p_pass, tau, n_bins)
-    ece = expected_calibration_error(true_dice, p_pass, tau, n_bins)
-    width = 1.0 / n_bins
-    left = np.arange(n_bins) * width
-    used = counts > 0
-
-    fig = _new_figure()
-    ax = fig.add_subplot()
-    ax.plot([0, 1], [0, 1], color="0.5", lw=1, ls="--", label="perfect calibration")
-    ax.bar(left[used], frac_pass[used], width=width, align="edge", edgecolor="k", alpha=0.6, label="observed")
-    ax.scatter(mean_p[used], frac_pass[used], color="tab:red", s=16, zorder=3, label="mean p in bin")
-    for x, y, k in zip(left[used], frac_pass[used], counts[used]):
-        ax.annotate(str(int(k)), (x + width / 2, y), ha="center", va="bottom", fontsize="x-small")
-    ax.set(xlim=(0, 1), ylim=(0, 1.05), aspect="equal", xlabel="predicted P(pass)",
-           ylabel=f"observed fraction Dice ≥ {tau:g}")
-    ece_txt = "nan" if math.isnan(ece) else f"{ece:.3f}"
-    ax.set_title(f"reliability (n = {int(counts.sum())}, ECE = {ece_txt})")
-    ax.legend(loc="upper left", fontsize="small")
-    return _save(fig, path)

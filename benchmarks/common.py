@@ -1,0 +1,89 @@
+"""What every benchmark script shares: where the data lies, the splits, and the common options.
+
+The benchmarks run from the repository root with the shared folder beside it
+(``../shared``: ``data/<dataset>`` the images and expert masks, ``benchmarks/<dataset>``
+the ``cases.csv`` of candidate masks with their true Dice, ``split.json`` and the shipped
+networks under ``models/``). Scripts import this module as ``common`` (Python puts the
+script's folder first on its path):
+
+    from common import DATASETS, add_set_option, add_threads_option, data_dir, read_split
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from segqc.cli_options import method_params, parse_param
+
+__all__ = ["REPO", "SHARED", "DATA", "DATASETS", "data_dir", "bench_dir", "cases_csv", "read_split",
+           "shipped_weights", "sample_data_dir", "bench_image_id", "add_set_option", "add_threads_option",
+           "set_threads", "method_params", "parse_param"]
+
+REPO = Path(__file__).resolve().parents[1]
+#: the shared folder beside the repository
+SHARED = REPO.parent / "shared"
+#: each benchmark dataset's reference data (images + expert masks), relative to `SHARED`
+DATA = {"kvasir": "data/kvasir-seg", "hippocampus": "data/hippocampus"}
+DATASETS: tuple[str, ...] = tuple(sorted(DATA))
+
+
+def data_dir(dataset: str) -> Path:
+    """Images and expert masks of ``dataset`` (what `segqc.api.fit` takes as ``reference``)."""
+    return SHARED / DATA[dataset]
+
+
+def bench_dir(dataset: str) -> Path:
+    """The benchmark of ``dataset``: ``cases.csv``, ``split.json``, ``models/``, ``predictions/``."""
+    return SHARED / "benchmarks" / dataset
+
+
+def cases_csv(dataset: str) -> Path:
+    """One row per (test image, checkpoint): paths relative to `SHARED`, true Dice, ``is_deployed``."""
+    return bench_dir(dataset) / "cases.csv"
+
+
+def read_split(dataset: str) -> dict[str, list[str]]:
+    """``split.json``: the ``reference`` ids (to fit and calibrate on) and the ``test`` ids (rows of cases.csv)."""
+    return json.loads((bench_dir(dataset) / "split.json").read_text())
+
+
+def shipped_weights(checkpoint: str, dataset: str = "kvasir") -> Path:
+    """The weights of a shipped network, ``unet_s0_ep100`` → ``models/unet_s0/ep100.pt``."""
+    model, ep = checkpoint.rsplit("_ep", 1)
+    return bench_dir(dataset) / "models" / model / f"ep{int(ep):02d}.pt"
+
+
+def bench_image_id(row: dict) -> str:
+    """The benchmark image of a `segqc bench` row: ``source_id`` (ids repeated in cases.csv are made unique
+    by bench), or for files written before ``source_id`` existed, the id before '#'."""
+    return row.get("source_id") or row["case_id"].split("#")[0]
+
+
+def sample_data_dir() -> Path:
+    """The sample data shipped inside segqc (`segqc.api.sample_data_dir`)."""
+    from segqc.api import sample_data_dir as sample
+
+    return sample()
+
+
+def add_set_option(ap: argparse.ArgumentParser) -> None:
+    """``--set METHOD.PARAM=VALUE`` (repeatable) into ``args.params``; `method_params` turns it into a dict."""
+    ap.add_argument("--set", dest="params", action="append", type=parse_param, default=[], metavar="METHOD.PARAM=VALUE",
+                    help="override a method parameter, as in `segqc fit --set` (repeatable)")
+
+
+def add_threads_option(ap: argparse.ArgumentParser, default: int | None = None,
+                       help: str = "torch CPU threads (1 is fastest when other jobs share the cores)") -> None:
+    """``--threads N`` into ``args.threads``; `set_threads` applies it."""
+    ap.add_argument("--threads", type=int, default=default, help=help)
+
+
+def set_threads(n: int | None) -> None:
+    """Use ``n`` torch CPU threads from now on (None or 0: leave torch's setting)."""
+    if n:
+        import torch
+
+        torch.set_num_threads(int(n))
+

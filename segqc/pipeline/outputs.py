@@ -1,0 +1,88 @@
+"""What a run leaves behind: a table row per answered case, map files, and ``dataset.json``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from segqc.calibration.fusion import FUSION
+from segqc.engines.batch import read_rows
+from segqc.pipeline.answering import Answer
+
+__all__ = ["answer_row", "columns", "file_stem", "number", "write_dataset"]
+
+
+def columns(labels: Sequence[int], methods: Sequence[str], with_truth: bool) -> list[str]:
+    """The columns of ``predictions.csv`` / ``bench.csv`` (after the batch's own id/status/group columns)."""
+    cols = ["method", "dice_pred", "p_pass", "flag", "dice_lo", "dice_hi", "hd95_pred"]
+    cols += [f"dice_pred_{k}" for k in labels]
+    for name in methods:
+        cols += [f"{name}_raw", f"{name}_dice", f"{name}_p_pass", f"{name}_pgt", f"{name}_error"]
+    return cols + (["dice_true"] if with_truth else [])
+
+
+def answer_row(answer: Answer, labels: Sequence[int], maps_dir: Path | None) -> dict:
+    """One case's row: every method's calibrated answer, the first as the main one; maps written."""
+    from segqc.data.images import is_photo, write_mask
+
+    case = answer.case
+    row: dict = {}
+    for i, (name, a) in enumerate(answer.methods.items()):
+        row[f"{name}_raw"], row[f"{name}_dice"], row[f"{name}_p_pass"] = a.raw.mean_dice, a.dice, a.p_pass
+        if i == 0:
+            row.update({"method": name, "dice_pred": a.dice, "p_pass": a.p_pass,
+                        "flag": "pass" if a.p_pass >= 0.5 else "review",
+                        "dice_lo": a.interval[0], "dice_hi": a.interval[1]})
+            row.update({f"dice_pred_{k}": v for k, v in a.dice_per_label.items()})
+            if a.hd95 is not None:
+                row["hd95_pred"] = a.hd95
+        if maps_dir is not None and a.raw.maps and name != FUSION:
+            photo = case.meta.get("image") and is_photo(case.meta["image"][0])
+            ext = ".png" if photo else ".nii.gz"
+            stem = file_stem(case.case_id)
+            for key, arr in a.raw.maps.items():
+                out_arr = arr if arr.dtype != np.float32 else (np.clip(arr, 0, 1) * 255).astype(np.uint8)
+                row[f"{name}_{key}"] = str(write_mask(maps_dir / name / f"{stem}_{key}{ext}", out_arr, case.geometry))
+    if FUSION in answer.methods:  # the fusion shows the maps of its first member that has them
+        member = answer.methods[FUSION].maps_of
+        for key in ("pgt", "error"):
+            if member and f"{member}_{key}" in row:
+                row[f"{FUSION}_{key}"] = row[f"{member}_{key}"]
+    if case.truth is not None:
+        from segqc.metrics import dice
+
+        row["dice_true"] = dice(case.mask, case.truth, list(labels))
+    return row
+
+
+def file_stem(case_id: str) -> str:
+    """A file name for a case's maps: the id where it is safe, else a cleaned id + a hash of the real one.
+
+    Two ids never share a file (``a/b`` and ``a_b`` differ by their hash suffix).
+    """
+    clean = re.sub(r"[^\w.~+-]", "_", case_id).lstrip(".")[:120] or "case"
+    if clean == case_id:
+        return clean
+    return f"{clean}-{hashlib.sha256(case_id.encode()).hexdigest()[:10]}"
+
+
+def number(value) -> float:
+    """A CSV cell as a float; empty (a case without a truth mask) is NaN."""
+    return float(value) if value not in (None, "") else float("nan")
+
+
+def write_dataset(out: Path, tau: float, with_truth: bool) -> dict:
+    """``dataset.json`` from every ok row of ``out/predictions.csv``: the model's estimated performance."""
+    from segqc.calibration.population import estimate_groups
+
+    rows = [r for r in read_rows(out / "predictions.csv") if r["status"] == "ok"]
+    dataset = estimate_groups([number(r["dice_pred"]) for r in rows], [number(r["p_pass"]) for r in rows],
+                              [r["group"] or "all" for r in rows], tau=tau,
+                              true_dice=[number(r.get("dice_true")) for r in rows] if with_truth else None)
+    (out / "dataset.json").write_text(json.dumps(dataset, indent=1))
+    return dataset

@@ -1,0 +1,98 @@
+"""Model-made training pairs for `fit`: candidates that look like a real model's failures.
+
+Corruptions of expert masks (`segqc.methods.base.make_training_pairs`) teach what bad
+masks look like in general; these teach what a *network's* bad masks look like:
+
+* ``segmenter_pairs``: segqc's own cross-fitted reference segmenter, its snapshots at
+  early epochs and at the end, each predicting reference cases it never saw;
+* ``model_pairs``: the user's own model on the reference cases;
+* ``manifest_pairs``: a manifest of the user's (candidate, expert mask) pairs.
+
+Each returns the pairs of the fitting part and of the held-out calibration part.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from segqc import ui
+from segqc.data.case import Case
+from segqc.methods.base import TrainingPair
+
+__all__ = ["manifest_pairs", "model_pairs", "segmenter_pairs"]
+
+Split = tuple[list[TrainingPair], list[TrainingPair]]
+
+
+def _by_part(pairs: list[TrainingPair], cal_ids: set[str]) -> Split:
+    fit = [p for p in pairs if p.reference_id not in cal_ids]
+    return fit, [p for p in pairs if p.reference_id in cal_ids]
+
+
+def _report(what: str, pairs: Sequence[TrainingPair], labels, started: float) -> None:
+    d = [float(np.mean(p.true_dice(labels))) for p in pairs]
+    if d:
+        ui.console().print(f"  {what}: {len(d)} pairs, Dice mean {np.mean(d):.3f} (range {np.min(d):.2f}–"
+                           f"{np.max(d):.2f}) in {time.time() - started:.0f} s", highlight=False)
+
+
+def manifest_pairs(cases: Sequence[Case], cal_ids: set[str]) -> Split:
+    """Pairs from manifest rows (``mask`` = candidate, ``truth`` = expert mask).
+
+    The reference case is named by a ``reference_id`` column, else by the row's id as
+    written (``source_id``: repeated ids are made unique when listed), else the row's id.
+    """
+    pairs = []
+    for c in cases:
+        if c.truth is None:
+            raise ValueError(f"extra pair {c.case_id} has no truth mask")
+        ref_id = str(c.meta.get("reference_id") or c.meta.get("source_id") or c.case_id)
+        pairs.append(TrainingPair(Case(ref_id, c.image, c.truth, c.geometry, meta=c.meta), c.mask, "manifest"))
+    return _by_part(pairs, cal_ids)
+
+
+def model_pairs(model, fit_cases: Sequence[Case], cal_cases: Sequence[Case], plan) -> Split:
+    """The user's model on the reference cases: its mask of each, with the expert mask."""
+    t0 = time.time()
+    fit = [TrainingPair(c, model.predict_mask(c.image), "user_model") for c in fit_cases]
+    cal = [TrainingPair(c, model.predict_mask(c.image), "user_model") for c in cal_cases]
+    _report("segmentation model on the reference cases", fit + cal, plan.labels, t0)
+    return fit, cal
+
+
+def segmenter_pairs(fit_cases: Sequence[Case], cal_cases: Sequence[Case], plan, rng: np.random.Generator,
+                    device: str, params: dict):
+    """Train the cross-fitted reference segmenter; its snapshots' predictions become candidates.
+
+    Returns the fitted segmenter (the methods may use it too) and the pairs. Every fitting
+    case is predicted by the folds that did not train on it, every held-out case by all.
+    """
+    from segqc.components.segmenter import CrossFittedSegmenter
+    from segqc.data.labels import to_index, to_labels
+    from segqc.plan.preprocess import invert_mask, preprocess
+
+    t0 = time.time()
+    console = ui.console()
+    ms_fit = [preprocess(c, plan) for c in fit_cases]
+    ms_cal = {c.case_id: preprocess(c, plan) for c in cal_cases}
+    params = dict(params)
+    snapshots = tuple(params.pop("snapshot_epochs", (1, 2, 3, 5, 8, 13, 21, 30)))
+    seg = CrossFittedSegmenter(**{"device": device, **params})
+    # the segmenter's classes are label indices 0..L, whatever the label values
+    seg.fit([(im, to_index(mk, plan.labels)) for im, mk, _ in ms_fit], len(plan.labels), rng,
+            progress=lambda msg: console.print(f"  {msg}", highlight=False), case_ids=[c.case_id for c in fit_cases],
+            snapshot_epochs=snapshots, predict_on={cid: im for cid, (im, _, _) in ms_cal.items()})
+    props = {c.case_id: p for c, (_, _, p) in zip(fit_cases, ms_fit)} | {k: v[2] for k, v in ms_cal.items()}
+
+    def pairs(cases):
+        return [TrainingPair(c, to_labels(invert_mask(mask_ms, props[c.case_id]), plan.labels), f"segmenter:{tag}")
+                for c in cases for tag, mask_ms in seg.snapshot_masks_.get(c.case_id, [])]
+
+    fit_pairs, cal_pairs = pairs(fit_cases), pairs(cal_cases)
+    seg.snapshot_masks_ = {}  # not needed any more; keeps memory and the bundle small
+    _report(f"reference segmenter: {len(fit_pairs)} + {len(cal_pairs)} model-made bad masks", fit_pairs,
+            plan.labels, t0)
+    return seg, fit_pairs, cal_pairs
