@@ -4,7 +4,7 @@ Usage (from the repository root, with ../shared beside it):
 
     .venv/bin/python benchmarks/nnqc_bench.py kvasir --limit 1000
     .venv/bin/python benchmarks/nnqc_bench.py kvasir --fit-limit 120 --limit 200 \
-        --set max_minutes=8 --segmenter max_minutes=3 --ablate samples steps     # a quick CPU look
+        --set nnqc.max_minutes=8 --set segmenter.max_minutes=3 --ablate samples steps     # a quick CPU look
     .venv/bin/python benchmarks/nnqc_bench.py kvasir --ablate samples steps image candidate
     .venv/bin/python benchmarks/nnqc_bench.py kvasir --bundle runs/bench_nnqc/kvasir/bundle --ablate samples steps
 
@@ -19,7 +19,8 @@ timings, the fit's stage-1 / stage-2 info) and, with ``--ablate``, the ablation 
 Ablation metrics use the RAW nnQC Dice (Dice of candidate vs pGT, before calibration):
 Pearson r, MAE of the raw Dice, AUROC for Dice < τ, AURC, and seconds per case; the main
 row is the calibrated `segqc bench` result. Only `reference` ids are used to fit and
-calibrate; rows of cases.csv (test ids) are only judged.
+calibrate; rows of cases.csv (test ids) are only judged. ``--set nnqc.PARAM=VALUE`` sets an
+nnQC parameter, ``--set segmenter.PARAM=VALUE`` one of the reference segmenter.
 """
 
 from __future__ import annotations
@@ -30,29 +31,24 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import (
+    DATASETS,
+    SHARED,
+    add_set_option,
+    add_threads_option,
+    cases_csv,
+    data_dir,
+    method_params,
+    read_split,
+    set_threads,
+)
 
 from segqc import api
 from segqc.data import read_manifest
 from segqc.pipeline.bundle import load_bundle
 
-DATA = {"kvasir": "data/kvasir-seg", "hippocampus": "data/hippocampus"}
-
-
-def _value(v: str):
-    try:
-        return json.loads(v)
-    except json.JSONDecodeError:
-        return v
-
-
-def _params(items) -> dict:
-    out = {}
-    for it in items or []:
-        k, _, v = it.partition("=")
-        out[k] = _value(v)
-        if isinstance(out[k], list):
-            out[k] = tuple(out[k])
-    return out
+#: what ``--set`` may name: the method and the reference segmenter whose masks calibrate it
+SETTABLE = ("nnqc", "segmenter")
 
 
 def _fmt(v) -> str:
@@ -83,42 +79,43 @@ def _score(method, case, n_samples=None, ddim_steps=None) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("dataset", choices=sorted(DATA))
-    ap.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared")
+    ap.add_argument("dataset", choices=DATASETS)
     ap.add_argument("--cases", type=Path, default=None, help="cases.csv to judge (default: the benchmark's)")
     ap.add_argument("--out", type=Path, default=Path("runs/nnqc"))
     ap.add_argument("--limit", type=int, default=None, help="judge a random subset of rows (seeded)")
     ap.add_argument("--fit-limit", type=int, default=None, help="fit on a random subset of the reference ids")
     ap.add_argument("--calibration-pairs", type=int, default=8)
-    ap.add_argument("--set", nargs="*", default=[], help="nnqc parameters, e.g. max_minutes=8 config=cpu")
-    ap.add_argument("--segmenter", nargs="*", default=[], help="reference segmenter parameters")
     ap.add_argument("--ablate", nargs="*", default=[], choices=["samples", "steps", "image", "candidate"])
     ap.add_argument("--bundle", type=Path, default=None,
                     help="an nnQC bundle already fitted on the reference ids (e.g. by run_benchmark.py): "
                          "skip its fit and bench and ablate it; refits (image, candidate) use --set, so give the "
-                         "parameters the bundle was fitted with")
+                         "parameters the bundle was fitted with (--set nnqc.PARAM=VALUE)")
     ap.add_argument("--ablation-limit", type=int, default=200, help="rows used by the ablations")
     ap.add_argument("--no-model-failures", action="store_true",
                     help="skip the reference segmenter (bad masks from segqc.data.corrupt only; quicker ablations)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
+    add_set_option(ap)
+    add_threads_option(ap)
     args = ap.parse_args()
+    params = method_params(args.params)
+    if unknown := sorted(set(params) - set(SETTABLE)):
+        ap.error(f"--set takes {' or '.join(m + '.PARAM=VALUE' for m in SETTABLE)}, not {unknown}")
+    set_threads(args.threads)
 
-    bench_dir = args.shared / "benchmarks" / args.dataset
-    cases_csv = args.cases or bench_dir / "cases.csv"
-    split = json.loads((bench_dir / "split.json").read_text())
-    ids = list(split["reference"])
+    cases = args.cases or cases_csv(args.dataset)
+    ids = list(read_split(args.dataset)["reference"])
     if args.fit_limit:
         ids = sorted(np.random.default_rng(args.seed).choice(ids, args.fit_limit, replace=False).tolist())
     out = args.out / args.dataset
-    nnqc_params = _params(args.set)
-    seg_params = _params(args.segmenter)
+    nnqc_params = params.get("nnqc", {})
+    seg_params = params.get("segmenter", {})
     report: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "n_fit_ids": len(ids)}
 
     def fit(tag: str, extra: dict) -> Path:
         t0 = time.time()
         bdir = out / f"bundle{tag}"
-        api.fit(reference=args.shared / DATA[args.dataset], out=bdir, methods=["nnqc"], ids=ids,
+        api.fit(reference=data_dir(args.dataset), out=bdir, methods=["nnqc"], ids=ids,
                 device=args.device, seed=args.seed, calibration_pairs=args.calibration_pairs,
                 method_params={"nnqc": {**nnqc_params, **extra}, "segmenter": dict(seg_params)},
                 model_failures=not args.no_model_failures)
@@ -128,7 +125,7 @@ def main() -> None:
     bdir = args.bundle or fit("", {})
     bundle = load_bundle(bdir, methods=["nnqc"])
     seen = set(bundle.info["fit_ids"]) | set(bundle.info["calibration_ids"])
-    rows = read_manifest(cases_csv, root=args.shared)
+    rows = read_manifest(cases, root=SHARED)
     if {r.extra["source_id"] for r in rows} & seen:
         raise SystemExit("benchmark rows overlap the fitting cases")
     method = bundle.methods["nnqc"]
@@ -137,16 +134,16 @@ def main() -> None:
     save = out / "nnqc_bench.json"
     save.parent.mkdir(parents=True, exist_ok=True)
     if not args.bundle:
-        _bench(args, bdir, cases_csv, out, bundle, report, save)
+        _bench(args, bdir, cases, out, bundle, report, save)
     if args.ablate:
-        _ablate(args, cases_csv, bundle, method, report, save, fit)
+        _ablate(args, cases, bundle, method, report, save, fit)
     save.write_text(json.dumps(report, indent=1, default=str))
     print(f"written {save}")
 
 
-def _bench(args, bdir, cases_csv, out, bundle, report, save) -> None:
+def _bench(args, bdir, cases, out, bundle, report, save) -> None:
     t0 = time.time()
-    result = api.bench(bundle=bdir, cases=cases_csv, root=args.shared, out=out / "bench", methods=["nnqc"],
+    result = api.bench(bundle=bdir, cases=cases, root=SHARED, out=out / "bench", methods=["nnqc"],
                        limit=args.limit, seed=args.seed, quiet=True)
     n = result["n"]
     report["bench"] = result["methods"]["nnqc"]
@@ -160,7 +157,7 @@ def _bench(args, bdir, cases_csv, out, bundle, report, save) -> None:
 
 
 def _ablate(args, cases_csv, bundle, method, report, save, fit) -> None:
-    refs = read_manifest(cases_csv, root=args.shared, mask_col="prediction", truth_col="ground_truth")
+    refs = read_manifest(cases_csv, root=SHARED, mask_col="prediction", truth_col="ground_truth")
     pick = sorted(np.random.default_rng(args.seed + 1).choice(len(refs), min(args.ablation_limit, len(refs)),
                                                               replace=False))
     cases = [refs[i].load() for i in pick]

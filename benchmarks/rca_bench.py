@@ -3,48 +3,50 @@
 Usage (from the repository root, with ../shared beside it):
 
     .venv/bin/python benchmarks/rca_bench.py kvasir --limit 200 --out runs/rca
-    .venv/bin/python benchmarks/rca_bench.py hippocampus --limit 60 --out runs/rca --set k=10
+    .venv/bin/python benchmarks/rca_bench.py hippocampus --limit 60 --out runs/rca --set rca.k=10
 
 Same protocol as `run_benchmark.py --methods rca` (only `reference` ids fit and
 calibrate; a guard refuses any overlap with the judged rows), with three differences
 that keep one run within ~25 minutes on 2 shared cores: the reference segmenter whose
 predictions serve as realistic bad masks for calibration is trained with a smaller
-budget (``--segmenter-epochs``, ``--segmenter-minutes``); RCA parameters can be set
-(``--set k=5``); and the timing section measures, on ``--time-cases`` distinct test
-images with a freshly loaded bundle (empty registration cache) and 1 torch thread,
-the seconds per new image and per further candidate of an already registered image,
-with the machine's load average (`os.getloadavg`) next to them.
+budget (10 epochs, 3 minutes; ``--set segmenter.epochs=15 --set segmenter.max_minutes=5``
+changes it); RCA parameters can be set (``--set rca.k=5``); and the timing section
+measures, on ``--time-cases`` distinct test images with a freshly loaded bundle (empty
+registration cache) and 1 torch thread, the seconds per new image and per further
+candidate of an already registered image, with the machine's load average
+(`os.getloadavg`) next to them.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import os
 import time
 from pathlib import Path
 
 import numpy as np
+from common import (
+    DATASETS,
+    SHARED,
+    add_set_option,
+    add_threads_option,
+    cases_csv,
+    data_dir,
+    method_params,
+    read_split,
+    set_threads,
+)
 
 from segqc import api
-from segqc.cli import _print_bench
 from segqc.data import read_manifest
+from segqc.evaluation.tables import print_bench
 from segqc.pipeline.bundle import load_bundle
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-DATA = {"kvasir": SHARED / "data/kvasir-seg", "hippocampus": SHARED / "data/hippocampus"}
-
-
-def _parse_set(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        key, _, value = item.partition("=")
-        try:
-            out[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            out[key] = value
-    return out
+#: the reference segmenter's budget unless ``--set segmenter.PARAM=VALUE`` says otherwise
+SEGMENTER = {"epochs": 10, "max_minutes": 3.0}
+#: what ``--set`` may name: the method and the reference segmenter whose masks calibrate it
+SETTABLE = ("rca", "segmenter")
 
 
 def time_cases(bundle_dir: Path, rows, n: int) -> dict:
@@ -83,43 +85,44 @@ def time_cases(bundle_dir: Path, rows, n: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("dataset", choices=sorted(DATA))
+    ap.add_argument("dataset", choices=DATASETS)
     ap.add_argument("--out", type=Path, default=Path("runs/rca"))
     ap.add_argument("--limit", type=int, default=None, help="judge a random subset of rows (seeded)")
-    ap.add_argument("--set", action="append", default=[], metavar="PARAM=VALUE", help="an RCA parameter")
-    ap.add_argument("--segmenter-epochs", type=int, default=10)
-    ap.add_argument("--segmenter-minutes", type=float, default=3.0)
     ap.add_argument("--no-model-failures", action="store_true", help="calibrate on synthetic bad masks only")
     ap.add_argument("--time-cases", type=int, default=10)
     ap.add_argument("--refit", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
+    add_set_option(ap)
+    add_threads_option(ap, default=1, help="torch CPU threads (default 1: a shared 2-core machine, no "
+                                           "oversubscription; the timing section always uses 1)")
     args = ap.parse_args()
+    given = method_params(args.params)
+    if unknown := sorted(set(given) - set(SETTABLE)):
+        ap.error(f"--set takes {' or '.join(m + '.PARAM=VALUE' for m in SETTABLE)}, not {unknown}")
 
-    import torch
-
-    torch.set_num_threads(1)  # a shared 2-core machine: no torch thread oversubscription
-    bench_dir = SHARED / "benchmarks" / args.dataset
-    split = json.loads((bench_dir / "split.json").read_text())
+    set_threads(args.threads)
+    cases = cases_csv(args.dataset)
+    split = read_split(args.dataset)
     out = args.out / args.dataset
     bundle_dir = out / "bundle"
     timings: dict = {"load_avg_start": os.getloadavg()}
-    params = {"rca": _parse_set(args.set),
-              "segmenter": {"epochs": args.segmenter_epochs, "max_minutes": args.segmenter_minutes,
-                            "snapshot_epochs": tuple(e for e in (1, 2, 4, 7, 10) if e <= args.segmenter_epochs)}}
+    segmenter = {**SEGMENTER, **given.get("segmenter", {})}
+    segmenter.setdefault("snapshot_epochs", tuple(e for e in (1, 2, 4, 7, 10) if e <= segmenter["epochs"]))
+    params = {"rca": given.get("rca", {}), "segmenter": segmenter}
     if args.refit or not (bundle_dir / "bundle.json").exists():
         t0 = time.time()
-        api.fit(reference=DATA[args.dataset], out=bundle_dir, methods=["rca"], ids=split["reference"],
+        api.fit(reference=data_dir(args.dataset), out=bundle_dir, methods=["rca"], ids=split["reference"],
                 seed=args.seed, method_params=params, model_failures=not args.no_model_failures)
         timings["fit_total_s"] = round(time.time() - t0, 1)
     bundle = load_bundle(bundle_dir)
     timings["fit_info"] = bundle.info["fit"]["rca"]
     seen = set(bundle.info["fit_ids"]) | set(bundle.info["calibration_ids"])
-    rows = read_manifest(bench_dir / "cases.csv", root=SHARED, mask_col="prediction", truth_col="ground_truth")
+    rows = read_manifest(cases, root=SHARED, mask_col="prediction", truth_col="ground_truth")
     leaked = {r.extra["source_id"] for r in rows} & seen
     if leaked:
         raise SystemExit(f"benchmark rows overlap the fitting cases: {sorted(leaked)[:5]}")
     t0 = time.time()
-    result = api.bench(bundle=bundle_dir, cases=bench_dir / "cases.csv", root=SHARED, out=out / "bench",
+    result = api.bench(bundle=bundle_dir, cases=cases, root=SHARED, out=out / "bench",
                        methods=["rca"], limit=args.limit, seed=args.seed)
     timings["bench_total_s"] = round(time.time() - t0, 1)
     timings["bench_s_per_row"] = round(timings["bench_total_s"] / max(result["n"], 1), 2)
@@ -130,7 +133,7 @@ def main() -> None:
     result["timings"] = timings
     result["rca_params"] = bundle.methods["rca"].get_params()
     (out / "bench" / "bench.json").write_text(json.dumps(result, indent=1, default=str))
-    _print_bench(result)
+    print_bench(result)
     print(json.dumps(timings, indent=1, default=str))
 
 

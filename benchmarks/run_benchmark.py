@@ -4,6 +4,9 @@ Usage (from the repository root, with ../shared beside it):
 
     .venv/bin/python benchmarks/run_benchmark.py kvasir --methods features cnn autoencoder
     .venv/bin/python benchmarks/run_benchmark.py hippocampus --methods features cnn autoencoder
+    # a quick look at one method: fit on 100 reference ids, judge 200 rows
+    .venv/bin/python benchmarks/run_benchmark.py kvasir --methods cnn --n-reference 100 --limit 200 \
+        --set cnn.epochs=5 --out runs/quick
 
 Writes runs/bench/<dataset>/{bundle,bench}/ and prints the table of `segqc bench`,
 plus fit time and predict time per case for each method. Only `reference` ids are
@@ -18,6 +21,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 from common import (
     DATASETS,
     SHARED,
@@ -42,6 +46,8 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["features"])
     ap.add_argument("--out", type=Path, default=Path("runs/bench"))
     ap.add_argument("--limit", type=int, default=None, help="judge a random subset of rows (quick look)")
+    ap.add_argument("--n-reference", type=int, default=None,
+                    help="fit on a seeded random subset of this many reference ids (quick look; default: all)")
     ap.add_argument("--refit", action="store_true", help="fit again even if the bundle exists")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
@@ -53,12 +59,16 @@ def main() -> None:
 
     cases = cases_csv(args.dataset)
     split = read_split(args.dataset)
+    reference_ids = split["reference"]
+    if args.n_reference is not None and args.n_reference < len(reference_ids):
+        pick = np.random.default_rng(args.seed).choice(len(reference_ids), args.n_reference, replace=False)
+        reference_ids = [reference_ids[i] for i in sorted(pick)]
     out = args.out / args.dataset
     bundle_dir = out / "bundle"
     timings = {}
     if args.refit or not (bundle_dir / "bundle.json").exists():
         t0 = time.time()
-        api.fit(reference=data_dir(args.dataset), out=bundle_dir, methods=args.methods, ids=split["reference"],
+        api.fit(reference=data_dir(args.dataset), out=bundle_dir, methods=args.methods, ids=reference_ids,
                 device=args.device, seed=args.seed, method_params=params)
         timings["fit_total_s"] = round(time.time() - t0, 1)
     bundle = load_bundle(bundle_dir)

@@ -43,7 +43,8 @@ def run(code: Path, mode: str, states: Path) -> dict:
 
     try:  # the layout of issue 13, or the one before it
         from segqc.data import load_dataset
-        from segqc.plan.fingerprint import compute_fingerprint, plan_from_fingerprint
+        from segqc.plan.fingerprint import compute_fingerprint
+        from segqc.plan.plan import plan_from_fingerprint
     except ImportError:
         from segqc.fingerprint import compute_fingerprint, plan_from_fingerprint
         from segqc.io import load_dataset

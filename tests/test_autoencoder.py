@@ -12,7 +12,8 @@ from segqc.data import load_dataset
 from segqc.methods import get_method_class
 from segqc.methods.autoencoder import MaskAutoencoder, _corrupt_onehot, build_mask_autoencoder
 from segqc.methods.base import FitContext, NotFittedError
-from segqc.plan.fingerprint import compute_fingerprint, plan_from_fingerprint
+from segqc.plan.fingerprint import compute_fingerprint
+from segqc.plan.plan import plan_from_fingerprint
 
 TINY = {"epochs": 2, "batch_size": 4, "channels": (8, 16), "max_minutes": 0.5, "n_threads": 1, "seed": 0}
 

@@ -8,7 +8,8 @@ from test_methods import TINY, _tiny_models
 
 from segqc.methods import make_method
 from segqc.methods.base import FitContext
-from segqc.plan.fingerprint import compute_fingerprint, plan_from_fingerprint
+from segqc.plan.fingerprint import compute_fingerprint
+from segqc.plan.plan import plan_from_fingerprint
 from segqc.utils import torch_threads
 
 NETWORK_METHODS = ["cnn", "autoencoder", "nnqc", "diffusion", "model_uncertainty"]

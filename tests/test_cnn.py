@@ -11,7 +11,8 @@ import pytest
 from segqc.data import load_dataset
 from segqc.methods.base import FitContext, TrainingPair
 from segqc.methods.cnn import CNNRegressor
-from segqc.plan.fingerprint import compute_fingerprint, plan_from_fingerprint
+from segqc.plan.fingerprint import compute_fingerprint
+from segqc.plan.plan import plan_from_fingerprint
 from segqc.plan.preprocess import preprocess, soft_mask_to_model_space
 
 SAMPLE = Path(__file__).resolve().parents[1] / "segqc" / "sample_data"

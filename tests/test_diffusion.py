@@ -7,7 +7,8 @@ from segqc.methods.base import FitContext
 from segqc.methods.diffusion_ensemble import DiffusionEnsemble
 from segqc.metrics import binary_dice
 from segqc.pipeline.bundle import QCBundle, load_bundle, save_bundle
-from segqc.plan.fingerprint import compute_fingerprint, plan_from_fingerprint
+from segqc.plan.fingerprint import compute_fingerprint
+from segqc.plan.plan import plan_from_fingerprint
 
 TINY = {"size": 16, "channels": (8, 16), "batch_size": 2, "timesteps": 100, "ddim_steps": 3, "n_samples": 3,
         "n_threads": 1}

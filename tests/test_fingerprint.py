@@ -11,7 +11,8 @@ import pytest
 import segqc
 from segqc.data import load_dataset
 from segqc.data.case import Case, Geometry
-from segqc.plan.fingerprint import Plan, compute_fingerprint, load_fingerprint, plan_from_fingerprint, save_fingerprint
+from segqc.plan.fingerprint import compute_fingerprint, load_fingerprint, save_fingerprint
+from segqc.plan.plan import Plan, plan_from_fingerprint
 
 SAMPLES = Path(segqc.__file__).parent / "sample_data"
 

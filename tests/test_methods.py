@@ -7,7 +7,8 @@ from tiny_settings import TINY
 from segqc.methods import METHODS, get_method_class, make_method
 from segqc.methods.base import FitContext, NotFittedError
 from segqc.pipeline.bundle import QCBundle, load_bundle, save_bundle
-from segqc.plan.fingerprint import compute_fingerprint, plan_from_fingerprint
+from segqc.plan.fingerprint import compute_fingerprint
+from segqc.plan.plan import plan_from_fingerprint
 from segqc.utils import look_up_option
 
 

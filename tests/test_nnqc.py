@@ -7,7 +7,8 @@ import pytest
 from segqc.methods.base import FitContext, TrainingPair
 from segqc.methods.nnqc import NNQC
 from segqc.nets.nnqc_training import relative_positions
-from segqc.plan.fingerprint import compute_fingerprint, plan_from_fingerprint
+from segqc.plan.fingerprint import compute_fingerprint
+from segqc.plan.plan import plan_from_fingerprint
 
 TINY = {"ae_channels": (8, 8), "unet_channels": (8, 16), "expert_channels": (8,), "context_dim": 16,
         "stage1_steps": 3, "stage2_steps": 30, "batch_size": 4, "pairs_per_case": 1, "n_samples": 2,

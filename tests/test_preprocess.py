@@ -11,7 +11,8 @@ import pytest
 import segqc
 from segqc.data import load_dataset
 from segqc.data.case import Case, Geometry
-from segqc.plan.fingerprint import Plan, compute_fingerprint, plan_from_fingerprint
+from segqc.plan.fingerprint import compute_fingerprint
+from segqc.plan.plan import Plan, plan_from_fingerprint
 from segqc.plan.preprocess import invert_map, invert_mask, original_geometry, preprocess
 
 SAMPLES = Path(segqc.__file__).parent / "sample_data"

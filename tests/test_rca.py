@@ -9,7 +9,8 @@ from segqc.components.registration import register, warp_labels
 from segqc.methods.base import FitContext
 from segqc.methods.rca import RCA, _to_atlas_space, _to_original, _unpad
 from segqc.metrics import binary_dice, dice
-from segqc.plan.fingerprint import compute_fingerprint, plan_from_fingerprint
+from segqc.plan.fingerprint import compute_fingerprint
+from segqc.plan.plan import plan_from_fingerprint
 from segqc.plan.preprocess import invert_mask, preprocess
 
 FAST = {"iterations": (30, 5), "shrink": (2, 1)}

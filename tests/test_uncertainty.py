@@ -152,7 +152,8 @@ def test_sample_probabilities(tiny, kvasir_cases):
 def test_method_single_aggregation_and_maps(tiny, kvasir_cases):
     from segqc.methods import make_method
     from segqc.methods.base import FitContext
-    from segqc.plan.fingerprint import compute_fingerprint, plan_from_fingerprint
+    from segqc.plan.fingerprint import compute_fingerprint
+    from segqc.plan.plan import plan_from_fingerprint
 
     cases = kvasir_cases[:3]
     plan = plan_from_fingerprint(compute_fingerprint(cases), max_slice_size=32)

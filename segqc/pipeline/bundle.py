@@ -319,7 +319,7 @@ def _method_class(folder: Path, name: str, entry: dict):
 
 
 def _build(doc: dict, folder: Path, methods: list[str] | None, device: str) -> QCBundle:
-    from segqc.plan.fingerprint import Plan
+    from segqc.plan.plan import Plan
 
     hashes = doc["sha256"]
     bundle = QCBundle(plan=_rebuild(folder, "the plan", Plan.from_dict, doc["plan"]), fingerprint=doc["fingerprint"],

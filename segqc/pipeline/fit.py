@@ -22,7 +22,8 @@ __all__ = ["fingerprint_dataset", "fit", "split_for_calibration"]
 
 def fingerprint_dataset(*, data, out, layout: str = "auto", max_slice_size: int = 128):
     """Reference dataset → ``fingerprint.json`` (measurements) and ``plan.json`` (decisions)."""
-    from segqc.plan.fingerprint import compute_fingerprint, plan_from_fingerprint, save_fingerprint
+    from segqc.plan.fingerprint import compute_fingerprint, save_fingerprint
+    from segqc.plan.plan import plan_from_fingerprint
 
     out = Path(out)
     cases, failed = load_cases(list_cases(data, layout=layout), description="fingerprint")
@@ -139,7 +140,8 @@ def fit(*, reference, out, methods: Sequence[str] = ("features",), layout: str =
 
 def _reference(reference, layout: str, ids, max_slice_size: int, console):
     """The readable reference cases, their fingerprint and the plan; refuses what cannot be fitted."""
-    from segqc.plan.fingerprint import compute_fingerprint, plan_from_fingerprint
+    from segqc.plan.fingerprint import compute_fingerprint
+    from segqc.plan.plan import plan_from_fingerprint
 
     refs = list_cases(reference, layout=layout)
     if ids is not None:

@@ -16,10 +16,7 @@ import numpy as np
 
 from segqc.data.case import Case
 
-# the plan made from a fingerprint: `segqc.plan.plan` (re-exported here for `plan_from_fingerprint(fp)` readers)
-from segqc.plan.plan import Plan, plan_from_fingerprint
-
-__all__ = ["compute_fingerprint", "plan_from_fingerprint", "Plan", "save_fingerprint", "load_fingerprint"]
+__all__ = ["compute_fingerprint", "load_fingerprint", "save_fingerprint"]
 
 
 # ≤ this many voxels per case feed the percentile estimates (nnU-Net samples 10k too).

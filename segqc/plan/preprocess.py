@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from segqc.data.case import Case, Geometry
-from segqc.plan.fingerprint import Plan
+from segqc.plan.plan import Plan
 from segqc.utils import look_up_option
 
 __all__ = ["preprocess", "invert_mask", "invert_map", "original_geometry", "normalize_intensity",

@@ -264,12 +264,10 @@ def write_report(qc_dir, *, out=None, data=None, layout: str = "auto", masks=Non
         refs, note = _find_refs(table, run, data=data, layout=layout, masks=masks, root=root)
     by_id = {r.case_id: r for r in refs}
     missing = 0
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from segqc import ui
 
     shown = {"has_pgt": False, "has_error": False}
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=Console(stderr=True), disable=quiet) as progress:
+    with ui.progress(disable=quiet, remaining=True) as progress:
         task = progress.add_task("report thumbnails", total=len(rows) if by_id else 0)
         for row, rec in zip(rows, records):
             if not by_id:
