@@ -193,7 +193,7 @@ def test_2d_corpus_predict_one_row_each_and_resume_identically(bundles, sample, 
     maps = [r["features_pgt"] for r in rows if r["status"] == "ok"]
     assert len(maps) == len(set(maps)), "two cases share one map file"
     dataset = json.loads((out / "dataset.json").read_text())
-    assert dataset["all"]["n"] == sum(r["status"] == "ok" for r in rows)
+    assert dataset["groups"]["all"]["n"] == sum(r["status"] == "ok" for r in rows)
     assert json.loads((out / "run.json").read_text())["n_failed"] == sum(r["status"] == "error" for r in rows)
 
     # an interrupted write: the last row torn in the middle, the one before it lost
@@ -226,7 +226,7 @@ def test_2d_corpus_metrics_and_mixed_truth(bundles, sample, tmp_path, capsys):
     assert [r["status"] for r in out] == ["ok", "ok", "error", "ok"]
     assert out[1]["dice_true"] == "" and float(out[0]["dice_true"]) >= 0
     dataset = json.loads((d / "qc" / "dataset.json").read_text())
-    assert dataset["all"]["n"] == 3 and dataset["all"]["n_with_truth"] == 2
+    assert dataset["groups"]["all"]["n"] == 3 and dataset["groups"]["all"]["n_with_truth"] == 2
     assert (d / "qc" / "run.json").exists()
     # metrics: the row without truth and the damaged truth are errors, the others measured
     code, _ = _run(["metrics", str(manifest), "--out", str(d / "metrics")], capsys)

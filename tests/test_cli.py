@@ -133,7 +133,7 @@ def test_fit_predict_bench_end_to_end(sample, tmp_path, capsys):
         assert float(r["dice_lo"]) <= float(r["dice_pred"]) <= float(r["dice_hi"])
         assert r["flag"] in ("pass", "review")
     dataset = json.loads((out / "dataset.json").read_text())
-    assert "all" in dataset and dataset["all"]["n"] == 6
+    assert "all" in dataset["groups"] and dataset["groups"]["all"]["n"] == 6
     assert json.loads((out / "run.json").read_text())["n_failed"] == 2
     # a benchmark-style cases.csv (prediction / ground_truth / dice / checkpoint)
     bench_csv = tmp_path / "bench_cases.csv"

@@ -260,13 +260,15 @@ def test_printed_tables(capsys):
     Console(file=buf, width=300).print(tables.short_table(res, "demo table"))
     assert "demo table" in buf.getvalue() and "0.100" in buf.getvalue()
     tables.print_eval(res, "accuracy title")
-    tables.print_dataset({"all": {"n": 4, "mean_dice": 0.7, "mean_dice_ci": (0.6, 0.8), "share_pass": 0.5,
-                                  "share_pass_ci": (0.25, 0.75), "true_mean_dice": 0.71}})
+    tables.print_dataset({"groups": {"all": {"n": 4, "mean_dice": 0.7, "mean_dice_ci": (0.6, 0.8), "share_pass": 0.5,
+                                             "share_pass_ci": (0.25, 0.75), "true_mean_dice": 0.71}},
+                          "shift": {"score": 0.9, "expected_in_distribution": 0.05, "warning": "far away"}})
     tables.print_bench({"cases": "cases.csv", "n": 4, "tau": 0.8, "methods": {"features": {
         "overall": res["overall"], "interval_coverage": 0.75, "deployed": {"pearson": None, "mae": 0.1},
         "dataset_level": {"all": {"abs_error_mean_dice": 0.01}, "g": {"abs_error_mean_dice": 0.02}}}}})
     out = capsys.readouterr().out  # on stdout, beside the commands' other output
     assert "accuracy title" in out and "0.600, 0.800" in out and "0.710" in out
+    assert "shift score 0.90" in out and "far away" in out
     assert "QC methods on cases.csv (n = 4, tau = 0.8)" in out and "0.750" in out
 
 

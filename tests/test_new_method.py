@@ -72,7 +72,7 @@ def test_a_new_method_is_one_file_and_one_registry_line(toy_registered, tmp_path
         out = list(csv.DictReader(f))
     assert {r["method"] for r in out} == {"area_prior"}
     assert all(0.0 <= float(r["dice_pred"]) <= 1.0 for r in out)
-    assert dataset["all"]["n"] == 6 and 0.0 <= dataset["all"]["mean_dice"] <= 1.0
+    assert dataset["groups"]["all"]["n"] == 6 and 0.0 <= dataset["groups"]["all"]["mean_dice"] <= 1.0
 
     # bench: the benchmark format (prediction / ground_truth / dice columns)
     cases = tmp_path / "cases.csv"

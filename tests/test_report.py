@@ -236,3 +236,44 @@ def test_pick_slices_finds_the_disagreement():
     assert best == 11 and mosaic[0] == 5 and mosaic[-1] == 14 and len(mosaic) == 4
     best, mosaic = pick_slices(np.zeros((6, 4, 4), np.uint8), n=8)  # all empty: whole volume
     assert mosaic == list(range(6))
+
+
+@pytest.mark.slow
+def test_shifted_batch_shows_the_shift_warning(sample, tmp_path, tiny_bundle):
+    """Images from a 'new camera' (darker, blurred, noisy, heavily compressed): the summary warns, visibly."""
+    from PIL import Image, ImageFilter
+
+    src = candidates_manifest("kvasir", tmp_path / "cases.csv", 8)
+    with open(src, newline="") as f:
+        rows = list(csv.DictReader(f))
+    rng = np.random.default_rng(0)
+    for r in rows:
+        im = np.asarray(Image.open(r["image"]).convert("RGB"), dtype=np.float32) / 255.0
+        im = np.clip(im ** 2.2 + rng.normal(0, 0.04, im.shape), 0, 1)  # darker, noisy sensor
+        new = Image.fromarray((im * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(2))
+        r["image"] = str(tmp_path / f"{r['case_id']}_site.jpg")
+        new.save(r["image"], quality=15)  # heavy compression
+    shifted = tmp_path / "shifted.csv"
+    with open(shifted, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    out = tmp_path / "qc"
+    assert main(["predict", str(shifted), "--bundle", str(tiny_bundle("kvasir")), "--out", str(out), "--report"]) == 0
+    dataset = json.loads((out / "dataset.json").read_text())
+    print("shifted batch:", dataset["shift"])
+    assert dataset["shift"]["score"] >= 0.5 and "unlike the reference images" in dataset["shift"]["warning"]
+    dom, shot = _render(out / "report.html", tmp_path, "shifted")
+    assert "shift-warning" in dom and "check a sample of cases by hand" in dom and "shift score" in dom
+    _not_blank(shot)
+    px = np.asarray(Image.open(shot).convert("RGB"), dtype=np.int16)[:400]
+    note = np.all(np.abs(px - np.array([255, 244, 214])) <= 6, axis=-1)  # the warning box's background
+    assert note.sum() > 2000, "the warning is not visible at the top of the report"
+
+
+@pytest.mark.slow
+def test_batch_like_the_reference_has_no_shift_warning(kvasir_qc):
+    dataset = json.loads((kvasir_qc / "dataset.json").read_text())
+    print("batch like the reference:", dataset["shift"])
+    assert dataset["shift"]["score"] < 0.5 and dataset["shift"]["warning"] is None
+    assert "shift-warning" not in (kvasir_qc / "report.html").read_text()

@@ -76,13 +76,20 @@ def print_dataset(dataset: dict[str, Any]) -> None:
     t = Table(title="estimated model performance on these cases (95 % bootstrap intervals)")
     for col in ("group", "n", "mean Dice", "share Dice ≥ τ", "true mean Dice"):
         t.add_column(col)
-    for g, r in dataset.items():
+    for g, r in dataset["groups"].items():
         lo, hi = r["mean_dice_ci"]
         plo, phi = r["share_pass_ci"]
         t.add_row(g, str(r["n"]), f"{r['mean_dice']:.3f} [{lo:.3f}, {hi:.3f}]",
                   f"{r['share_pass']:.3f} [{plo:.3f}, {phi:.3f}]",
                   f"{r['true_mean_dice']:.3f}" if "true_mean_dice" in r else "–")
-    console(stderr=False).print(t)
+    out = console(stderr=False)
+    out.print(t)
+    shift = dataset.get("shift")
+    if shift and shift.get("score") == shift.get("score"):  # not NaN
+        out.print(f"shift score {shift['score']:.2f}: share of these images unlike the reference images "
+                  f"(about {shift['expected_in_distribution']:.2f} for images like them)")
+        if shift.get("warning"):
+            out.print(f"[bold red]warning:[/bold red] {shift['warning']}")
 
 
 def print_bench(result: dict[str, Any]) -> None:

@@ -46,6 +46,7 @@ class Answer:
 
     case: Case
     methods: dict[str, MethodAnswer]
+    appearance: np.ndarray | None = None   # `segqc.calibration.shift.appearance` of the image
 
     @property
     def main(self) -> tuple[str, MethodAnswer]:
@@ -63,6 +64,7 @@ class QCBundle:
     info: dict = field(default_factory=dict)           # fit options, timings, validation figures
     default_method: str | None = None
     fusion: object | None = None                       # segqc.calibration.fusion.Fusion over ≥ 2 methods
+    appearance: np.ndarray | None = None               # reference images' appearance (n_reference, d)
 
     @property
     def tau(self) -> float:
@@ -113,10 +115,19 @@ class QCBundle:
                 out.append(err)
                 continue
             try:
-                out.append(Answer(case, {name: self._calibrated(name, raw, case) for name in methods}))
+                out.append(Answer(case, {name: self._calibrated(name, raw, case) for name in methods},
+                                  self._appearance(case)))
             except Exception as e:  # noqa: BLE001 — this case's error, not the batch's
                 out.append(e)
         return out
+
+    def _appearance(self, case: Case) -> np.ndarray | None:
+        """The image's appearance descriptor, when the bundle can compare it with its reference images."""
+        if self.appearance is None:
+            return None
+        from segqc.calibration.shift import appearance
+
+        return appearance(case.image, case.spacing)
 
     def _mismatch(self, case: Case) -> Exception | None:
         plan = self.plan

@@ -9,6 +9,7 @@ Layout::
       <method>.safetensors         the method's arrays (network weights, trees as arrays...)
       <method>.calib.safetensors   its calibrator's breakpoints
       fusion.calib.safetensors     the fused answer's calibrator (when ≥ 2 methods)
+      appearance.safetensors       the reference images' appearance descriptors (shift score)
 
 Integrity: ``bundle.json`` ends with ``"integrity": {"algorithm": "sha256", "document": <hex>}``,
 the sha256 of the canonical JSON of every other field (`document_digest`). Those fields hold
@@ -49,6 +50,7 @@ __all__ = ["KEY_ENV", "SCHEMA_VERSION", "BundleError", "QCBundle", "document_dig
 
 SCHEMA_VERSION = 3  # 2: an integrity digest; 3: methods' state as the method contract saves it (`QCMethod.state`)
 KEY_ENV = "SEGQC_BUNDLE_KEY"
+_APPEARANCE = "appearance.safetensors"
 
 # top-level fields of bundle.json that must hold a JSON object
 _OBJECT_FIELDS = ("versions", "plan", "fingerprint", "methods", "info", "sha256")
@@ -107,6 +109,9 @@ def save_bundle(bundle: QCBundle, folder: str | Path) -> Path:
         for f in files:
             hashes[f] = sha256_file(folder / f)
         entries[name] = entry
+    if bundle.appearance is not None:  # the reference images' appearance (segqc.calibration.shift)
+        _save_arrays(folder / _APPEARANCE, {"appearance": np.asarray(bundle.appearance, np.float64)})
+        hashes[_APPEARANCE] = sha256_file(folder / _APPEARANCE)
     fusion_entry = None
     if bundle.fusion is not None:
         farr, fusion_entry = bundle.fusion.state()
@@ -335,6 +340,11 @@ def _build(doc: dict, folder: Path, methods: list[str] | None, device: str) -> Q
             bundle.calibrators[name] = _rebuild(folder, f"the calibrator of {name!r}", DiceCalibrator.from_state,
                                                 _arrays(folder, f"{name}.calib.safetensors", hashes),
                                                 entry["calibration"])
+    if _APPEARANCE in hashes:
+        arrays = _arrays(folder, _APPEARANCE, hashes)
+        if "appearance" not in arrays or arrays["appearance"].ndim != 2:
+            raise BundleError(folder, f"{_APPEARANCE} must hold one 2D array 'appearance'")
+        bundle.appearance = arrays["appearance"]
     fusion = doc.get("fusion")
     if fusion and all(m in bundle.methods for m in fusion["members"]):
         from segqc.calibration.fusion import FUSION, Fusion

@@ -107,7 +107,11 @@ def fit(*, reference, out, methods: Sequence[str] = ("features",), layout: str =
         extra_fit, extra_cal = extra_fit + seg_fit, extra_cal + seg_cal
     cal_pairs = make_training_pairs(cal_cases, rng, calibration_pairs, extra_cal)
     true_cal = np.array([float(np.mean(p.true_dice(plan.labels))) for p in cal_pairs])
-    bundle = QCBundle(plan=plan, fingerprint=fp, info={"fit": {}})
+    from segqc.calibration.shift import appearance
+
+    # the reference images' appearance: what a batch is compared with to say how far it moved
+    bundle = QCBundle(plan=plan, fingerprint=fp, info={"fit": {}},
+                      appearance=np.stack([appearance(c.image, c.spacing) for c in cases]))
     raws = {}
     for name in methods:
         method = make_method(name, **params.get(name, {}))

@@ -14,16 +14,16 @@ from segqc.calibration.fusion import FUSION
 from segqc.engines.batch import read_rows
 from segqc.pipeline.answering import Answer
 
-__all__ = ["answer_row", "columns", "file_stem", "number", "write_dataset"]
+__all__ = ["answer_row", "batch_shift", "columns", "file_stem", "number", "write_dataset"]
 
 
-def columns(labels: Sequence[int], methods: Sequence[str], with_truth: bool) -> list[str]:
+def columns(labels: Sequence[int], methods: Sequence[str], with_truth: bool, appearance: bool = False) -> list[str]:
     """The columns of ``predictions.csv`` / ``bench.csv`` (after the batch's own id/status/group columns)."""
     cols = ["method", "dice_pred", "p_pass", "flag", "dice_lo", "dice_hi", "hd95_pred"]
     cols += [f"dice_pred_{k}" for k in labels]
     for name in methods:
         cols += [f"{name}_raw", f"{name}_dice", f"{name}_p_pass", f"{name}_pgt", f"{name}_error"]
-    return cols + (["dice_true"] if with_truth else [])
+    return cols + (["dice_true"] if with_truth else []) + (["appearance"] if appearance else [])
 
 
 def answer_row(answer: Answer, labels: Sequence[int], maps_dir: Path | None) -> dict:
@@ -57,6 +57,8 @@ def answer_row(answer: Answer, labels: Sequence[int], maps_dir: Path | None) -> 
         from segqc.metrics import dice
 
         row["dice_true"] = dice(case.mask, case.truth, list(labels))
+    if answer.appearance is not None:  # one cell: the descriptor's numbers, ';'-separated
+        row["appearance"] = ";".join(f"{v:.6g}" for v in answer.appearance)
     return row
 
 
@@ -76,13 +78,32 @@ def number(value) -> float:
     return float(value) if value not in (None, "") else float("nan")
 
 
-def write_dataset(out: Path, tau: float, with_truth: bool) -> dict:
-    """``dataset.json`` from every ok row of ``out/predictions.csv``: the model's estimated performance."""
+def write_dataset(out: Path, tau: float, with_truth: bool, reference_appearance: np.ndarray | None = None) -> dict:
+    """``dataset.json`` from every ok row of ``out/predictions.csv``: the model's estimated performance.
+
+    Its ``groups`` are the estimates (``all`` and one per group); ``shift`` says how far the
+    batch's images are from the reference images (`segqc.calibration.shift`), when the
+    bundle holds their appearance.
+    """
     from segqc.calibration.population import estimate_groups
 
     rows = [r for r in read_rows(out / "predictions.csv") if r["status"] == "ok"]
-    dataset = estimate_groups([number(r["dice_pred"]) for r in rows], [number(r["p_pass"]) for r in rows],
-                              [r["group"] or "all" for r in rows], tau=tau,
-                              true_dice=[number(r.get("dice_true")) for r in rows] if with_truth else None)
+    groups = estimate_groups([number(r["dice_pred"]) for r in rows], [number(r["p_pass"]) for r in rows],
+                             [r["group"] or "all" for r in rows], tau=tau,
+                             true_dice=[number(r.get("dice_true")) for r in rows] if with_truth else None)
+    dataset = {"groups": groups, "shift": batch_shift(rows, reference_appearance)}
     (out / "dataset.json").write_text(json.dumps(dataset, indent=1))
     return dataset
+
+
+def batch_shift(rows: list[dict], reference_appearance: np.ndarray | None) -> dict | None:
+    """`segqc.calibration.shift.shift_score` of the rows' images against the reference images."""
+    if reference_appearance is None:
+        return None
+    from segqc.calibration.shift import shift_score
+
+    cells = [r.get("appearance") or "" for r in rows]
+    batch = np.array([[float(v) for v in c.split(";")] for c in cells if c])
+    if batch.size == 0:
+        return None
+    return shift_score(reference_appearance, batch)

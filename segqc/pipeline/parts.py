@@ -151,8 +151,8 @@ def merge_parts(parts: Sequence[str | Path], out: str | Path) -> tuple[dict, dic
     identity = {**read[0]["identity"], "num_parts": 1, "part_id": 0}  # what a single run's folder holds
     write_identity(out / "predictions.csv", identity)
     run = read[0]["run"]
-    tau = _bundle_tau(run)
-    dataset = write_dataset(out, tau, "dice_true" in header)
+    bundle = _bundle(run)
+    dataset = write_dataset(out, bundle.tau, "dice_true" in header, bundle.appearance)
     n_ok = sum(r["status"] == "ok" for _, r, _ in rows)
     counts = {"n_ok": n_ok, "n_failed": len(rows) - n_ok, "n_skipped": 0}
     write_run_record(out, "predict", {**run.get("options", {}), "num_parts": 1, "part_id": 0,
@@ -161,10 +161,11 @@ def merge_parts(parts: Sequence[str | Path], out: str | Path) -> tuple[dict, dic
     return counts, dataset
 
 
-def _bundle_tau(run: dict) -> float:
+def _bundle(run: dict):
+    """The parts' bundle: its pass threshold and reference appearance make ``dataset.json``."""
     from segqc.pipeline.bundle import load_bundle
 
     bundle = run.get("options", {}).get("bundle")
     if not bundle:
         raise ValueError("the parts' run.json names no bundle: cannot tell the pass threshold tau")
-    return load_bundle(bundle).tau
+    return load_bundle(bundle)

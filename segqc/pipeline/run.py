@@ -118,10 +118,11 @@ def predict(*, bundle, data, out, methods: Sequence[str] | None = None, masks=No
     else:
         def make_scorer():  # the bundle loaded above, in this process
             return partial(score_cases, b, methods=methods, maps_dir=maps_dir)
-    summary = run_batch(refs, None, out / "predictions.csv", columns=columns(b.plan.labels, methods, with_truth),
+    cols = columns(b.plan.labels, methods, with_truth, appearance=b.appearance is not None)
+    summary = run_batch(refs, None, out / "predictions.csv", columns=cols,
                         resume=resume, description="QC", quiet=quiet, identity=identity, make_scorer=make_scorer,
                         engine=_engine(engine, batch_size, workers, address, gpus_per_worker))
-    dataset = write_dataset(out, b.tau, with_truth)
+    dataset = write_dataset(out, b.tau, with_truth, b.appearance)
     # absolute paths, so that `segqc report` finds the images from anywhere
     write_run_record(out, "predict", {"bundle": str(Path(bundle).resolve()), "data": where(data),
                                       "masks": where(masks), "layout": layout, "methods": methods,

@@ -287,7 +287,8 @@ def write_report(qc_dir, *, out=None, data=None, layout: str = "auto", masks=Non
         print(f"segqc report: {note}", file=sys.stderr)
 
     overall, plots = _evaluation(records, tau)
-    groups = _groups(records, _read_json(qc_dir / "dataset.json"), tau)
+    dataset = _read_json(qc_dir / "dataset.json") or {}
+    groups = _groups(records, dataset.get("groups", {}), tau)
     n_ok = sum(r["status"] == "ok" for r in records)
     info = {
         "title": title or f"segqc QC report — {qc_dir.name}",
@@ -298,6 +299,7 @@ def write_report(qc_dir, *, out=None, data=None, layout: str = "auto", masks=Non
         "n": len(records), "n_ok": n_ok, "n_error": len(records) - n_ok,
         "n_review": sum(r["flag"] == "review" for r in records),
         "has_truth": any(r.get("dice_true") is not None for r in records),
+        "shift": dataset.get("shift"),
         "has_hd95": any(r.get("hd95") is not None for r in records),
         "has_mosaic": any(r.get("mosaic") for r in records), **shown,
         "note": note or "",

@@ -59,7 +59,12 @@ def _summary(info: dict, groups: dict) -> str:
     if allg.get("true_mean_dice") is not None:
         cards.append(("true mean Dice", _f(allg.get("true_mean_dice")),
                       f"from the expert masks; true share ≥ τ {_f(allg.get('true_share_pass'))}"))
-    out = ["<div class=cards>"]
+    shift = info.get("shift") or {}
+    if isinstance(shift.get("score"), (int, float)):
+        cards.append(("shift score", _f(shift["score"]), "share of images unlike the reference images "
+                      f"(≈ {shift.get('expected_in_distribution', 0.05):g} for images like them)"))
+    out = [f"<div class='note shift-warning'>{_e(shift['warning'])}</div>"] if shift.get("warning") else []
+    out.append("<div class=cards>")
     for title, value, sub in cards:
         out.append(f"<div class=card><div class=ct>{_e(title)}</div><div class=cv>{value}</div>"
                    f"<div class=cs>{_e(sub)}</div></div>")
