@@ -127,6 +127,10 @@ def fit(*, reference, out, methods: Sequence[str] = ("features",), layout: str =
         _calibrate(bundle, name, raws[name], true_cal, tau, coverage, t_fit, console)
     if fuse and len(methods) >= 2:
         _fuse(bundle, methods, raws, true_cal, tau, coverage, console)
+    # what every calibrator was fitted on, pair by pair: to study calibration later without refitting
+    bundle.info["calibration_pairs"] = {"reference_id": [p.reference_id for p in cal_pairs],
+                                        "source": [p.source for p in cal_pairs], "true_dice": true_cal.tolist(),
+                                        "raw": {name: raws[name].tolist() for name in methods}}
     # default: the answer whose raw score best follows true Dice on unseen reference cases
     # (Pearson r is scale-free, so methods with different raw scales compare fairly)
     bundle.default_method = max(bundle.info["fit"], key=lambda m: np.nan_to_num(
