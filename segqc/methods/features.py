@@ -300,7 +300,8 @@ class FeatureRegressor(QCMethod):
         self.model_.fit(A, np.asarray(y))
         self.n_train_ = len(y)
 
-    def _proba(self, case: Case) -> np.ndarray | None:
+    def segmenter_proba(self, case: Case) -> np.ndarray | None:
+        """segqc's reference segmenter on the case's image (all folds averaged): class probabilities."""
         if not self.segmenter:
             return None
         from segqc.plan.preprocess import invert_map, preprocess
@@ -317,7 +318,7 @@ class FeatureRegressor(QCMethod):
                 # pairs of cases the segmenter never saw get every fold's average
                 proba = probas.get(p.reference_id)
                 if proba is None:
-                    proba = probas[p.reference_id] = self._proba(p.reference)
+                    proba = probas[p.reference_id] = self.segmenter_proba(p.reference)
             for k in self.labels_:
                 X.append(mask_features(p.case, k, self.ref_stats_, proba))
                 y.append(binary_dice(p.candidate == k, p.truth == k))
@@ -330,7 +331,7 @@ class FeatureRegressor(QCMethod):
 
     # -- scoring -----------------------------------------------------------------------
     def _score_case(self, case: Case) -> RawScore:
-        proba = self._proba(case)
+        proba = self.segmenter_proba(case)
         rows = [mask_features(case, k, self.ref_stats_, proba) for k in self.labels_]
         pred = np.clip(self.model_.predict(self._matrix(rows)), 0.0, 1.0)
         maps = {}
