@@ -115,48 +115,54 @@ def fit_networks(build: Callable[[], tuple], s1: np.ndarray, held: list[np.ndarr
         torch.manual_seed(seed)
         vae, unet, toe, scheduler = build()
         disc = build_discriminator(n_classes)
-    vae, unet, toe, disc = (m.to(dev) for m in (vae, unet, toe, disc))
-    gen = torch.Generator(device="cpu")
-    gen.manual_seed(seed)
+    # the training's own noise (VAE sampling, diffusion noise and timesteps, dropout) comes from
+    # torch's global generator: seeded here, and the caller's state restored after, so that a fit
+    # is reproducible whatever ran before it in the process
+    devices = [torch.device(dev).index or 0] if str(dev).startswith("cuda") else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed + 1)
+        vae, unet, toe, disc = (m.to(dev) for m in (vae, unet, toe, disc))
+        gen = torch.Generator(device="cpu")
+        gen.manual_seed(seed)
 
-    def batch1(_step):
-        return s1_t[torch.randint(0, len(s1_t), (bs,), generator=gen).to(dev)]
+        def batch1(_step):
+            return s1_t[torch.randint(0, len(s1_t), (bs,), generator=gen).to(dev)]
 
-    left = seconds - (time.perf_counter() - t0)
-    info1 = train_stage1(vae, disc, batch1, n_classes=n_classes, steps=stage1_steps, seconds=stage1_share * left,
-                         lr=lr * 5, kl_weight=kl_weight, adv_weight=adv_weight, adv_start=adv_start,
-                         progress=progress)
-    del disc
-    vae.requires_grad_(False)
-    info1["heldout_recon_dice"] = heldout_dice(vae, held, n_classes, dev)
-    info1["heldout_cases"] = len(held)
-    progress(f"nnqc stage 1: {info1['steps']} steps, {info1['s_per_step']} s/step, held-out reconstruction "
-             f"Dice {info1['heldout_recon_dice']}")
+        left = seconds - (time.perf_counter() - t0)
+        info1 = train_stage1(vae, disc, batch1, n_classes=n_classes, steps=stage1_steps, seconds=stage1_share * left,
+                             lr=lr * 5, kl_weight=kl_weight, adv_weight=adv_weight, adv_start=adv_start,
+                             progress=progress)
+        del disc
+        vae.requires_grad_(False)
+        info1["heldout_recon_dice"] = heldout_dice(vae, held, n_classes, dev)
+        info1["heldout_cases"] = len(held)
+        progress(f"nnqc stage 1: {info1['steps']} steps, {info1['s_per_step']} s/step, held-out reconstruction "
+                 f"Dice {info1['heldout_recon_dice']}")
 
-    # latents of every stage-2 slice (posterior means), scaled to unit variance
-    z_true = encode(vae, np.stack(s2.true), n_classes, dev)
-    z_cand = encode(vae, np.stack(s2.cand), n_classes, dev) if use_candidate else None
-    scale = float(1.0 / max(float(z_true.std()), 1e-6))
-    z_true = z_true * scale
-    z_cand = None if z_cand is None else z_cand * scale
-    imgs_t = [torch.from_numpy(im) for im in s2.images]  # float16, CPU: moved per batch
-    s_img_a, s_z_a = np.asarray(s2.img), np.asarray(s2.z)
-    pos_t = torch.tensor(np.asarray(s2.pos, dtype=np.float32))
-    bs2 = min(int(batch_size), len(z_true))
+        # latents of every stage-2 slice (posterior means), scaled to unit variance
+        z_true = encode(vae, np.stack(s2.true), n_classes, dev)
+        z_cand = encode(vae, np.stack(s2.cand), n_classes, dev) if use_candidate else None
+        scale = float(1.0 / max(float(z_true.std()), 1e-6))
+        z_true = z_true * scale
+        z_cand = None if z_cand is None else z_cand * scale
+        imgs_t = [torch.from_numpy(im) for im in s2.images]  # float16, CPU: moved per batch
+        s_img_a, s_z_a = np.asarray(s2.img), np.asarray(s2.z)
+        pos_t = torch.tensor(np.asarray(s2.pos, dtype=np.float32))
+        bs2 = min(int(batch_size), len(z_true))
 
-    def batch2(_step):
-        j = torch.randint(0, len(z_true), (bs2,), generator=gen)
-        jn = j.numpy()
-        img = torch.stack([imgs_t[a][:, b] for a, b in zip(s_img_a[jn], s_z_a[jn])]).float()
-        return (z_true[j.to(z_true.device)], None if z_cand is None else z_cand[j.to(z_cand.device)],
-                img.to(dev), pos_t[j].to(dev))
+        def batch2(_step):
+            j = torch.randint(0, len(z_true), (bs2,), generator=gen)
+            jn = j.numpy()
+            img = torch.stack([imgs_t[a][:, b] for a, b in zip(s_img_a[jn], s_z_a[jn])]).float()
+            return (z_true[j.to(z_true.device)], None if z_cand is None else z_cand[j.to(z_cand.device)],
+                    img.to(dev), pos_t[j].to(dev))
 
-    left = seconds - (time.perf_counter() - t0)
-    info2 = train_stage2(unet, toe, scheduler, batch2, steps=stage2_steps, seconds=max(left, 1.0), lr=lr,
-                         progress=progress)
-    progress(f"nnqc stage 2: {info2['steps']} steps, {info2['s_per_step']} s/step, expert weights "
-             f"{info2['expert_weights_mean']}")
-    return vae, unet, toe, scheduler, scale, info1, info2
+        left = seconds - (time.perf_counter() - t0)
+        info2 = train_stage2(unet, toe, scheduler, batch2, steps=stage2_steps, seconds=max(left, 1.0), lr=lr,
+                             progress=progress)
+        progress(f"nnqc stage 2: {info2['steps']} steps, {info2['s_per_step']} s/step, expert weights "
+                 f"{info2['expert_weights_mean']}")
+        return vae, unet, toe, scheduler, scale, info1, info2
 
 
 def relative_positions(idx: np.ndarray) -> np.ndarray:
