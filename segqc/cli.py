@@ -190,7 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common_data(p, "candidate")
     p.set_defaults(func=_report)
 
-    sub.add_parser("methods", help="list the QC methods").set_defaults(func=_methods)
+    p = sub.add_parser("methods", help="list the QC methods and their parameters (for `fit --set`)")
+    p.add_argument("name", nargs="?", default=None, help="one method: its parameters only")
+    p.set_defaults(func=_methods)
     return parser
 
 
@@ -202,8 +204,14 @@ def _read_ids(path: Path | None):
 
 
 def _methods(args) -> int:
-    for name, target in METHODS.items():
-        print(f"{name:14s} {target}")
+    from segqc.methods import get_method_class
+
+    for name in [args.name] if args.name else list(METHODS):
+        cls = get_method_class(name)
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        print(f"{name}{' (needs --model)' if cls.needs_model else ''}: {doc}")
+        for key, p in cls.params.items():
+            print(f"  --set {name}.{key}={p.default!r}" + (f"  # {p.doc}" if p.doc else ""))
     return EXIT_OK
 
 

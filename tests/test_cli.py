@@ -69,7 +69,10 @@ def test_methods_lists_every_method(capsys):
     from segqc.methods import METHODS
 
     assert main(["methods"]) == 0
-    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == list(METHODS)
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0].split()[0] for line in out if not line.startswith(" ")] == list(METHODS)
+    # every declared parameter, in the syntax `fit --set` takes
+    assert "  --set features.n_estimators=400" in out and "model_uncertainty (needs --model):" in "\n".join(out)
 
 
 def test_metrics_reports_bad_cases_and_resumes(sample, tmp_path, capsys):
