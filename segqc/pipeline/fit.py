@@ -135,6 +135,8 @@ def fit(*, reference, out, methods: Sequence[str] = ("features",), layout: str =
     # (Pearson r is scale-free, so methods with different raw scales compare fairly)
     bundle.default_method = max(bundle.info["fit"], key=lambda m: np.nan_to_num(
         bundle.info["fit"][m]["heldout_raw_pearson"], nan=-1.0))
+    if segmenter is not None:
+        bundle.info["segmenter"] = segmenter.report_
     bundle.info.update({"n_reference": len(cases), "n_failed": len(failed), "tau": tau, "coverage": coverage,
                         "seed": seed, "fit_ids": [c.case_id for c in fit_cases],
                         "calibration_ids": [c.case_id for c in cal_cases],
