@@ -133,14 +133,9 @@ class CrossFittedSegmenter:
         net = _build(self.kwargs_).to(dev)
         opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=1e-4)
         steps_per_epoch = max(1, len(X) // self.batch_size)
-        # one cycle over the epochs the time budget allows: sized again after the first epoch,
-        # when its duration is known, so that the last epoch ends at a low learning rate instead
-        # of being cut by the time cap near the peak
-        cycle = _OneCycle(self.epochs * steps_per_epoch)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, cycle)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr, total_steps=self.epochs * steps_per_epoch)
         loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
         start = time.time()
-        n_epochs = self.epochs
         net.train()
         for epoch in range(self.epochs):
             order = torch.from_numpy(rng.permutation(len(X)))
@@ -160,11 +155,7 @@ class CrossFittedSegmenter:
                 sched.step()
             if progress is not None:
                 progress(f"segmenter fold {fold + 1}/{self.n_folds} epoch {epoch + 1}: loss {loss.item():.3f}")
-            if epoch == 0:
-                n_epochs = max(1, min(self.epochs, int(budget_s // max(time.time() - start, 1e-6))))
-                cycle.total = n_epochs * steps_per_epoch
-                self.epochs_done_ = getattr(self, "epochs_done_", []) + [n_epochs]
-            last = epoch == n_epochs - 1 or time.time() - start > 1.2 * budget_s
+            last = epoch == self.epochs - 1 or time.time() - start > budget_s
             if held and epoch + 1 in snapshot_epochs:
                 self._snapshot(net, held, f"fold{fold}_ep{epoch + 1}")
             if last:
@@ -208,21 +199,3 @@ class CrossFittedSegmenter:
             seg.nets_.append(net.to(dev).eval())
         return seg
 
-
-class _OneCycle:
-    """The learning-rate factor of PyTorch's one-cycle policy (cosine up over 30 % of the steps
-    from 1/25 of the peak, then cosine down to 1/25e4), over a ``total`` that may be changed."""
-
-    def __init__(self, total: int, pct_start: float = 0.3, div: float = 25.0, final_div: float = 1e4):
-        self.total, self.pct_start, self.div, self.final_div = int(total), pct_start, div, final_div
-
-    def __call__(self, step: int) -> float:
-        import math
-
-        up = max(1.0, self.pct_start * self.total - 1)
-        start, end = 1.0 / self.div, 1.0 / (self.div * self.final_div)
-        if step <= up:
-            t, a, b = step / up, start, 1.0
-        else:
-            t, a, b = min(1.0, (step - up) / max(1.0, self.total - 1 - up)), 1.0, end
-        return b + (a - b) / 2.0 * (math.cos(math.pi * t) + 1.0)
