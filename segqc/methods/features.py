@@ -319,9 +319,8 @@ class FeatureRegressor(QCMethod):
                 proba = probas.get(p.reference_id)
                 if proba is None:
                     proba = probas[p.reference_id] = self.segmenter_proba(p.reference)
-            for k in self.labels_:
-                X.append(mask_features(p.case, k, self.ref_stats_, proba))
-                y.append(binary_dice(p.candidate == k, p.truth == k))
+            X += [mask_features(p.case, k, self.ref_stats_, proba) for k in self.labels_]
+            y += p.true_dice(self.labels_).tolist()
             if (i + 1) % 100 == 0 or i + 1 == len(pairs):
                 progress(f"{self.name}: measured {i + 1}/{len(pairs)} training pairs")
         return X, y

@@ -35,7 +35,6 @@ from segqc.methods.base import (
     non_negative,
     positive,
 )
-from segqc.metrics import binary_dice
 from segqc.utils import look_up_option, torch_threads
 
 __all__ = ["ModelUncertainty"]
@@ -208,9 +207,8 @@ class ModelUncertainty(QCMethod):
             for p in pairs:
                 check_labels(p.candidate, self.labels_)
                 feats = self.case_features(p.case, s)
-                for k in self.labels_:
-                    X.append(self._row(feats[k], k))
-                    y.append(binary_dice(p.candidate == k, p.truth == k))
+                X += [self._row(feats[k], k) for k in self.labels_]
+                y += p.true_dice(self.labels_).tolist()
             if (i + 1) % 10 == 0:
                 ctx.progress(f"{self.name}: sampled {i + 1}/{len(by_id)} reference images")
         A, y = np.asarray(X, float), np.asarray(y, float)

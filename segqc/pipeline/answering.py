@@ -48,10 +48,6 @@ class Answer:
     methods: dict[str, MethodAnswer]
     appearance: np.ndarray | None = None   # `segqc.calibration.shift.appearance` of the image
 
-    @property
-    def main(self) -> tuple[str, MethodAnswer]:
-        return next(iter(self.methods.items()))
-
 
 @dataclass
 class QCBundle:

@@ -162,9 +162,11 @@ def bench(*, bundle, cases, out, root=None, methods: Sequence[str] | None = None
     extra_cols = ["model", "is_deployed", "source_id"]  # source_id: the image's id as in cases.csv
     identity = {"command": "bench", "bundle": bundle_hash(bundle), "methods": methods, "cases": where(cases),
                 "root": where(root), "limit": limit, "seed": seed, "models": [repr(m) for m in models or []]}
+    # the appearance the bundle computes for every case is kept, not thrown away (a shift analysis needs it)
+    cols = columns(b.plan.labels, methods, True, appearance=b.appearance is not None) + extra_cols
     summary = run_batch(refs, lambda c: {**score_case(b, c, methods), **{k: c.meta.get(k, "") for k in extra_cols}},
-                        out / "bench.csv", columns=columns(b.plan.labels, methods, True) + extra_cols, resume=resume,
-                        description="bench", quiet=quiet, identity=identity)
+                        out / "bench.csv", columns=cols, resume=resume, description="bench", quiet=quiet,
+                        identity=identity)
     rows = [r for r in read_rows(out / "bench.csv") if r["status"] == "ok"]
     truth = {r.case_id: r.extra.get("dice") for r in refs}
     true = np.array([number(truth.get(r["case_id"]) or r["dice_true"]) for r in rows])
