@@ -24,6 +24,7 @@ trains it. Re-running skips the files already written.
 
     .venv/bin/python benchmarks/shift_benchmark.py --sites 8 --checkpoints unet_s0_ep100 segresnet_s0_ep30
     .venv/bin/python benchmarks/shift_benchmark.py --analyse runs/shift_bench   # after `segqc bench` on it
+    .venv/bin/python benchmarks/shift_benchmark.py --compare runs/shift_bench runs/shift_after   # common rows
 """
 
 from __future__ import annotations
@@ -190,6 +191,37 @@ def analyse(bench_dir: Path, method: str) -> None:
           f"95 % intervals holding the truth: {sum(inside)}")
 
 
+def compare(before: Path, after: Path) -> None:
+    """Two `segqc bench` runs of this benchmark (e.g. two bundles, or a full run and a ``--limit`` one) on
+    the rows they share: estimate − truth of the mean Dice per site and checkpoint, interval coverage."""
+    def read(d: Path) -> dict:
+        with open(d / "bench.csv", newline="") as f:
+            # repeated ids are made unique in file order, so a row is its image and group
+            return {(r.get("source_id") or r["case_id"], r["group"]): r
+                    for r in csv.DictReader(f) if r["status"] == "ok"}
+
+    a, b = read(before), read(after)
+    common = sorted(set(a) & set(b))
+    print(f"{len(common)} rows in both\n\n| site | checkpoint | true | {before} | {after} |\n|---|---|---|---|---|")
+    groups: dict[str, list[str]] = {}
+    for cid in common:
+        groups.setdefault(b[cid]["group"], []).append(cid)
+    errs: dict[str, list[float]] = {"a": [], "b": []}
+    for g in sorted(groups, key=lambda g: (int(g.split("@")[1][1:]), g)):
+        ids = groups[g]
+        true = np.mean([float(b[i]["dice_true"]) for i in ids])
+        ea, eb = (np.mean([float(x[i]["dice_pred"]) for i in ids]) - true for x in (a, b))
+        errs["a"].append(ea)
+        errs["b"].append(eb)
+        print(f"| {g.split('@')[1]} | {g.split('@')[0]} | {true:.3f} | {ea:+.3f} | {eb:+.3f} |")
+    for key, d in (("a", before), ("b", after)):
+        e = np.abs(errs[key])
+        x = a if key == "a" else b
+        cov = np.mean([float(x[i]["dice_lo"]) <= float(x[i]["dice_true"]) <= float(x[i]["dice_hi"]) for i in common])
+        print(f"{d}: mean |estimate − truth| {e.mean():.3f}, max {e.max():.3f}, {int((e <= 0.03).sum())}/{len(e)} "
+              f"within 0.03; per-case 90 % interval coverage {cov:.3f}")
+
+
 def main() -> None:
     from segqc.ui import progress
 
@@ -202,10 +234,15 @@ def main() -> None:
     ap.add_argument("--analyse", type=Path, default=None, metavar="BENCH_DIR",
                     help="instead of building: the figures of a `segqc bench` folder run on this benchmark")
     ap.add_argument("--method", default="features", help="with --analyse: the method to report")
+    ap.add_argument("--compare", type=Path, nargs=2, default=None, metavar=("BEFORE", "AFTER"),
+                    help="instead of building: two `segqc bench` folders on this benchmark, on their common rows")
     add_threads_option(ap, default=1, help="torch CPU threads of the shipped networks")
     args = ap.parse_args()
     if args.analyse:
         analyse(args.analyse, args.method)
+        return
+    if args.compare:
+        compare(*args.compare)
         return
     set_threads(args.threads)
     ids = sorted(read_split("kvasir")["test"])[:args.limit]

@@ -15,7 +15,13 @@ While they train, the networks also *make realistic mistakes*: their predictions
 cases they have not seen, taken at early epochs ("snapshots") and at the end, are the
 kind of failures real segmentation models make (blobby early masks, missed lesions,
 false positives on look-alikes), which synthetic corruptions alone do not cover.
-`snapshot_masks_` keeps them, in model space, for use as training and calibration pairs.
+`snapshot_masks_` keeps them for use as training and calibration pairs: by default the
+model-space argmax; with a ``render`` callback (what `segqc.pipeline.training_pairs` gives),
+the mask on the case's own grid made from the network's *probabilities* resampled there —
+how a real network's mask at the image's resolution looks. A model-space argmax brought
+back to a finer grid keeps the model grid's staircase on its edges, which no user's
+model has and a regressor learns to recognise: it then learns "which generator made this
+mask" instead of "how good is it", and trusts any smooth mask.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import time
 
 import numpy as np
 
+from segqc.nets.augment import appearance_jitter
 from segqc.nets.weights import load_net_arrays, net_to_arrays
 from segqc.utils import resolve_device
 
@@ -50,23 +57,26 @@ class CrossFittedSegmenter:
         max_minutes: time budget for all networks together.
         channels: UNet widths.
         batch_size, lr: optimiser settings.
+        appearance: augment each batch's appearance as a new site would change it
+            (`segqc.nets.augment.appearance_jitter`: colour, gamma, blur, noise, resolution).
         device: ``auto``, ``cpu``, ``cuda``...
     """
 
     def __init__(self, *, n_folds: int = 3, epochs: int = 40, max_minutes: float = 10.0,
                  channels: tuple[int, ...] = (16, 32, 64, 128), batch_size: int = 16, lr: float = 2e-3,
-                 device: str = "auto"):
+                 appearance: bool = True, device: str = "auto"):
         self.n_folds = n_folds
         self.epochs = epochs
         self.max_minutes = max_minutes
         self.channels = tuple(channels)
         self.batch_size = batch_size
         self.lr = lr
+        self.appearance = appearance
         self.device = device
 
     def fit(self, data: list[tuple[np.ndarray, np.ndarray]], n_labels: int, rng: np.random.Generator,
             progress=None, case_ids: list[str] | None = None, snapshot_epochs: tuple[int, ...] = (),
-            predict_on: dict[str, np.ndarray] | None = None) -> "CrossFittedSegmenter":
+            predict_on: dict[str, np.ndarray] | None = None, render=None) -> "CrossFittedSegmenter":
         """Train the fold networks; returns self.
 
         Args:
@@ -80,6 +90,9 @@ class CrossFittedSegmenter:
                 network, and agreement would look meaningless in training.
             predict_on: other images ``{case_id: image_ms}`` (e.g. calibration cases), each
                 predicted by one of the networks.
+            render: ``render(case_id, proba_ms) -> mask`` turns a snapshot's probabilities
+                ``(L+1, Z, S, S)`` into the candidate kept in ``snapshot_masks_``; default: the
+                model-space argmax.
         """
         import torch
 
@@ -91,6 +104,7 @@ class CrossFittedSegmenter:
         self.case_ids_ = list(case_ids) if case_ids is not None else [str(i) for i in range(n)]
         self.kwargs_ = _unet_kwargs(data[0][0].shape[0], n_labels + 1, self.channels)
         self.snapshot_masks_: dict[str, list[tuple[str, np.ndarray]]] = {}
+        render = render or (lambda case_id, proba: proba.argmax(0).astype(np.uint8))
         budget = self.max_minutes * 60 / self.n_folds
         self.nets_ = []
         torch.manual_seed(int(rng.integers(1 << 31)))
@@ -100,7 +114,7 @@ class CrossFittedSegmenter:
             # extra images are shared out among the networks: one set of snapshots each
             held.update({cid: im for j, (cid, im) in enumerate((predict_on or {}).items()) if j % self.n_folds == k})
             train = [data[i] for i in range(n) if folds[i] != k] if self.n_folds > 1 else data
-            self.nets_.append(self._train(train, dev, budget, rng, progress, k, snapshot_epochs, held))
+            self.nets_.append(self._train(train, dev, budget, rng, progress, k, snapshot_epochs, held, render))
         return self
 
     def fold_of(self, case_id: str) -> int | None:
@@ -109,15 +123,15 @@ class CrossFittedSegmenter:
             return None
         return int(self.folds_[self.case_ids_.index(case_id)])
 
-    def _snapshot(self, net, held: dict[str, np.ndarray], tag: str) -> None:
+    def _snapshot(self, net, held: dict[str, np.ndarray], tag: str, render) -> None:
         net.eval()
         for cid, image in held.items():
             p = self._proba_with([net], image)
-            self.snapshot_masks_.setdefault(cid, []).append((tag, p.argmax(0).astype(np.uint8)))
+            self.snapshot_masks_.setdefault(cid, []).append((tag, render(cid, p)))
         net.train()
 
     def _train(self, data, dev: str, budget_s: float, rng: np.random.Generator, progress, fold: int,
-               snapshot_epochs: tuple[int, ...] = (), held: dict[str, np.ndarray] | None = None):
+               snapshot_epochs: tuple[int, ...] = (), held: dict[str, np.ndarray] | None = None, render=None):
         import torch
         from monai.losses import DiceCELoss
 
@@ -146,7 +160,10 @@ class CrossFittedSegmenter:
                     x, y = x.flip(-1), y.flip(-1)
                 if rng.random() < 0.5:
                     x, y = x.flip(-2), y.flip(-2)
-                x = x * (1 + 0.1 * torch.randn(len(x), 1, 1, 1)) + 0.1 * torch.randn(len(x), 1, 1, 1)
+                if self.appearance:
+                    x = appearance_jitter(x)
+                else:
+                    x = x * (1 + 0.1 * torch.randn(len(x), 1, 1, 1)) + 0.1 * torch.randn(len(x), 1, 1, 1)
                 x, y = x.to(dev), y.to(dev)
                 loss = loss_fn(net(x), y)
                 opt.zero_grad()
@@ -157,7 +174,7 @@ class CrossFittedSegmenter:
                 progress(f"segmenter fold {fold + 1}/{self.n_folds} epoch {epoch + 1}: loss {loss.item():.3f}")
             last = epoch == self.epochs - 1 or time.time() - start > budget_s
             if held and epoch + 1 in snapshot_epochs:
-                self._snapshot(net, held, f"fold{fold}_ep{epoch + 1}")
+                self._snapshot(net, held, f"fold{fold}_ep{epoch + 1}", render)
             if last:
                 break
         return net.eval()
@@ -166,6 +183,11 @@ class CrossFittedSegmenter:
         """Softmax ``(L+1, Z, S, S)``: from the network that did not see ``case_id``, else the mean of all."""
         fold = self.fold_of(case_id) if case_id is not None else None
         return self._proba_with(self.nets_ if fold is None else [self.nets_[fold]], image_ms)
+
+    def predict_members(self, image_ms: np.ndarray) -> list[np.ndarray]:
+        """Each fold network's softmax ``(L+1, Z, S, S)`` on its own: a new case is unseen by all of them,
+        as a reference case is by its out-of-fold network while fitting."""
+        return [self._proba_with([net], image_ms) for net in self.nets_]
 
     @staticmethod
     def _proba_with(nets, image_ms: np.ndarray) -> np.ndarray:

@@ -72,7 +72,7 @@ def segmenter_pairs(fit_cases: Sequence[Case], cal_cases: Sequence[Case], plan, 
     """
     from segqc.components.segmenter import CrossFittedSegmenter
     from segqc.data.labels import to_index, to_labels
-    from segqc.plan.preprocess import invert_mask, preprocess
+    from segqc.plan.preprocess import invert_map, preprocess
 
     t0 = time.time()
     console = ui.console()
@@ -81,15 +81,21 @@ def segmenter_pairs(fit_cases: Sequence[Case], cal_cases: Sequence[Case], plan, 
     params = dict(params)
     snapshots = tuple(params.pop("snapshot_epochs", (1, 2, 3, 5, 8, 13, 21, 30)))
     seg = CrossFittedSegmenter(**{"device": device, **params})
+    props = {c.case_id: p for c, (_, _, p) in zip(fit_cases, ms_fit)} | {k: v[2] for k, v in ms_cal.items()}
+
+    def render(case_id: str, proba_ms: np.ndarray) -> np.ndarray:
+        # the snapshot's probabilities resampled to the case's grid, then argmax (as nnU-Net exports
+        # its predictions): smooth edges like a user's model's, not the model grid's staircase
+        return to_labels(invert_map(proba_ms, props[case_id]).argmax(0), plan.labels)
+
     # the segmenter's classes are label indices 0..L, whatever the label values
     seg.fit([(im, to_index(mk, plan.labels)) for im, mk, _ in ms_fit], len(plan.labels), rng,
             progress=lambda msg: console.print(f"  {msg}", highlight=False), case_ids=[c.case_id for c in fit_cases],
-            snapshot_epochs=snapshots, predict_on={cid: im for cid, (im, _, _) in ms_cal.items()})
-    props = {c.case_id: p for c, (_, _, p) in zip(fit_cases, ms_fit)} | {k: v[2] for k, v in ms_cal.items()}
+            snapshot_epochs=snapshots, predict_on={cid: im for cid, (im, _, _) in ms_cal.items()}, render=render)
 
     def pairs(cases):
-        return [TrainingPair(c, to_labels(invert_mask(mask_ms, props[c.case_id]), plan.labels), f"segmenter:{tag}")
-                for c in cases for tag, mask_ms in seg.snapshot_masks_.get(c.case_id, [])]
+        return [TrainingPair(c, mask, f"segmenter:{tag}")
+                for c in cases for tag, mask in seg.snapshot_masks_.get(c.case_id, [])]
 
     fit_pairs, cal_pairs = pairs(fit_cases), pairs(cal_cases)
     seg.snapshot_masks_ = {}  # not needed any more; keeps memory and the bundle small

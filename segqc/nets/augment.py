@@ -1,0 +1,60 @@
+"""Appearance augmentation for segqc's learned components: what another scanner or camera changes.
+
+A network trained on one site's images learns that site's colour balance, contrast,
+sharpness and noise along with the anatomy. At a new site those change and the network
+fails silently — and with it every QC feature built on its opinion. Each batch here gets,
+per sample, the changes a new site makes (the same family `benchmarks/shift_benchmark.py`
+draws whole sites from): per-channel gain and offset (colour balance), a gamma curve,
+Gaussian blur, additive noise and a lower resolution, each with some probability.
+
+Works on model-space batches ``(B, C, H, W)`` (intensities already normalised by the plan);
+the geometry is untouched, so masks need no change. Draws from torch's global generator,
+which the callers seed.
+"""
+
+from __future__ import annotations
+
+__all__ = ["appearance_jitter"]
+
+
+def _blur(x, sigma: float):
+    import torch
+    import torch.nn.functional as F
+
+    radius = max(1, int(round(2.5 * sigma)))
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    c = x.shape[1]
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+    return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), k.view(1, 1, -1, 1).repeat(c, 1, 1, 1),
+                    groups=c)
+
+
+def appearance_jitter(x, p: float = 0.5):
+    """A new-site look for every sample of ``x`` (B, C, H, W); each change applied with probability ``p``.
+
+    Vectorised over the batch (a per-sample loop costs half a training step on a CPU); blur
+    and resolution draw one strength per batch for the samples they change.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    b, c, h, w = x.shape
+    use = torch.rand(5, b, 1, 1, 1) < torch.tensor([p, p, p, p, p / 2]).view(5, 1, 1, 1, 1)
+    # colour balance / window: per-channel gain and offset
+    x = torch.where(use[0], x * (1 + 0.15 * torch.randn(b, c, 1, 1)) + 0.2 * torch.randn(b, c, 1, 1), x)
+    # a gamma curve on each sample's own intensity range
+    lo = x.amin(dim=(-1, -2), keepdim=True)
+    span = x.amax(dim=(-1, -2), keepdim=True) - lo + 1e-6
+    gamma = torch.exp(0.35 * torch.randn(b, 1, 1, 1))
+    x = torch.where(use[1], ((x - lo) / span).clamp(0, 1) ** gamma * span + lo, x)
+    if use[2].any():  # softer optics
+        x = torch.where(use[2], _blur(x, float(0.5 + 1.0 * torch.rand(1))), x)
+    # sensor noise
+    x = torch.where(use[3], x + 0.1 * torch.rand(b, 1, 1, 1) * torch.randn_like(x), x)
+    if use[4].any():  # a lower-resolution camera, brought back to the plan's grid
+        f = float(0.5 + 0.4 * torch.rand(1))
+        small = F.interpolate(x, size=(max(4, int(h * f)), max(4, int(w * f))), mode="bilinear", align_corners=False)
+        x = torch.where(use[4], F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False), x)
+    return x

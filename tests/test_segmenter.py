@@ -1,0 +1,142 @@
+"""segqc's reference segmenter: appearance augmentation, its fold networks as members, `features`' fold scoring."""
+
+import numpy as np
+import pytest
+import torch
+
+from segqc.components.segmenter import CrossFittedSegmenter
+from segqc.data.labels import to_index
+from segqc.methods import make_method
+from segqc.nets.augment import appearance_jitter
+from segqc.plan.preprocess import preprocess
+
+
+def test_appearance_jitter_changes_the_look_not_the_shape():
+    x = torch.randn(32, 3, 40, 48, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    y = appearance_jitter(x)
+    assert y.shape == x.shape and torch.isfinite(y).all()
+    changed = (y - x).abs().flatten(1).amax(1) > 1e-6
+    # each change is drawn with probability 1/2: nearly every sample gets at least one, not always the same
+    assert int(changed.sum()) >= 24
+    torch.manual_seed(0)
+    assert torch.equal(appearance_jitter(x), y)  # drawn from torch's seeded generator: reproducible
+    assert torch.equal(appearance_jitter(x, p=0.0), x)  # p=0: nothing changes
+
+
+def test_appearance_jitter_blur_and_resolution_keep_a_flat_image_flat():
+    x = torch.full((8, 1, 32, 32), 2.0)
+    torch.manual_seed(1)
+    y = appearance_jitter(x, p=1.0)
+    # gain, offset, gamma and noise move values, but a flat image must not grow edges from padding
+    centre_spread = (y[..., 8:24, 8:24] - y[..., 8:24, 8:24].mean(dim=(-1, -2), keepdim=True)).abs().amax()
+    edge_spread = (y - y.mean(dim=(-1, -2), keepdim=True)).abs().amax()
+    assert edge_spread <= centre_spread * 1.5 + 0.35
+
+
+@pytest.fixture(scope="module")
+def trained(kvasir_cases):
+    from segqc.plan.fingerprint import compute_fingerprint
+    from segqc.plan.plan import plan_from_fingerprint
+
+    cases = kvasir_cases[:6]
+    plan = plan_from_fingerprint(compute_fingerprint(cases), max_slice_size=32)
+    ms = [preprocess(c, plan) for c in cases]
+    seg = CrossFittedSegmenter(n_folds=2, epochs=1, channels=(4, 8), device="cpu")
+    seg.fit([(im, to_index(mk, plan.labels)) for im, mk, _ in ms], len(plan.labels), np.random.default_rng(0),
+            case_ids=[c.case_id for c in cases])
+    return seg, ms
+
+
+def test_members_average_to_the_ensemble(trained):
+    seg, ms = trained
+    image = ms[0][0]
+    members = seg.predict_members(image)
+    assert len(members) == seg.n_folds
+    np.testing.assert_allclose(np.mean(members, axis=0), seg.predict_proba(image), atol=1e-6)
+
+
+def test_segmenter_remembers_whether_it_was_augmented(trained):
+    seg, _ = trained
+    arrays, config = seg.state()
+    assert config["params"]["appearance"] is True  # the default: robust to another camera
+    again = CrossFittedSegmenter.from_state(arrays, config, device="cpu")
+    assert again.appearance is True
+
+
+def test_fold_scoring_averages_the_members_predictions(kvasir_cases):
+    from segqc.methods.base import FitContext
+    from segqc.plan.fingerprint import compute_fingerprint
+    from segqc.plan.plan import plan_from_fingerprint
+
+    cases = kvasir_cases[:6]
+    plan = plan_from_fingerprint(compute_fingerprint(cases), max_slice_size=32)
+    m = make_method("features", pairs_per_case=2, n_estimators=10, n_jobs=1, segmenter_epochs=1, fold_scoring=True)
+    m.fit(cases[:5], plan, FitContext(rng=np.random.default_rng(0), device="cpu"))
+    case = cases[5]
+    by_member = [m._predict(case, p)[0] for p in m.segmenter_members(case)]
+    assert m.score(case).dice[1] == pytest.approx(float(np.mean(by_member)))
+    m.fold_scoring = False  # the averaged segmenter instead: another answer, from the same fit
+    averaged = m.score(case).dice[1]
+    assert averaged == pytest.approx(m._predict(case, m.segmenter_proba(case))[0])
+    # a bundle saved before fold scoring existed keeps answering as it did (the averaged segmenter)
+    m.fold_scoring = True
+    arrays, config = m.state()
+    del config["params"]["fold_scoring"]
+    old = type(m).from_state(arrays, config, m.plan_, device="cpu")
+    assert old.fold_scoring is False and old.score(case).dice[1] == pytest.approx(averaged)
+    assert make_method("features").fold_scoring is False  # the default: the folds' average
+
+
+def test_snapshot_candidates_are_rendered_from_probabilities(kvasir_cases):
+    """Snapshots become candidates on the case's own grid from their resampled probabilities, not from a
+    model-space argmax brought back: that one keeps the model grid's polygonal edges, which a regressor
+    learns to recognise as 'made by segqc's segmenter' (and then trusts every smooth mask)."""
+    from segqc.data.labels import to_labels
+    from segqc.pipeline.training_pairs import segmenter_pairs
+    from segqc.plan.fingerprint import compute_fingerprint
+    from segqc.plan.plan import plan_from_fingerprint
+    from segqc.plan.preprocess import invert_map, invert_mask
+
+    cases = kvasir_cases[:6]
+    plan = plan_from_fingerprint(compute_fingerprint(cases), max_slice_size=32)
+    # a snapshot at the last epoch: the final network, so the test can recompute its probabilities
+    seg, fit_pairs, cal_pairs = segmenter_pairs(cases[:4], cases[4:], plan, np.random.default_rng(0), "cpu",
+                                                {"n_folds": 2, "epochs": 2, "channels": (4, 8),
+                                                 "snapshot_epochs": (2,)})
+    assert len(fit_pairs) == 4 and len(cal_pairs) == 2
+    differs = 0
+    for p in cal_pairs:
+        fold = int(p.source.split("fold")[1].split("_")[0])
+        image_ms, _, props = preprocess(p.case.with_mask(None), plan)
+        proba = seg._proba_with([seg.nets_[fold]], image_ms)
+        assert p.candidate.shape == p.truth.shape
+        np.testing.assert_array_equal(p.candidate, to_labels(invert_map(proba, props).argmax(0), plan.labels))
+        differs += not np.array_equal(p.candidate, to_labels(invert_mask(proba.argmax(0), props), plan.labels))
+    assert differs  # the old way (argmax, then back to the grid) gives other masks
+
+
+def test_image_cache_serves_one_image_once_and_never_a_changed_one():
+    from segqc.components.image_cache import ImageCache
+
+    calls = []
+    cache = ImageCache(max_bytes=3 * 64 * 8)
+    image = np.zeros((1, 8, 8))
+
+    def compute():
+        calls.append(1)
+        return np.ones(64)
+
+    a = cache.get(image, (1.0, 1.0), compute)
+    assert cache.get(image.copy(), (1.0, 1.0), compute) is a and len(calls) == 1  # same pixels: one computation
+    with pytest.raises(ValueError):
+        a[0] = 5  # a cached answer is shared: read-only
+    changed = image.copy()
+    changed[0, 3, 3] = 1e-9
+    cache.get(changed, (1.0, 1.0), compute)
+    cache.get(image, (1.0, 2.0), compute)
+    cache.get(image, (1.0, 1.0), compute, tag="other")
+    assert len(calls) == 4  # other pixels, spacing or computation: computed again
+    cache.get(np.full((1, 8, 8), 7.0), (1.0, 1.0), compute)  # a fourth entry pushes the oldest out
+    cache.get(image, (1.0, 1.0), compute)
+    assert len(calls) == 6
