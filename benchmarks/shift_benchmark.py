@@ -24,6 +24,7 @@ trains it. Re-running skips the files already written.
 
     .venv/bin/python benchmarks/shift_benchmark.py --sites 8 --checkpoints unet_s0_ep100 segresnet_s0_ep30
     .venv/bin/python benchmarks/shift_benchmark.py --analyse runs/shift_bench   # after `segqc bench` on it
+    .venv/bin/python benchmarks/shift_benchmark.py --subset 50    # runs/shift/cases_50.csv: 50 images per site
     .venv/bin/python benchmarks/shift_benchmark.py --compare runs/shift_bench runs/shift_after   # common rows
 """
 
@@ -222,6 +223,26 @@ def compare(before: Path, after: Path) -> None:
               f"within 0.03; per-case 90 % interval coverage {cov:.3f}")
 
 
+def subset(cases: Path, per_site: int) -> Path:
+    """``cases_<N>.csv`` beside ``cases``: the rows of the first ``per_site`` images of each site (every
+    checkpoint), for a quicker `segqc bench` whose groups stay balanced (``--limit`` samples rows)."""
+    with open(cases, newline="") as f:
+        rows = list(csv.DictReader(f))
+    seen: dict[str, list[str]] = {}
+    keep = []
+    for r in rows:
+        images = seen.setdefault(r["site"], [])
+        if r["image"] not in images:
+            if len(images) >= per_site:
+                continue
+            images.append(r["image"])
+        keep.append(r)
+    out = cases.with_name(f"cases_{per_site}.csv")
+    _write_csv(out, keep)
+    print(f"{len(keep)} rows written to {out}")
+    return out
+
+
 def main() -> None:
     from segqc.ui import progress
 
@@ -234,6 +255,8 @@ def main() -> None:
     ap.add_argument("--analyse", type=Path, default=None, metavar="BENCH_DIR",
                     help="instead of building: the figures of a `segqc bench` folder run on this benchmark")
     ap.add_argument("--method", default="features", help="with --analyse: the method to report")
+    ap.add_argument("--subset", type=int, default=None, metavar="N",
+                    help="instead of building: write cases_N.csv, the first N images of each site of OUT/cases.csv")
     ap.add_argument("--compare", type=Path, nargs=2, default=None, metavar=("BEFORE", "AFTER"),
                     help="instead of building: two `segqc bench` folders on this benchmark, on their common rows")
     add_threads_option(ap, default=1, help="torch CPU threads of the shipped networks")
@@ -243,6 +266,9 @@ def main() -> None:
         return
     if args.compare:
         compare(*args.compare)
+        return
+    if args.subset:
+        subset(args.out / "cases.csv", args.subset)
         return
     set_threads(args.threads)
     ids = sorted(read_split("kvasir")["test"])[:args.limit]
