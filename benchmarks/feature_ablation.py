@@ -37,6 +37,13 @@ def _flat(table: dict, key: str, fold: int | None = None) -> list[dict]:
     return [f for r in table["rows"] for f in r[key][fold]]
 
 
+def _per_pair(values: np.ndarray, n_labels: int) -> np.ndarray:
+    """Rows of ``_flat`` (one per pair and label) → one value per pair: the mean over labels, as a pair's
+    true Dice (and segqc's answer) is."""
+    values = np.asarray(values, dtype=np.float64)
+    return values.reshape(-1, n_labels, *values.shape[1:]).mean(axis=1)
+
+
 def _groups(ids: list[str], n_folds: int = 5, seed: int = 0) -> np.ndarray:
     uniq = sorted(set(ids))
     fold = dict(zip(uniq, np.random.default_rng(seed).permutation(len(uniq)) % n_folds))
@@ -80,7 +87,7 @@ def source_shortcut(t: dict) -> None:
     clf = lgb.LGBMClassifier(n_estimators=200, num_leaves=15, verbose=-1, n_jobs=2).fit(X[~held], made[~held])
     auc = roc_auc_score(made[held], clf.predict_proba(X[held])[:, 1])
     print(f"\nsource from shape alone (model-made vs corruption), held-out reference cases: AUROC {auc:.3f}")
-    p = clf.predict_proba(_matrix(_flat(t["bench"], "ens"), list(SHAPE)))[:, 1]
+    p = _per_pair(clf.predict_proba(_matrix(_flat(t["bench"], "ens"), list(SHAPE)))[:, 1], len(t["labels"]))
     g = np.asarray(t["bench"]["group"])
     print("benchmark rows judged 'made by segqc's segmenter': " + ", ".join(
         f"{k} {p[g == k].mean():.2f}" for k in sorted(set(g))))
@@ -100,6 +107,7 @@ def main() -> None:
     fit, cal, bench = t["fit"], t["cal"], t["bench"]
     names = t["feature_names"]
     n_folds = len(cal["rows"][0]["folds"])
+    n_labels = len(t["labels"])
     X_fit, y_fit = _matrix(fit["X"], names), np.asarray(fit["y"])
     src = np.array(["corruption" if s == "corruption" else "model" for s in fit["source"]])
     y_cal = np.array([np.mean(v) for v in cal["true"]])
@@ -113,8 +121,9 @@ def main() -> None:
 
     def raw_of(model, table, per_fold: bool) -> np.ndarray:
         if not per_fold:
-            return model.predict(_matrix(_flat(table, "ens"), names))
-        return np.mean([model.predict(_matrix(_flat(table, "folds", k), names)) for k in range(n_folds)], axis=0)
+            return _per_pair(model.predict(_matrix(_flat(table, "ens"), names)), n_labels)
+        return _per_pair(np.mean([model.predict(_matrix(_flat(table, "folds", k), names)) for k in range(n_folds)],
+                                 axis=0), n_labels)
 
     maker = np.array([int(s.split("fold")[1].split("_")[0]) if s.startswith("segmenter:") else -1
                       for s in cal["source"]])
@@ -124,7 +133,7 @@ def main() -> None:
         """Model-made calibration pairs judged only by fold networks other than the one that made them
         (both unseen on the case): a real network's mask against an independent opinion, from reference ids."""
         idx = np.flatnonzero(maker >= 0)
-        raw = np.array([np.mean([model.predict(_matrix(cal["rows"][i]["folds"][j], names))[0]
+        raw = np.array([np.mean([model.predict(_matrix(cal["rows"][i]["folds"][j], names)).mean()
                                  for j in range(n_folds) if j != maker[i]]) for i in idx])
         t = y_cal[idx]
         lt = late[idx]
@@ -186,7 +195,7 @@ def main() -> None:
 
     def stack_inputs(table, raw):
         member = _matrix([m for r in table["rows"] for m in r["member"]], list(MEMBER))
-        return np.column_stack([raw, member])
+        return np.column_stack([raw, _per_pair(member, n_labels)])
 
     Zc, Zb = stack_inputs(cal, base_cal), stack_inputs(bench, base_b)
     for sname, mk in {"stacked: raw + members (LGBM, monotone in raw)":

@@ -42,16 +42,12 @@ from segqc import api
 from segqc.data import read_manifest
 from segqc.data.labels import to_index
 from segqc.methods.features import FeatureRegressor, mask_features
-from segqc.metrics import binary_dice
+from segqc.metrics import binary_dice, dice
 
 
 def _members(method: FeatureRegressor, case) -> tuple[np.ndarray, list[np.ndarray]]:
     """The averaged segmenter's probabilities and each fold network's, on the case's grid."""
-    from segqc.plan.preprocess import invert_map, preprocess
-
-    seg = method.segmenter_
-    image_ms, _, props = preprocess(case.with_mask(None), method.plan_)
-    per = [invert_map(p, props) for p in seg.predict_members(image_ms)]
+    per = method.segmenter_members(case)
     return np.mean(per, axis=0), per
 
 
@@ -133,8 +129,7 @@ def main() -> None:
         if key not in by_image:
             by_image = {key: _members(method, case)}
         bench["rows"].append(_rows(method, case, *by_image[key]))
-        bench["true"].append(binary_dice(case.mask == 1, case.truth == 1) if len(labels) == 1
-                             else float(np.mean([binary_dice(case.mask == k, case.truth == k) for k in labels])))
+        bench["true"].append(dice(case.mask, case.truth, labels))
         bench["group"].append(rows[i].group)
         bench["deployed"].append(str(rows[i].extra.get("is_deployed")) == "True")
         bench["image"].append(key)

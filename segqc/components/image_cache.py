@@ -68,7 +68,3 @@ class ImageCache:
                 _, (_, dropped) = self._items.popitem(last=False)
                 self._bytes -= dropped
         return value
-
-    def clear(self) -> None:
-        self._items.clear()
-        self._bytes = 0

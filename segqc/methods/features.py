@@ -308,22 +308,21 @@ class FeatureRegressor(QCMethod):
         """segqc's reference segmenter on the case's image (all folds averaged): class probabilities."""
         if not self.segmenter:
             return None
-        return self._on_image(case, "mean", lambda image_ms: self.segmenter_.predict_proba(image_ms))
+        return self._on_image(case, "mean", lambda image_ms: [self.segmenter_.predict_proba(image_ms)])[0]
 
     def segmenter_members(self, case: Case) -> list[np.ndarray]:
         """Each fold network of the reference segmenter on the case's image, alone: class probabilities."""
-        return self._on_image(case, "members", lambda image_ms: self.segmenter_.predict_members(image_ms))
+        return self._on_image(case, "members", self.segmenter_.predict_members)
 
-    def _on_image(self, case: Case, what: str, predict):
-        """The segmenter's answer on the case's image, on its grid; an image already seen is not run again
-        (the candidates of one image — checkpoints of a batch, pairs of a reference case — share it)."""
+    def _on_image(self, case: Case, what: str, predict) -> list[np.ndarray]:
+        """``predict(image_ms)``'s probability maps brought to the case's grid; an image already seen is not
+        run again (the candidates of one image — checkpoints of a batch, pairs of a reference case — share it)."""
         from segqc.components.image_cache import ImageCache
         from segqc.plan.preprocess import invert_map, preprocess
 
         def compute():
             image_ms, _, props = preprocess(case.with_mask(None), self.plan_)
-            out = predict(image_ms)
-            return [invert_map(p, props) for p in out] if isinstance(out, list) else invert_map(out, props)
+            return [invert_map(p, props) for p in predict(image_ms)]
 
         cache = getattr(self, "_image_cache", None)
         if cache is None or cache[0] is not self.segmenter_:  # answers of this segmenter only
