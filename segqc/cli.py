@@ -18,6 +18,7 @@ from segqc.cli_options import method_params, parse_param
 from segqc.data.layouts import LAYOUTS
 from segqc.engines.batch import EXIT_ALL_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from segqc.methods import METHODS
+from segqc.pipeline.profiles import PROFILES
 from segqc.user_models import MODEL_KINDS
 
 __all__ = ["build_parser", "main"]
@@ -123,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "Dice, recalibrated; offered as the method `fusion`)")
     p.add_argument("--seed", type=int, default=0, help="random seed (splits, bad masks, networks)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--profile", choices=["auto", *PROFILES], default="auto",
+                   help="settings sized for the hardware: cpu (a laptop's budget) or gpu (a wider reference "
+                        "segmenter, a longer schedule); auto: gpu when fitting on a CUDA device. --set wins")
     _model_args(p)
     _layout(p)
     p.set_defaults(func=_fit)
@@ -258,7 +262,7 @@ def _fit(args) -> int:
             coverage=args.coverage, calibration_fraction=args.calibration_fraction, seed=args.seed,
             device=args.device, max_slice_size=args.max_slice_size, method_params=method_params(args.params),
             extra_pairs=args.extra_pairs, ids=_read_ids(args.ids), models=_load_models(args),
-            fuse=not args.no_fusion)
+            fuse=not args.no_fusion, profile=args.profile)
     return EXIT_OK
 
 

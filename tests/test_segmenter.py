@@ -88,7 +88,7 @@ def test_fold_scoring_averages_the_members_predictions(kvasir_cases):
     assert make_method("features").fold_scoring is False  # the default: the folds' average
 
 
-def test_snapshot_candidates_are_rendered_from_probabilities(kvasir_cases):
+def test_snapshot_candidates_are_rendered_from_probabilities(kvasir_cases, monkeypatch):
     """Snapshots become candidates on the case's own grid from their resampled probabilities, not from a
     model-space argmax brought back: that one keeps the model grid's polygonal edges, which a regressor
     learns to recognise as 'made by segqc's segmenter' (and then trusts every smooth mask)."""
@@ -100,16 +100,23 @@ def test_snapshot_candidates_are_rendered_from_probabilities(kvasir_cases):
 
     cases = kvasir_cases[:6]
     plan = plan_from_fingerprint(compute_fingerprint(cases), max_slice_size=32)
-    # a snapshot at the last epoch: the final network, so the test can recompute its probabilities
+    # the probabilities each snapshot network gave, to recompute its candidate here
+    seen = {}
+    snapshot = CrossFittedSegmenter._snapshot
+
+    def spy(self, net, held, tag, render):
+        seen.update({(cid, tag): self._proba_with([net], image) for cid, image in held.items()})
+        return snapshot(self, net, held, tag, render)
+
+    monkeypatch.setattr(CrossFittedSegmenter, "_snapshot", spy)
     seg, fit_pairs, cal_pairs = segmenter_pairs(cases[:4], cases[4:], plan, np.random.default_rng(0), "cpu",
-                                                {"n_folds": 2, "epochs": 2, "channels": (4, 8),
+                                                {"n_folds": 2, "epochs": 3, "channels": (4, 8),
                                                  "snapshot_epochs": (2,)})
     assert len(fit_pairs) == 4 and len(cal_pairs) == 2
     differs = 0
     for p in cal_pairs:
-        fold = int(p.source.split("fold")[1].split("_")[0])
         image_ms, _, props = preprocess(p.case.with_mask(None), plan)
-        proba = seg._proba_with([seg.nets_[fold]], image_ms)
+        proba = seen[(p.case.case_id, p.source.split(":", 1)[1])]
         assert p.candidate.shape == p.truth.shape
         np.testing.assert_array_equal(p.candidate, to_labels(invert_map(proba, props).argmax(0), plan.labels))
         differs += not np.array_equal(p.candidate, to_labels(invert_mask(proba.argmax(0), props), plan.labels))
@@ -140,3 +147,34 @@ def test_image_cache_serves_one_image_once_and_never_a_changed_one():
     cache.get(np.full((1, 8, 8), 7.0), (1.0, 1.0), compute)  # a fourth entry pushes the oldest out
     cache.get(image, (1.0, 1.0), compute)
     assert len(calls) == 6
+
+
+def test_budgeted_schedule_ends_annealed_and_never_lengthens():
+    """A run the clock cuts short still ends at a learning rate of (nearly) zero: the schedule is fitted
+    to the steps the budget affords, and a later, faster pace never lengthens it again."""
+    from segqc.nets.schedule import BudgetedSchedule
+
+    sched = BudgetedSchedule(1000, seconds=100.0, lr=1.0, warmup=2, timing_steps=None)
+    sched.step = 10
+    sched.refit(seconds_per_step=1.0, reserve=40.0)  # about 60 s left for steps of 1 s
+    assert sched.capped and 68 <= sched.total <= 70
+    total = sched.total
+    sched.refit(seconds_per_step=0.01)  # faster now: the schedule keeps its length
+    assert sched.total == total
+    sched.step = sched.total - 1
+    assert sched.lr_now() < 0.01
+
+
+def test_final_network_makes_no_snapshot_and_training_is_recorded(kvasir_cases):
+    """Snapshots are taken only from networks that train on: a candidate of the final network would be
+    judged by that very network. The epochs each fold network got are recorded."""
+    from segqc.plan.fingerprint import compute_fingerprint
+    from segqc.plan.plan import plan_from_fingerprint
+
+    plan = plan_from_fingerprint(compute_fingerprint(kvasir_cases[:4]), max_slice_size=32)
+    data = [(im, to_index(mk, plan.labels)) for im, mk, _ in (preprocess(c, plan) for c in kvasir_cases[:4])]
+    seg = CrossFittedSegmenter(n_folds=2, epochs=2, channels=(4, 8), device="cpu")
+    seg.fit(data, 1, np.random.default_rng(0), case_ids=["a", "b", "c", "d"], snapshot_epochs=(1, 2))
+    tags = {tag for masks in seg.snapshot_masks_.values() for tag, _ in masks}
+    assert tags == {"fold0_ep1", "fold1_ep1"}
+    assert [h["epochs"] for h in seg.history_] == [2, 2] and not any(h["capped_by_time"] for h in seg.history_)

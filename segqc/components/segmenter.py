@@ -31,6 +31,7 @@ import time
 import numpy as np
 
 from segqc.nets.augment import appearance_jitter
+from segqc.nets.schedule import BudgetedSchedule
 from segqc.nets.weights import load_net_arrays, net_to_arrays
 from segqc.utils import resolve_device
 
@@ -53,8 +54,10 @@ class CrossFittedSegmenter:
 
     Args:
         n_folds: networks (each trained without one fold of the cases).
-        epochs: passes over the training slices per network (a cap: see ``max_minutes``).
-        max_minutes: time budget for all networks together.
+        epochs: passes over the training slices per network, if time allows.
+        max_minutes: time budget for all networks together; each network's cosine learning
+            rate is fitted to its share (`segqc.nets.schedule.BudgetedSchedule`), so a run cut
+            short by the clock still ends annealed.
         channels: UNet widths.
         batch_size, lr: optimiser settings.
         appearance: augment each batch's appearance as a new site would change it
@@ -106,7 +109,7 @@ class CrossFittedSegmenter:
         self.snapshot_masks_: dict[str, list[tuple[str, np.ndarray]]] = {}
         render = render or (lambda case_id, proba: proba.argmax(0).astype(np.uint8))
         budget = self.max_minutes * 60 / self.n_folds
-        self.nets_ = []
+        self.nets_, self.history_ = [], []
         torch.manual_seed(int(rng.integers(1 << 31)))
         for k in range(self.n_folds):
             # what this network never trains on: its held-out fold, and the extra images
@@ -142,18 +145,29 @@ class CrossFittedSegmenter:
                 if mask[z].any() or rng.random() < 0.3:
                     xs.append(image[:, z])
                     ys.append(mask[z])
-        X = torch.from_numpy(np.stack(xs)).float()
-        Y = torch.from_numpy(np.stack(ys).astype(np.int64))[:, None]
+        # on a GPU the slices stay there: batches, flips and appearance changes are made on it
+        X = torch.from_numpy(np.stack(xs)).float().to(dev)
+        Y = torch.from_numpy(np.stack(ys).astype(np.int64))[:, None].to(dev)
         net = _build(self.kwargs_).to(dev)
         opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=1e-4)
         steps_per_epoch = max(1, len(X) // self.batch_size)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr, total_steps=self.epochs * steps_per_epoch)
+        # a cosine over the steps the fold's time budget affords, re-fitted after every epoch
+        # (never lengthened): a OneCycle sized for `epochs` and cut by the clock stopped at a
+        # third of its peak learning rate, with the last steps' noise left in the network
+        sched = BudgetedSchedule(self.epochs * steps_per_epoch, budget_s, self.lr, warmup=steps_per_epoch,
+                                 timing_steps=None)
         loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-        start = time.time()
+        train_s = snap_s = 0.0
+        n_snaps = epoch = 0
         net.train()
-        for epoch in range(self.epochs):
-            order = torch.from_numpy(rng.permutation(len(X)))
+        while sched.go_on():
+            order = torch.from_numpy(rng.permutation(len(X))).to(dev)
+            t = time.perf_counter()
             for s in range(steps_per_epoch):
+                if not sched.go_on():
+                    break
+                for g in opt.param_groups:
+                    g["lr"] = sched.lr_now()
                 idx = order[s * self.batch_size:(s + 1) * self.batch_size]
                 x, y = X[idx], Y[idx]
                 if rng.random() < 0.5:
@@ -163,20 +177,30 @@ class CrossFittedSegmenter:
                 if self.appearance:
                     x = appearance_jitter(x)
                 else:
-                    x = x * (1 + 0.1 * torch.randn(len(x), 1, 1, 1)) + 0.1 * torch.randn(len(x), 1, 1, 1)
-                x, y = x.to(dev), y.to(dev)
+                    gain, offset = 1 + 0.1 * torch.randn(len(x), 1, 1, 1), 0.1 * torch.randn(len(x), 1, 1, 1)
+                    x = x * gain.to(dev) + offset.to(dev)
                 loss = loss_fn(net(x), y)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                sched.step()
+                sched.step += 1
+            train_s += time.perf_counter() - t
+            epoch += 1
             if progress is not None:
-                progress(f"segmenter fold {fold + 1}/{self.n_folds} epoch {epoch + 1}: loss {loss.item():.3f}")
-            last = epoch == self.epochs - 1 or time.time() - start > budget_s
-            if held and epoch + 1 in snapshot_epochs:
-                self._snapshot(net, held, f"fold{fold}_ep{epoch + 1}", render)
-            if last:
-                break
+                progress(f"segmenter fold {fold + 1}/{self.n_folds} epoch {epoch}: loss {loss.item():.3f}")
+            # the pace of training steps alone; the snapshots still to come get their share of the budget
+            planned = -(-sched.total // steps_per_epoch)
+            to_come = sum(epoch <= e < planned for e in snapshot_epochs) if held else 0
+            sched.refit(train_s / sched.step, reserve=to_come * (snap_s / n_snaps if n_snaps else 0.0))
+            # the final network makes no snapshot: its candidates would be judged by that very network
+            if held and epoch in snapshot_epochs and sched.go_on():
+                t = time.perf_counter()
+                self._snapshot(net, held, f"fold{fold}_ep{epoch}", render)
+                snap_s += time.perf_counter() - t
+                n_snaps += 1
+        self.history_.append({"epochs": epoch, "planned_epochs": self.epochs, "steps": sched.step,
+                              "capped_by_time": sched.capped, "train_seconds": round(train_s, 1),
+                              "snapshot_seconds": round(snap_s, 1), "snapshots": n_snaps})
         return net.eval()
 
     def predict_proba(self, image_ms: np.ndarray, case_id: str | None = None) -> np.ndarray:

@@ -41,20 +41,24 @@ def appearance_jitter(x, p: float = 0.5):
     import torch.nn.functional as F
 
     b, c, h, w = x.shape
+    # the draws are made on the CPU (the same numbers whatever the device), then sent to x's device
+    dev = x.device
     use = torch.rand(5, b, 1, 1, 1) < torch.tensor([p, p, p, p, p / 2]).view(5, 1, 1, 1, 1)
+    on = use.to(dev)
     # colour balance / window: per-channel gain and offset
-    x = torch.where(use[0], x * (1 + 0.15 * torch.randn(b, c, 1, 1)) + 0.2 * torch.randn(b, c, 1, 1), x)
+    gain, offset = (1 + 0.15 * torch.randn(b, c, 1, 1)).to(dev), (0.2 * torch.randn(b, c, 1, 1)).to(dev)
+    x = torch.where(on[0], x * gain + offset, x)
     # a gamma curve on each sample's own intensity range
     lo = x.amin(dim=(-1, -2), keepdim=True)
     span = x.amax(dim=(-1, -2), keepdim=True) - lo + 1e-6
-    gamma = torch.exp(0.35 * torch.randn(b, 1, 1, 1))
-    x = torch.where(use[1], ((x - lo) / span).clamp(0, 1) ** gamma * span + lo, x)
+    gamma = torch.exp(0.35 * torch.randn(b, 1, 1, 1)).to(dev)
+    x = torch.where(on[1], ((x - lo) / span).clamp(0, 1) ** gamma * span + lo, x)
     if use[2].any():  # softer optics
-        x = torch.where(use[2], _blur(x, float(0.5 + 1.0 * torch.rand(1))), x)
+        x = torch.where(on[2], _blur(x, float(0.5 + 1.0 * torch.rand(1))), x)
     # sensor noise
-    x = torch.where(use[3], x + 0.1 * torch.rand(b, 1, 1, 1) * torch.randn_like(x), x)
+    x = torch.where(on[3], x + (0.1 * torch.rand(b, 1, 1, 1)).to(dev) * torch.randn_like(x), x)
     if use[4].any():  # a lower-resolution camera, brought back to the plan's grid
         f = float(0.5 + 0.4 * torch.rand(1))
         small = F.interpolate(x, size=(max(4, int(h * f)), max(4, int(w * f))), mode="bilinear", align_corners=False)
-        x = torch.where(use[4], F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False), x)
+        x = torch.where(on[4], F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False), x)
     return x

@@ -19,18 +19,16 @@ annealed and the whole fit provably ends within ``max_minutes``.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["build_vae", "build_discriminator", "build_unet", "build_scheduler", "train_stage1", "train_stage2",
-           "ddim_sample", "kl_loss", "BudgetedSchedule"]
+from segqc.nets.schedule import BudgetedSchedule
 
-# steps timed before a loop's length is fitted to its budget
-_TIMING_STEPS = 5
+__all__ = ["build_vae", "build_discriminator", "build_unet", "build_scheduler", "train_stage1", "train_stage2",
+           "ddim_sample", "kl_loss"]
 
 
 def _gn(channels) -> int:
@@ -83,34 +81,6 @@ def kl_loss(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, sigma²) || N(0, 1)) summed over latent dims, averaged over the batch."""
     kl = 0.5 * (mu.pow(2) + sigma.pow(2) - torch.log(sigma.pow(2) + 1e-8) - 1.0)
     return kl.flatten(1).sum(1).mean()
-
-
-class BudgetedSchedule:
-    """Step count and cosine learning rate fitted to a wall-clock budget after a few timed steps."""
-
-    def __init__(self, max_steps: int, seconds: float, lr: float, warmup: int = 20):
-        self.total = max(1, int(max_steps))
-        self.budget = float(seconds)
-        self.lr = float(lr)
-        self.warmup = warmup
-        self.t0 = time.perf_counter()
-        self.step = 0
-        self.capped = False
-
-    def lr_now(self) -> float:
-        warm = min(1.0, (self.step + 1) / self.warmup)
-        return self.lr * warm * 0.5 * (1 + math.cos(math.pi * min(self.step, self.total) / self.total))
-
-    def go_on(self) -> bool:
-        elapsed = time.perf_counter() - self.t0
-        if self.step == _TIMING_STEPS and self.total > self.step:
-            afford = self.step + int((self.budget - elapsed) / max(elapsed / self.step, 1e-9))
-            if afford < self.total:
-                self.total, self.capped = max(self.step + 1, afford), True
-        return self.step < self.total and elapsed < self.budget
-
-    def seconds_per_step(self) -> float:
-        return (time.perf_counter() - self.t0) / max(self.step, 1)
 
 
 def _onehot(idx: torch.Tensor, n_classes: int) -> torch.Tensor:

@@ -47,7 +47,7 @@ def fit(*, reference, out, methods: Sequence[str] = ("features",), layout: str =
         coverage: float = 0.9, calibration_fraction: float = 0.25, calibration_pairs: int = 8, seed: int = 0,
         device: str = "auto", max_slice_size: int = 128, method_params: dict | None = None,
         extra_pairs=None, ids: Sequence[str] | None = None, model_failures: bool = True, fuse: bool = True,
-        models: Sequence | None = None):
+        models: Sequence | None = None, profile: str = "auto"):
     """Reference cases (image + expert mask) → a QC bundle folder.
 
     Steps: fingerprint → plan; split the reference cases into a fitting part and a
@@ -70,6 +70,8 @@ def fit(*, reference, out, methods: Sequence[str] = ("features",), layout: str =
         model_failures: train segqc's cross-fitted reference segmenter and use its
             predictions on unseen reference cases as realistic bad masks
             (`segqc.pipeline.training_pairs.segmenter_pairs`).
+        profile: ``cpu``, ``gpu`` or ``auto`` (``gpu`` on a CUDA device): settings sized for
+            the hardware (`segqc.pipeline.profiles`), beneath ``method_params``.
         models: the user's segmentation model(s), `segqc.user_models.SegModel` (first = the one
             whose masks will be judged, the others its ensemble partners): given to the
             methods that need it; its own predictions become extra training pairs.
@@ -83,7 +85,12 @@ def fit(*, reference, out, methods: Sequence[str] = ("features",), layout: str =
     started = time.time()
     out = Path(out)
     methods = [look_up_option(m, list(METHODS), "method") for m in methods]
-    params = method_params or {}
+    from segqc.pipeline.profiles import resolve_profile, with_profile
+    from segqc.utils import resolve_device
+
+    device = resolve_device(device)
+    profile = resolve_profile(profile, device)
+    params = with_profile(profile, method_params)
     rng = np.random.default_rng(seed)
     console = ui.console()
     cases, failed, fp, plan = _reference(reference, layout, ids, max_slice_size, console)
@@ -96,7 +103,8 @@ def fit(*, reference, out, methods: Sequence[str] = ("features",), layout: str =
         extra_fit, extra_cal = manifest_pairs(load_cases(list_cases(extra_pairs), description="extra pairs")[0],
                                               cal_ids)
     console.print(f"segqc fit: {len(fit_cases)} cases to fit, {len(cal_cases)} held out for calibration; "
-                  f"plan {plan.ndim}D, {plan.modality}, slice {plan.slice_size}, labels {list(plan.labels)}")
+                  f"plan {plan.ndim}D, {plan.modality}, slice {plan.slice_size}, labels {list(plan.labels)}; "
+                  f"{profile} profile on {device}")
     if models:
         own_fit, own_cal = model_pairs(models[0], fit_cases, cal_cases, plan)
         extra_fit, extra_cal = extra_fit + own_fit, extra_cal + own_cal
@@ -137,13 +145,13 @@ def fit(*, reference, out, methods: Sequence[str] = ("features",), layout: str =
         bundle.info["fit"][m]["heldout_raw_pearson"], nan=-1.0))
     if segmenter is not None:
         bundle.info["segmenter"] = segmenter.report_
-    bundle.info.update({"n_reference": len(cases), "n_failed": len(failed), "tau": tau, "coverage": coverage,
-                        "seed": seed, "fit_ids": [c.case_id for c in fit_cases],
+    bundle.info.update({"profile": profile, "device": device, "n_reference": len(cases), "n_failed": len(failed),
+                        "tau": tau, "coverage": coverage, "seed": seed, "fit_ids": [c.case_id for c in fit_cases],
                         "calibration_ids": [c.case_id for c in cal_cases],
                         "fit_seconds": round(time.time() - started, 1)})
     save_bundle(bundle, out)
     write_run_record(out, "fit", {"reference": where(reference) or str(reference), "methods": methods, "tau": tau,
-                                  "seed": seed, "device": device}, started)
+                                  "seed": seed, "device": device, "profile": profile}, started)
     console.print(f"segqc fit: bundle written to {out} (default method: {bundle.default_method})")
     return bundle
 

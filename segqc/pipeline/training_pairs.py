@@ -104,9 +104,11 @@ def segmenter_pairs(fit_cases: Sequence[Case], cal_cases: Sequence[Case], plan, 
 
     held = [dice(seg.predict_proba(im).argmax(0).astype(np.uint8), to_index(mk, plan.labels),
                  list(range(1, len(plan.labels) + 1))) for im, mk, _ in ms_cal.values()]
-    seg.report_ = {"heldout_dice_mean": float(np.mean(held)) if held else float("nan"), "heldout_cases": len(held)}
+    seg.report_ = {"heldout_dice_mean": float(np.mean(held)) if held else float("nan"), "heldout_cases": len(held),
+                   "training": seg.history_}
+    epochs = [h["epochs"] for h in seg.history_]
     console.print(f"  reference segmenter: Dice {seg.report_['heldout_dice_mean']:.3f} on the {len(held)} held-out "
-                  "reference cases", highlight=False)
+                  f"reference cases (epochs per fold network: {epochs} of {seg.epochs})", highlight=False)
     _report(f"reference segmenter: {len(fit_pairs)} + {len(cal_pairs)} model-made bad masks", fit_pairs,
             plan.labels, t0)
     return seg, fit_pairs, cal_pairs
