@@ -178,3 +178,22 @@ def test_final_network_makes_no_snapshot_and_training_is_recorded(kvasir_cases):
     tags = {tag for masks in seg.snapshot_masks_.values() for tag, _ in masks}
     assert tags == {"fold0_ep1", "fold1_ep1"}
     assert [h["epochs"] for h in seg.history_] == [2, 2] and not any(h["capped_by_time"] for h in seg.history_)
+
+
+def test_one_cycle_shape_is_torchs_while_the_run_keeps_its_length():
+    """Uncapped, the budgeted OneCycle gives torch's OneCycleLR learning rates and Adam β₁ step by step
+    (the reference segmenter's schedule before it was fitted to the budget, measured better on Kvasir)."""
+    from segqc.nets.schedule import BudgetedSchedule
+
+    net = torch.nn.Linear(2, 1)
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3)
+    ref = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=120)
+    sched = BudgetedSchedule(120, seconds=1e6, lr=2e-3, shape="one_cycle", timing_steps=None)
+    for _ in range(120):
+        assert sched.lr_now() == pytest.approx(opt.param_groups[0]["lr"], rel=1e-9)
+        assert sched.momentum_now() == pytest.approx(opt.param_groups[0]["betas"][0], rel=1e-9)
+        opt.step()
+        ref.step()
+        sched.step += 1
+    with pytest.raises(ValueError, match="cosine or one_cycle"):
+        BudgetedSchedule(10, 1.0, 1e-3, shape="linear")

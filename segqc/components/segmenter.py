@@ -62,12 +62,14 @@ class CrossFittedSegmenter:
         batch_size, lr: optimiser settings.
         appearance: augment each batch's appearance as a new site would change it
             (`segqc.nets.augment.appearance_jitter`: colour, gamma, blur, noise, resolution).
+        schedule: learning-rate shape, ``one_cycle`` (torch's OneCycleLR, β₁ cycled) or
+            ``cosine`` (one epoch of warm-up, then a cosine to 0), fitted to the budget either way.
         device: ``auto``, ``cpu``, ``cuda``...
     """
 
     def __init__(self, *, n_folds: int = 3, epochs: int = 40, max_minutes: float = 10.0,
                  channels: tuple[int, ...] = (16, 32, 64, 128), batch_size: int = 16, lr: float = 2e-3,
-                 appearance: bool = True, device: str = "auto"):
+                 appearance: bool = True, schedule: str = "one_cycle", device: str = "auto"):
         self.n_folds = n_folds
         self.epochs = epochs
         self.max_minutes = max_minutes
@@ -75,6 +77,7 @@ class CrossFittedSegmenter:
         self.batch_size = batch_size
         self.lr = lr
         self.appearance = appearance
+        self.schedule = schedule
         self.device = device
 
     def fit(self, data: list[tuple[np.ndarray, np.ndarray]], n_labels: int, rng: np.random.Generator,
@@ -151,11 +154,11 @@ class CrossFittedSegmenter:
         net = _build(self.kwargs_).to(dev)
         opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=1e-4)
         steps_per_epoch = max(1, len(X) // self.batch_size)
-        # a cosine over the steps the fold's time budget affords, re-fitted after every epoch
-        # (never lengthened): a OneCycle sized for `epochs` and cut by the clock stopped at a
-        # third of its peak learning rate, with the last steps' noise left in the network
+        # the schedule spans the steps the fold's time budget affords, re-fitted after every
+        # epoch (never lengthened): a OneCycle sized for `epochs` and cut by the clock stopped at
+        # a third of its peak learning rate, with the last steps' noise left in the network
         sched = BudgetedSchedule(self.epochs * steps_per_epoch, budget_s, self.lr, warmup=steps_per_epoch,
-                                 timing_steps=None)
+                                 timing_steps=None, shape=self.schedule)
         loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
         train_s = snap_s = 0.0
         n_snaps = epoch = 0
@@ -167,7 +170,7 @@ class CrossFittedSegmenter:
                 if not sched.go_on():
                     break
                 for g in opt.param_groups:
-                    g["lr"] = sched.lr_now()
+                    g["lr"], g["betas"] = sched.lr_now(), (sched.momentum_now(), g["betas"][1])
                 idx = order[s * self.batch_size:(s + 1) * self.batch_size]
                 x, y = X[idx], Y[idx]
                 if rng.random() < 0.5:

@@ -22,13 +22,19 @@ TIMING_STEPS = 5
 
 
 class BudgetedSchedule:
-    """Step count and cosine learning rate (linear warm-up) fitted to a wall-clock budget.
+    """Step count and learning rate fitted to a wall-clock budget.
 
     Args:
         max_steps: the run's length if time allows.
         seconds: wall-clock budget from construction.
         lr: peak learning rate.
-        warmup: steps of linear warm-up.
+        warmup: steps of linear warm-up (``cosine``).
+        shape: ``cosine`` (linear warm-up, cosine to 0) or ``one_cycle``: torch's
+            ``OneCycleLR`` (from ``lr``/25 up to ``lr`` over the first ``pct_start`` of the
+            run, then down to ``lr``/25e4, both as cosines; `momentum_now` cycles Adam's β₁
+            0.95 → 0.85 → 0.95 the same way), the same numbers as torch's while the run
+            keeps its length.
+        pct_start: share of the run spent warming up (``one_cycle``).
         timing_steps: steps after which `go_on` fits the run to the budget by the pace so far;
             None leaves the fitting to the caller's `refit`.
 
@@ -37,18 +43,37 @@ class BudgetedSchedule:
     """
 
     def __init__(self, max_steps: int, seconds: float, lr: float, warmup: int = 20,
-                 timing_steps: int | None = TIMING_STEPS):
+                 timing_steps: int | None = TIMING_STEPS, shape: str = "cosine", pct_start: float = 0.3):
+        if shape not in ("cosine", "one_cycle"):
+            raise ValueError(f"schedule shape must be cosine or one_cycle, got {shape!r}")
         self.total = max(1, int(max_steps))
         self.max_steps = self.total
         self.budget = float(seconds)
         self.lr = float(lr)
         self.warmup = max(1, int(warmup))
         self.timing_steps = timing_steps
+        self.shape, self.pct_start = shape, float(pct_start)
         self.t0 = time.perf_counter()
         self.step = 0
         self.capped = False
 
+    def _one_cycle(self, start: float, peak: float, end: float) -> float:
+        """OneCycleLR's two cosine phases at the current step: start → peak, then peak → end."""
+        up_end, down_end = float(self.pct_start * self.total) - 1, self.total - 1
+        k = min(self.step, down_end)
+        if k <= up_end:
+            a, b, pct = start, peak, k / up_end if up_end > 0 else 1.0
+        else:
+            a, b, pct = peak, end, (k - up_end) / max(down_end - up_end, 1e-9)
+        return b + (a - b) / 2 * (math.cos(math.pi * pct) + 1)
+
+    def momentum_now(self) -> float:
+        """Adam's β₁ for this step: cycled against the learning rate (``one_cycle``), else 0.9."""
+        return self._one_cycle(0.95, 0.85, 0.95) if self.shape == "one_cycle" else 0.9
+
     def lr_now(self) -> float:
+        if self.shape == "one_cycle":
+            return self._one_cycle(self.lr / 25, self.lr, self.lr / 25 / 1e4)
         warm = min(1.0, (self.step + 1) / self.warmup)
         return self.lr * warm * 0.5 * (1 + math.cos(math.pi * min(self.step, self.total) / self.total))
 
