@@ -19,7 +19,7 @@ from segqc.cli_options import method_params, parse_param
 
 __all__ = ["REPO", "SHARED", "DATA", "DATASETS", "data_dir", "bench_dir", "cases_csv", "read_split",
            "shipped_weights", "sample_data_dir", "bench_image_id", "add_set_option", "add_threads_option",
-           "set_threads", "method_params", "parse_param"]
+           "set_threads", "method_params", "parse_param", "parse_fit_args"]
 
 REPO = Path(__file__).resolve().parents[1]
 #: the shared folder beside the repository
@@ -87,3 +87,12 @@ def set_threads(n: int | None) -> None:
 
         torch.set_num_threads(int(n))
 
+
+
+def parse_fit_args(ap: argparse.ArgumentParser) -> tuple[argparse.Namespace, dict]:
+    """Add ``--set`` and ``--threads``, parse, apply ``--threads``: the arguments and the ``--set`` parameters."""
+    add_set_option(ap)
+    add_threads_option(ap)
+    args = ap.parse_args()
+    set_threads(args.threads)
+    return args, method_params(args.params)

@@ -22,17 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import (
-    DATASETS,
-    SHARED,
-    add_set_option,
-    add_threads_option,
-    cases_csv,
-    data_dir,
-    method_params,
-    read_split,
-    set_threads,
-)
+from common import DATASETS, SHARED, cases_csv, data_dir, parse_fit_args, read_split
 
 from segqc import api
 from segqc.data import read_manifest
@@ -51,11 +41,7 @@ def main() -> None:
     ap.add_argument("--refit", action="store_true", help="fit again even if the bundle exists")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
-    add_set_option(ap)
-    add_threads_option(ap)
-    args = ap.parse_args()
-    set_threads(args.threads)
-    params = method_params(args.params)
+    args, params = parse_fit_args(ap)
 
     cases = cases_csv(args.dataset)
     split = read_split(args.dataset)

@@ -19,7 +19,7 @@ import json
 import time
 
 import numpy as np
-from common import DATASETS, add_set_option, add_threads_option, data_dir, method_params, read_split, set_threads
+from common import DATASETS, data_dir, parse_fit_args, read_split
 
 from segqc.pipeline.fit import split_for_calibration
 from segqc.pipeline.records import list_cases, load_cases
@@ -35,11 +35,7 @@ def main() -> None:
     ap.add_argument("--profile", default="cpu", help="cpu or gpu (segqc.pipeline.profiles); --set wins")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--calibration-fraction", type=float, default=0.25)
-    add_set_option(ap)
-    add_threads_option(ap)
-    args = ap.parse_args()
-    set_threads(args.threads)
-    params = method_params(args.params)
+    args, params = parse_fit_args(ap)
     if args.profile != "cpu":
         from segqc.pipeline.profiles import with_profile
 
