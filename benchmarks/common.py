@@ -88,7 +88,6 @@ def set_threads(n: int | None) -> None:
         torch.set_num_threads(int(n))
 
 
-
 def parse_fit_args(ap: argparse.ArgumentParser) -> tuple[argparse.Namespace, dict]:
     """Add ``--set`` and ``--threads``, parse, apply ``--threads``: the arguments and the ``--set`` parameters."""
     add_set_option(ap)

@@ -21,7 +21,7 @@ def test_user_settings_win_over_the_profile_parameter_by_parameter():
     assert params["segmenter"]["channels"] == PROFILES["gpu"]["segmenter"]["channels"]
     assert params["cnn"] == {"epochs": 2}
     assert with_profile("cpu", None) == {}
-    assert "epochs" not in PROFILES["gpu"].get("cnn", {})  # the profile itself is not changed
+    assert PROFILES["gpu"]["segmenter"]["epochs"] == 150 and "cnn" not in PROFILES["gpu"]  # the profile is unchanged
 
 
 def test_bundle_records_its_profile_and_the_segmenters_training(tiny_bundle):

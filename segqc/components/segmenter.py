@@ -55,8 +55,8 @@ class CrossFittedSegmenter:
     Args:
         n_folds: networks (each trained without one fold of the cases).
         epochs: passes over the training slices per network, if time allows.
-        max_minutes: time budget for all networks together; each network's cosine learning
-            rate is fitted to its share (`segqc.nets.schedule.BudgetedSchedule`), so a run cut
+        max_minutes: time budget for all networks together; each network's learning-rate
+            schedule is fitted to its share (`segqc.nets.schedule.BudgetedSchedule`), so a run cut
             short by the clock still ends annealed.
         channels: UNet widths.
         batch_size, lr: optimiser settings.

@@ -47,7 +47,6 @@ class BudgetedSchedule:
         if shape not in ("cosine", "one_cycle"):
             raise ValueError(f"schedule shape must be cosine or one_cycle, got {shape!r}")
         self.total = max(1, int(max_steps))
-        self.max_steps = self.total
         self.budget = float(seconds)
         self.lr = float(lr)
         self.warmup = max(1, int(warmup))

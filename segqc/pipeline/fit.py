@@ -15,7 +15,9 @@ import numpy as np
 from segqc import ui
 from segqc.data.case import Case
 from segqc.methods.base import FitContext, TrainingPair
+from segqc.pipeline.profiles import resolve_profile, with_profile
 from segqc.pipeline.records import list_cases, load_cases, where, write_run_record
+from segqc.utils import resolve_device
 
 __all__ = ["fingerprint_dataset", "fit", "split_for_calibration"]
 
@@ -85,9 +87,6 @@ def fit(*, reference, out, methods: Sequence[str] = ("features",), layout: str =
     started = time.time()
     out = Path(out)
     methods = [look_up_option(m, list(METHODS), "method") for m in methods]
-    from segqc.pipeline.profiles import resolve_profile, with_profile
-    from segqc.utils import resolve_device
-
     device = resolve_device(device)
     profile = resolve_profile(profile, device)
     params = with_profile(profile, method_params)
