@@ -34,9 +34,11 @@ BINS = np.linspace(0, 1, 6)
 
 
 def _kind(source: str) -> str:
-    """``corruption``, or the reference segmenter's snapshots: early (epoch ≤ 8) or late."""
+    """``corruption``, the reference segmenter's snapshots (early: epoch ≤ 8, or late) or its simulated sites."""
     if not source.startswith("segmenter:"):
         return source
+    if "_ep" not in source:  # segmenter:site<k>: the trained segmenter at a simulated acquisition site
+        return "segmenter at simulated sites"
     epoch = int(source.rsplit("_ep", 1)[-1])  # tags are segmenter:fold<f>_ep<e>
     return "segmenter ep ≤ 8" if epoch <= 8 else "segmenter ep > 8"
 

@@ -81,8 +81,13 @@ def main() -> None:
     print_bench(result)
     print(json.dumps(timings, indent=1))
     for m, res in result["methods"].items():
+        level = res["dataset_level"]
         print(m, "dataset level:", {k: (round(v["mean_dice"], 3), round(v["true_mean_dice"], 3))
-                                    for k, v in res["dataset_level"].items()})
+                                    for k, v in level.items()})
+        held = [k for k, v in level.items() if k != "all" and v["mean_dice_ci"][0] <= v["true_mean_dice"]
+                <= v["mean_dice_ci"][1]]
+        print(f"{m}: 95 % mean-Dice intervals holding the truth for {len(held)} of {len(level) - 1} groups "
+              f"(systematic error bound {level['all'].get('systematic_error')})")
 
 
 if __name__ == "__main__":

@@ -163,7 +163,17 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
         w.writerows(rows)
 
 
-def analyse(bench_dir: Path, method: str) -> None:
+def _stored_bound(bundle: Path, method: str) -> float:
+    """The systematic error bound of ``method``'s calibrator, recomputed from the calibration pairs the bundle
+    stored (their sources are the groups, as `segqc fit` now does)."""
+    from segqc.calibration.calibrator import DiceCalibrator
+
+    pairs = json.loads((bundle / "bundle.json").read_text())["info"]["calibration_pairs"]
+    groups = [None if s == "corruption" else s for s in pairs["source"]]
+    return DiceCalibrator().fit(np.array(pairs["raw"][method]), np.array(pairs["true_dice"]), groups).systematic_
+
+
+def analyse(bench_dir: Path, method: str, bundle: Path | None = None) -> None:
     """How a `segqc bench` run on this benchmark follows it: estimated / true mean Dice per site and
     checkpoint, per-case interval coverage per site, and how many site-level intervals hold the truth."""
     res = json.loads((bench_dir / "bench.json").read_text())["methods"][method]
@@ -186,10 +196,21 @@ def analyse(bench_dir: Path, method: str) -> None:
                  for ck in checkpoints]
         print(f"| {site} | " + " | ".join(cells) + f" | {np.mean(covered[site]):.2f} |")
     err = np.array([g["mean_dice"] - g["true_mean_dice"] for g in groups.values()])
-    inside = [g["mean_dice_ci"][0] <= g["true_mean_dice"] <= g["mean_dice_ci"][1] for g in groups.values()]
+    def holds(key: str) -> int:  # bundles fitted before the systematic term have the bootstrap interval only
+        return sum(g.get(key, g["mean_dice_ci"])[0] <= g["true_mean_dice"] <= g.get(key, g["mean_dice_ci"])[1]
+                   for g in groups.values())
+
     print(f"{len(err)} (site, checkpoint) pairs: estimate − truth mean {err.mean():+.3f}, "
           f"max |·| {np.abs(err).max():.3f}, {int(np.sum(np.abs(err) <= 0.03))} within 0.03; "
-          f"95 % intervals holding the truth: {sum(inside)}")
+          f"95 % intervals holding the truth: {holds('mean_dice_ci')} (bootstrap alone: "
+          f"{holds('mean_dice_sampling_ci')}; systematic error bound "
+          f"{next(iter(groups.values())).get('systematic_error')})")
+    if bundle is not None:
+        bound = _stored_bound(bundle, method)
+        held = sum(g["mean_dice_ci"][0] - bound <= g["true_mean_dice"] <= g["mean_dice_ci"][1] + bound
+                   for g in groups.values())
+        print(f"with the systematic error bound recomputed from {bundle}'s calibration pairs ({bound:.3f}): "
+              f"{held} intervals hold the truth")
 
 
 def compare(before: Path, after: Path) -> None:
@@ -255,6 +276,9 @@ def main() -> None:
     ap.add_argument("--analyse", type=Path, default=None, metavar="BENCH_DIR",
                     help="instead of building: the figures of a `segqc bench` folder run on this benchmark")
     ap.add_argument("--method", default="features", help="with --analyse: the method to report")
+    ap.add_argument("--systematic-from", type=Path, default=None, metavar="BUNDLE",
+                    help="with --analyse: also the site intervals a bundle fitted before the systematic error "
+                         "term would give with it, the bound recomputed from the calibration pairs it stored")
     ap.add_argument("--subset", type=int, default=None, metavar="N",
                     help="instead of building: write cases_N.csv, the first N images of each site of OUT/cases.csv")
     ap.add_argument("--compare", type=Path, nargs=2, default=None, metavar=("BEFORE", "AFTER"),
@@ -262,7 +286,7 @@ def main() -> None:
     add_threads_option(ap, default=1, help="torch CPU threads of the shipped networks")
     args = ap.parse_args()
     if args.analyse:
-        analyse(args.analyse, args.method)
+        analyse(args.analyse, args.method, args.systematic_from)
         return
     if args.compare:
         compare(*args.compare)

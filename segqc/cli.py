@@ -119,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="params", action="append", type=parse_param, default=[], metavar="METHOD.PARAM=VALUE",
                    help="override a method parameter, e.g. --set cnn.epochs=4 (repeatable)")
     p.add_argument("--max-slice-size", type=int, default=128, help="largest model-space slice side in voxels")
+    p.add_argument("--simulated-sites", type=int, default=4, metavar="N",
+                   help="also calibrate on the held-out cases as N simulated acquisition sites see them, segmented "
+                        "by segqc's own segmenter (0: none)")
     p.add_argument("--no-fusion", action="store_true",
                    help="with several methods, do not fit their fusion (a weighted mean of their calibrated "
                         "Dice, recalibrated; offered as the method `fusion`)")
@@ -262,7 +265,7 @@ def _fit(args) -> int:
             coverage=args.coverage, calibration_fraction=args.calibration_fraction, seed=args.seed,
             device=args.device, max_slice_size=args.max_slice_size, method_params=method_params(args.params),
             extra_pairs=args.extra_pairs, ids=_read_ids(args.ids), models=_load_models(args),
-            fuse=not args.no_fusion, profile=args.profile)
+            fuse=not args.no_fusion, profile=args.profile, simulated_sites=args.simulated_sites)
     return EXIT_OK
 
 

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -76,3 +78,43 @@ def test_dataset_estimate_is_a_seeded_percentile_bootstrap():
         assert est[name]["mean_dice_ci"][0] <= est[name]["mean_dice"] <= est[name]["mean_dice_ci"][1]
     one = estimate_groups([0.9], [1.0])["all"]  # one case: no interval
     assert np.isnan(one["mean_dice_ci"]).all() and one["mean_dice"] == 0.9
+
+
+def test_systematic_error_is_a_bound_over_left_out_groups():
+    """A group the calibration misjudges (an unfamiliar model's masks) sets the bound on a batch's mean."""
+    from segqc.calibration.calibrator import group_errors
+
+    rng = np.random.default_rng(0)
+    raw = rng.uniform(0, 1, 600)
+    true = np.clip(raw + rng.normal(0, 0.05, 600), 0, 1)
+    groups = [None] * 200 + [f"model{k}" for k in range(20) for _ in range(20)]
+    true[200:220] = np.clip(true[200:220] - 0.2, 0, 1)  # model0's masks are 0.2 worse than their scores say
+    cal = DiceCalibrator().fit(raw, true, groups)
+    errors = group_errors(raw, true, groups)
+    assert set(errors) == {f"model{k}" for k in range(20)} and cal.n_groups_ == 20
+    assert errors["model0"] > 0.15 and cal.systematic_ == pytest.approx(max(abs(e) for e in errors.values()))
+    # ceil(21 × 0.95) = 20: with 20 groups the 95 % bound is the largest error; a group left out is refitted
+    # without it, so its own error is not hidden by its own pairs
+    assert DiceCalibrator().fit(raw, true).n_groups_ == 0 and np.isnan(DiceCalibrator().fit(raw, true).systematic_)
+    arrays, config = cal.state()
+    again = DiceCalibrator.from_state(arrays, json.loads(json.dumps(config)))
+    assert again.systematic_ == cal.systematic_ and again.n_groups_ == 20
+    no_groups = DiceCalibrator().fit(raw, true)
+    arrays, config = no_groups.state()
+    assert config["systematic_"] is None and np.isnan(DiceCalibrator.from_state(arrays, config).systematic_)
+    with pytest.raises(ValueError, match="radius"):
+        DiceCalibrator.from_state(*cal.state()[:1], {**cal.state()[1], "systematic_": 2.0})
+
+
+def test_batch_interval_carries_the_systematic_error():
+    from segqc.calibration.population import estimate_groups
+
+    pred = np.linspace(0.6, 0.9, 40)
+    plain = estimate_groups(pred, pred > 0.8, n_boot=300)["all"]
+    wide = estimate_groups(pred, pred > 0.8, n_boot=300, systematic=0.05)["all"]
+    assert plain["mean_dice_ci"] == plain["mean_dice_sampling_ci"] and plain["systematic_error"] is None
+    assert plain["mean_dice_ci_covers"] == "sampling"
+    lo, hi = plain["mean_dice_sampling_ci"]
+    assert wide["mean_dice_ci"] == pytest.approx((lo - 0.05, hi + 0.05))
+    assert wide["systematic_error"] == 0.05 and "systematic" in wide["mean_dice_ci_covers"]
+    assert estimate_groups([0.99, 0.98], [1, 1], systematic=0.1)["all"]["mean_dice_ci"][1] == 1.0

@@ -197,3 +197,25 @@ def test_one_cycle_shape_is_torchs_while_the_run_keeps_its_length():
         sched.step += 1
     with pytest.raises(ValueError, match="cosine or one_cycle"):
         BudgetedSchedule(10, 1.0, 1e-3, shape="linear")
+
+
+def test_folds_of_several_architectures_train_save_and_reload(kvasir_cases):
+    """Fold networks cycle through the architectures; each is rebuilt as what it was when the bundle loads."""
+    from monai.networks.nets import SegResNet, UNet
+
+    from segqc.plan.fingerprint import compute_fingerprint
+    from segqc.plan.plan import plan_from_fingerprint
+
+    plan = plan_from_fingerprint(compute_fingerprint(kvasir_cases[:4]), max_slice_size=32)
+    ms = [preprocess(c, plan) for c in kvasir_cases[:4]]
+    seg = CrossFittedSegmenter(n_folds=3, epochs=1, channels=(8, 16), architectures=["unet", "segresnet"],
+                               device="cpu")
+    seg.fit([(im, to_index(mk, plan.labels)) for im, mk, _ in ms], 1, np.random.default_rng(0))
+    assert [type(n) for n in seg.nets_] == [UNet, SegResNet, UNet]
+    assert [h["architecture"] for h in seg.history_] == ["unet", "segresnet", "unet"]
+    again = CrossFittedSegmenter.from_state(*seg.state(), device="cpu")
+    assert [type(n) for n in again.nets_] == [UNet, SegResNet, UNet]
+    np.testing.assert_allclose(again.predict_proba(ms[0][0]), seg.predict_proba(ms[0][0]), atol=1e-5)
+    with pytest.raises(ValueError, match="architectures must be among"):
+        CrossFittedSegmenter(architectures=("unet", "vit"))
+    assert CrossFittedSegmenter(architectures="segresnet").architectures == ("segresnet",)

@@ -7,7 +7,12 @@ Fitted on held-out reference cases (never on the cases being judged):
 * P(Dice ≥ τ): isotonic regression raw → 1[Dice ≥ τ], a monotone probability;
 * interval: conformal radius from cross-fitted |true − calibrated| residuals, giving a
   symmetric interval whose marginal coverage is close to the stated level on
-  exchangeable cases.
+  exchangeable cases;
+* systematic error: how far the mean calibrated Dice of a whole group of pairs (one
+  model's masks, one site's) strays from its true mean when that group was left out of
+  the fit — a conformal bound over groups. Averaging a batch removes the cases' own
+  noise, not this error, so a batch's mean Dice interval must carry it
+  (`segqc.calibration.population`).
 
 State is a few arrays (isotonic breakpoints) rebuilt into interpolators on load.
 """
@@ -16,7 +21,12 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["DiceCalibrator", "conformal_quantile"]
+__all__ = ["DiceCalibrator", "conformal_quantile", "group_errors"]
+
+# a batch's mean Dice interval is at 95 %: the systematic bound is the same level over groups
+GROUP_COVERAGE = 0.95
+# groups smaller than this are too noisy to say what a group's mean error is
+MIN_GROUP = 10
 
 
 def conformal_quantile(residuals: np.ndarray, coverage: float) -> float:
@@ -27,6 +37,27 @@ def conformal_quantile(residuals: np.ndarray, coverage: float) -> float:
         return 1.0
     k = int(np.ceil((n + 1) * coverage))
     return float(r[min(k, n) - 1]) if k <= n else 1.0
+
+
+def group_errors(raw: np.ndarray, true_dice: np.ndarray, groups) -> dict[str, float]:
+    """Per group, mean isotonic-calibrated Dice minus true mean Dice, the group left out of the fit.
+
+    ``groups`` names each pair's group (``None`` for pairs that are no group, e.g.
+    synthetic corruptions: they are fitted on, never a left-out group). Groups of fewer
+    than `MIN_GROUP` pairs are skipped.
+    """
+    from sklearn.isotonic import IsotonicRegression
+
+    raw, true_dice = np.asarray(raw, float), np.asarray(true_dice, float)
+    g = np.asarray([x if x is not None else "" for x in groups], dtype=object)
+    out = {}
+    for name in sorted(set(g.tolist()) - {""}):
+        held = g == name
+        if held.sum() < MIN_GROUP or (~held).sum() < MIN_GROUP:
+            continue
+        iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(raw[~held], true_dice[~held])
+        out[str(name)] = float(iso.predict(raw[held]).mean() - true_dice[held].mean())
+    return out
 
 
 def _isotonic(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -48,13 +79,16 @@ class DiceCalibrator:
         self.tau = tau
         self.coverage = coverage
 
-    def fit(self, raw: np.ndarray, true_dice: np.ndarray) -> "DiceCalibrator":
+    def fit(self, raw: np.ndarray, true_dice: np.ndarray, groups=None) -> "DiceCalibrator":
+        """Fit on held-out pairs; ``groups`` (one name per pair, ``None`` for no group) gives the
+        systematic error bound (`group_errors`), NaN without groups."""
         raw, true_dice = np.asarray(raw, float), np.asarray(true_dice, float)
         ok = np.isfinite(raw) & np.isfinite(true_dice)
         if ok.sum() < 10:
             raise ValueError(f"calibration needs at least 10 held-out cases with finite scores, got {int(ok.sum())}")
         if not 0 < self.tau < 1 or not 0 < self.coverage < 1:
             raise ValueError(f"tau and coverage must lie in (0, 1), got tau={self.tau}, coverage={self.coverage}")
+        kept = [g for g, keep in zip(groups, ok) if keep] if groups is not None else None
         raw, true_dice = raw[ok], true_dice[ok]
         self.dice_x_, self.dice_y_ = _isotonic(raw, true_dice)
         self.pass_x_, self.pass_y_ = _isotonic(raw, (true_dice >= self.tau).astype(float))
@@ -68,6 +102,13 @@ class DiceCalibrator:
         resid = true_dice - out_of_fold(iso, raw, true_dice, n_folds=5, seed=0)
         self.radius_ = conformal_quantile(resid, self.coverage)
         self.n_ = int(ok.sum())
+        errors = group_errors(raw, true_dice, kept) if kept is not None else {}
+        # with fewer groups than a 95 % bound needs (19), the largest error seen: the bound is then
+        # optimistic, and `n_groups_` says so
+        e = np.sort(np.abs(list(errors.values())))
+        self.systematic_ = float(e[min(int(np.ceil((len(e) + 1) * GROUP_COVERAGE)), len(e)) - 1]) if len(e) else \
+            float("nan")
+        self.n_groups_ = len(e)
         return self
 
     def predict_dice(self, raw) -> np.ndarray:
@@ -83,14 +124,20 @@ class DiceCalibrator:
 
     def state(self) -> tuple[dict[str, np.ndarray], dict]:
         arrays = {k: getattr(self, k) for k in ("dice_x_", "dice_y_", "pass_x_", "pass_y_")}
-        return arrays, {"tau": self.tau, "coverage": self.coverage, "radius_": self.radius_, "n_": self.n_}
+        return arrays, {"tau": self.tau, "coverage": self.coverage, "radius_": self.radius_, "n_": self.n_,
+                        "systematic_": None if np.isnan(self.systematic_) else self.systematic_,
+                        "n_groups_": self.n_groups_}
 
     @classmethod
     def from_state(cls, arrays: dict[str, np.ndarray], config: dict) -> DiceCalibrator:
         """Rebuild from `state`, refusing state that would fail or answer nonsense only at predict time."""
         cal = cls(tau=float(config["tau"]), coverage=float(config["coverage"]))
         cal.radius_, cal.n_ = float(config["radius_"]), int(config["n_"])
-        if not (0 < cal.tau < 1 and 0 < cal.coverage < 1 and 0 <= cal.radius_ <= 1):
+        systematic = config.get("systematic_")  # absent in bundles fitted without groups
+        cal.systematic_ = float("nan") if systematic is None else float(systematic)
+        cal.n_groups_ = int(config.get("n_groups_", 0))
+        if not (0 < cal.tau < 1 and 0 < cal.coverage < 1 and 0 <= cal.radius_ <= 1
+                and (np.isnan(cal.systematic_) or 0 <= cal.systematic_ <= 1)):
             raise ValueError(f"calibrator needs tau and coverage in (0, 1) and a radius in [0, 1], got tau={cal.tau}, "
                              f"coverage={cal.coverage}, radius={cal.radius_}")
         for x, y in (("dice_x_", "dice_y_"), ("pass_x_", "pass_y_")):

@@ -48,7 +48,8 @@ class Fusion:
         self.tau = tau
         self.coverage = coverage
 
-    def fit(self, raw_by_member: dict[str, np.ndarray], true_dice: np.ndarray) -> "Fusion":
+    def fit(self, raw_by_member: dict[str, np.ndarray], true_dice: np.ndarray, groups=None) -> "Fusion":
+        """``groups``: each pair's group for the calibrator's systematic error (`DiceCalibrator.fit`)."""
         true = np.asarray(true_dice, float)
         ok = np.isfinite(true) & np.all([np.isfinite(raw_by_member[m]) for m in self.members], axis=0)
         from scipy.optimize import nnls
@@ -58,7 +59,8 @@ class Fusion:
         w = nnls(oof, true[ok])[0]
         self.weights_ = w / w.sum() if w.sum() > 0 else np.full(len(self.members), 1.0 / len(self.members))
         fused = oof @ self.weights_
-        self.calibrator_ = DiceCalibrator(tau=self.tau, coverage=self.coverage).fit(fused, true[ok])
+        kept = [g for g, keep in zip(groups, ok) if keep] if groups is not None else None
+        self.calibrator_ = DiceCalibrator(tau=self.tau, coverage=self.coverage).fit(fused, true[ok], kept)
         # how the fused score (built from out-of-fold calibrations) follows true Dice: comparable
         # with the members' raw r on the same pairs, so `segqc fit` can pick a default fairly
         self.heldout_pearson_ = float(np.corrcoef(fused, true[ok])[0, 1]) if np.std(fused) > 0 else float("nan")

@@ -1,8 +1,8 @@
 """A small segmentation network of segqc's own, trained on the reference cases.
 
-QC without ground truth needs an independent opinion of where the structure is. This
-2D MONAI UNet, trained on the expert masks of the reference cases in model space
-(axial slices for 3D data), gives one: its probability map is a pseudo ground truth,
+QC without ground truth needs an independent opinion of where the structure is. These
+2D MONAI networks, trained on the expert masks of the reference cases in model space
+(axial slices for 3D data), give one: their probability map is a pseudo ground truth,
 and the candidate's agreement with it is among the strongest quality features (the
 same idea as ensemble agreement, without needing the user's model).
 
@@ -15,6 +15,10 @@ While they train, the networks also *make realistic mistakes*: their predictions
 cases they have not seen, taken at early epochs ("snapshots") and at the end, are the
 kind of failures real segmentation models make (blobby early masks, missed lesions,
 false positives on look-alikes), which synthetic corruptions alone do not cover.
+Networks of different architectures fail differently — a residual encoder-decoder
+(SegResNet) makes smooth, plausible blobs where a UNet leaves ragged edges and specks — so
+the folds can be of several architectures (``architectures``, cycled over the folds): QC
+then sees both kinds of failure, and the pseudo ground truth is a heterogeneous ensemble.
 `snapshot_masks_` keeps them for use as training and calibration pairs: by default the
 model-space argmax; with a ``render`` callback (what `segqc.pipeline.training_pairs` gives),
 the mask on the case's own grid made from the network's *probabilities* resampled there —
@@ -43,14 +47,28 @@ def _unet_kwargs(n_in: int, n_out: int, channels) -> dict:
             "channels": [int(c) for c in channels], "strides": [2] * (len(channels) - 1), "num_res_units": 1}
 
 
-def _build(kwargs: dict):
-    from monai.networks.nets import UNet
+ARCHITECTURES = ("unet", "segresnet")
 
-    return UNet(**kwargs)
+
+def _build(kwargs: dict, architecture: str = "unet"):
+    """A 2D network from the UNet-style ``kwargs`` (in/out channels, widths per level)."""
+    from monai.networks.nets import SegResNet, UNet
+
+    if architecture == "unet":
+        return UNet(**kwargs)
+    if architecture == "segresnet":
+        # as many levels as the UNet, at half its first width: SegResNet's residual blocks at full
+        # resolution cost 5× a UNet step at equal width (2.3× at half), and a fold network must
+        # train for a comparable number of epochs in its share of the time budget
+        levels, width = len(kwargs["channels"]), max(4, kwargs["channels"][0] // 2)
+        return SegResNet(spatial_dims=2, in_channels=kwargs["in_channels"], out_channels=kwargs["out_channels"],
+                         init_filters=width, blocks_down=(1, 2, 2, 4, 4, 4)[:levels], blocks_up=(1,) * (levels - 1),
+                         norm=("GROUP", {"num_groups": min(8, width)}))
+    raise ValueError(f"unknown segmenter architecture {architecture!r}; choose from {list(ARCHITECTURES)}")
 
 
 class CrossFittedSegmenter:
-    """Cross-fitted 2D UNets on model-space slices.
+    """Cross-fitted 2D networks on model-space slices.
 
     Args:
         n_folds: networks (each trained without one fold of the cases).
@@ -58,7 +76,9 @@ class CrossFittedSegmenter:
         max_minutes: time budget for all networks together; each network's learning-rate
             schedule is fitted to its share (`segqc.nets.schedule.BudgetedSchedule`), so a run cut
             short by the clock still ends annealed.
-        channels: UNet widths.
+        channels: widths per level (a SegResNet starts from the first).
+        architectures: the fold networks' architectures, cycled over the folds
+            (``unet``, ``segresnet``).
         batch_size, lr: optimiser settings.
         appearance: augment each batch's appearance as a new site would change it
             (`segqc.nets.augment.appearance_jitter`: colour, gamma, blur, noise, resolution).
@@ -69,7 +89,12 @@ class CrossFittedSegmenter:
 
     def __init__(self, *, n_folds: int = 3, epochs: int = 40, max_minutes: float = 10.0,
                  channels: tuple[int, ...] = (16, 32, 64, 128), batch_size: int = 16, lr: float = 2e-3,
-                 appearance: bool = True, schedule: str = "one_cycle", device: str = "auto"):
+                 appearance: bool = True, schedule: str = "one_cycle", architectures: tuple[str, ...] = ("unet",),
+                 device: str = "auto"):
+        architectures = (architectures,) if isinstance(architectures, str) else tuple(architectures)
+        unknown = sorted(set(architectures) - set(ARCHITECTURES))
+        if not architectures or unknown:
+            raise ValueError(f"segmenter architectures must be among {list(ARCHITECTURES)}, got {list(architectures)}")
         self.n_folds = n_folds
         self.epochs = epochs
         self.max_minutes = max_minutes
@@ -78,7 +103,11 @@ class CrossFittedSegmenter:
         self.lr = lr
         self.appearance = appearance
         self.schedule = schedule
+        self.architectures = tuple(architectures)
         self.device = device
+
+    def architecture_of(self, fold: int) -> str:
+        return self.architectures[fold % len(self.architectures)]
 
     def fit(self, data: list[tuple[np.ndarray, np.ndarray]], n_labels: int, rng: np.random.Generator,
             progress=None, case_ids: list[str] | None = None, snapshot_epochs: tuple[int, ...] = (),
@@ -151,7 +180,7 @@ class CrossFittedSegmenter:
         # on a GPU the slices stay there: batches, flips and appearance changes are made on it
         X = torch.from_numpy(np.stack(xs)).float().to(dev)
         Y = torch.from_numpy(np.stack(ys).astype(np.int64))[:, None].to(dev)
-        net = _build(self.kwargs_).to(dev)
+        net = _build(self.kwargs_, self.architecture_of(fold)).to(dev)
         opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=1e-4)
         steps_per_epoch = max(1, len(X) // self.batch_size)
         # the schedule spans the steps the fold's time budget affords, re-fitted after every
@@ -201,7 +230,8 @@ class CrossFittedSegmenter:
                 self._snapshot(net, held, f"fold{fold}_ep{epoch}", render)
                 snap_s += time.perf_counter() - t
                 n_snaps += 1
-        self.history_.append({"epochs": epoch, "planned_epochs": self.epochs, "steps": sched.step,
+        self.history_.append({"architecture": self.architecture_of(fold), "epochs": epoch,
+                              "planned_epochs": self.epochs, "steps": sched.step,
                               "capped_by_time": sched.capped, "train_seconds": round(train_s, 1),
                               "snapshot_seconds": round(snap_s, 1), "snapshots": n_snaps})
         return net.eval()
@@ -244,7 +274,8 @@ class CrossFittedSegmenter:
         dev = resolve_device(seg.device)
         seg.nets_ = []
         for k in range(seg.n_folds):
-            net = load_net_arrays(_build(seg.kwargs_), arrays, f"fold{k}.", f"segmenter fold {k}")
+            net = load_net_arrays(_build(seg.kwargs_, seg.architecture_of(k)), arrays, f"fold{k}.",
+                                  f"segmenter fold {k}")
             seg.nets_.append(net.to(dev).eval())
         return seg
 

@@ -73,7 +73,10 @@ def print_dataset(dataset: dict[str, Any]) -> None:
 
     from segqc.ui import console
 
-    t = Table(title="estimated model performance on these cases (95 % bootstrap intervals)")
+    systematic = {r.get("systematic_error") for r in dataset["groups"].values()} - {None}
+    t = Table(title="estimated model performance on these cases (95 % intervals: "
+              + (f"the cases' spread ± QC's systematic error {systematic.pop():.3f})" if len(systematic) == 1
+                 else "the cases' spread only, bootstrap)"))
     for col in ("group", "n", "mean Dice", "share Dice ≥ τ", "true mean Dice"):
         t.add_column(col)
     for g, r in dataset["groups"].items():

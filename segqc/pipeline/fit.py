@@ -49,7 +49,7 @@ def fit(*, reference, out, methods: Sequence[str] = ("features",), layout: str =
         coverage: float = 0.9, calibration_fraction: float = 0.25, calibration_pairs: int = 8, seed: int = 0,
         device: str = "auto", max_slice_size: int = 128, method_params: dict | None = None,
         extra_pairs=None, ids: Sequence[str] | None = None, model_failures: bool = True, fuse: bool = True,
-        models: Sequence | None = None, profile: str = "auto"):
+        models: Sequence | None = None, profile: str = "auto", simulated_sites: int = 4):
     """Reference cases (image + expert mask) → a QC bundle folder.
 
     Steps: fingerprint → plan; split the reference cases into a fitting part and a
@@ -72,6 +72,10 @@ def fit(*, reference, out, methods: Sequence[str] = ("features",), layout: str =
         model_failures: train segqc's cross-fitted reference segmenter and use its
             predictions on unseen reference cases as realistic bad masks
             (`segqc.pipeline.training_pairs.segmenter_pairs`).
+        simulated_sites: held-out cases are also segmented by segqc's segmenter as this many
+            simulated acquisition sites see them (`segqc.data.acquisition`), so that
+            calibration, its intervals and the site-level error bound see how QC errs at an
+            unfamiliar site (needs ``model_failures``; 0: none).
         profile: ``cpu``, ``gpu`` or ``auto`` (``gpu`` on a CUDA device): settings sized for
             the hardware (`segqc.pipeline.profiles`), beneath ``method_params``.
         models: the user's segmentation model(s), `segqc.user_models.SegModel` (first = the one
@@ -87,6 +91,8 @@ def fit(*, reference, out, methods: Sequence[str] = ("features",), layout: str =
     started = time.time()
     out = Path(out)
     methods = [look_up_option(m, list(METHODS), "method") for m in methods]
+    if simulated_sites < 0:
+        raise ValueError(f"simulated_sites must be 0 or more, got {simulated_sites}")
     device = resolve_device(device)
     profile = resolve_profile(profile, device)
     params = with_profile(profile, method_params)
@@ -110,10 +116,13 @@ def fit(*, reference, out, methods: Sequence[str] = ("features",), layout: str =
     segmenter = None
     if model_failures:
         segmenter, seg_fit, seg_cal = segmenter_pairs(fit_cases, cal_cases, plan, rng, device,
-                                                      params.get("segmenter", {}))
+                                                      params.get("segmenter", {}), simulated_sites)
         extra_fit, extra_cal = extra_fit + seg_fit, extra_cal + seg_cal
     cal_pairs = make_training_pairs(cal_cases, rng, calibration_pairs, extra_cal)
     true_cal = np.array([float(np.mean(p.true_dice(plan.labels))) for p in cal_pairs])
+    # a model's (or a simulated site's) pairs form a group: how far QC's mean strays on a group it
+    # was not calibrated on bounds a batch's mean Dice; corruptions are no model's, no group
+    groups = [None if p.source == "corruption" else p.source for p in cal_pairs]
     from segqc.calibration.shift import appearance
 
     # the reference images' appearance: what a batch is compared with to say how far it moved
@@ -131,9 +140,9 @@ def fit(*, reference, out, methods: Sequence[str] = ("features",), layout: str =
         t_fit = time.time() - t0
         raws[name] = np.array([method.score(p.case).mean_dice for p in ui.track(cal_pairs, f"calibrating {name}")])
         bundle.methods[name] = method
-        _calibrate(bundle, name, raws[name], true_cal, tau, coverage, t_fit, console)
+        _calibrate(bundle, name, raws[name], true_cal, groups, tau, coverage, t_fit, console)
     if fuse and len(methods) >= 2:
-        _fuse(bundle, methods, raws, true_cal, tau, coverage, console)
+        _fuse(bundle, methods, raws, true_cal, groups, tau, coverage, console)
     # what every calibrator was fitted on, pair by pair: to study calibration later without refitting
     bundle.info["calibration_pairs"] = {"reference_id": [p.reference_id for p in cal_pairs],
                                         "source": [p.source for p in cal_pairs], "true_dice": true_cal.tolist(),
@@ -144,7 +153,9 @@ def fit(*, reference, out, methods: Sequence[str] = ("features",), layout: str =
         bundle.info["fit"][m]["heldout_raw_pearson"], nan=-1.0))
     if segmenter is not None:
         bundle.info["segmenter"] = segmenter.report_
-    bundle.info.update({"profile": profile, "device": device, "n_reference": len(cases), "n_failed": len(failed),
+    bundle.info.update({"profile": profile, "device": device,
+                        "simulated_sites": simulated_sites if model_failures else 0,
+                        "n_reference": len(cases), "n_failed": len(failed),
                         "tau": tau, "coverage": coverage, "seed": seed, "fit_ids": [c.case_id for c in fit_cases],
                         "calibration_ids": [c.case_id for c in cal_cases],
                         "fit_seconds": round(time.time() - started, 1)})
@@ -195,13 +206,13 @@ def refuse_rare_labels(cases: list[Case], fp: dict) -> None:
                      "calibrated; fix that mask or remap its labels")
 
 
-def _calibrate(bundle, name: str, raw: np.ndarray, true_cal: np.ndarray, tau: float, coverage: float,
-               t_fit: float, console) -> None:
+def _calibrate(bundle, name: str, raw: np.ndarray, true_cal: np.ndarray, groups: list, tau: float,
+               coverage: float, t_fit: float, console) -> None:
     """Fit ``name``'s calibrator on its raw scores of the held-out pairs; record how well it did there."""
     from segqc.calibration.calibrator import DiceCalibrator
     from segqc.evaluation.scores import mae, pearson
 
-    cal = DiceCalibrator(tau=tau, coverage=coverage).fit(raw, true_cal)
+    cal = DiceCalibrator(tau=tau, coverage=coverage).fit(raw, true_cal, groups)
     bundle.calibrators[name] = cal
     lo, hi = cal.interval(raw)
     bundle.info["fit"][name] = info = {
@@ -209,18 +220,19 @@ def _calibrate(bundle, name: str, raw: np.ndarray, true_cal: np.ndarray, tau: fl
         # in-sample for the calibrator (it was fitted on these): a sanity check, not a benchmark
         "heldout_raw_pearson": pearson(true_cal, raw), "heldout_raw_mae": mae(true_cal, raw),
         "heldout_calibrated_mae": mae(true_cal, cal.predict_dice(raw)),
-        "interval_radius": cal.radius_, "interval_coverage_in_sample": float(np.mean((true_cal >= lo) &
+        "interval_radius": cal.radius_, "systematic_error": cal.systematic_, "systematic_groups": cal.n_groups_,
+        "interval_coverage_in_sample": float(np.mean((true_cal >= lo) &
                                                                                     (true_cal <= hi))),
     }
     console.print(f"  {name}: fitted in {t_fit:.0f} s; on held-out calibration pairs "
                   f"r={info['heldout_raw_pearson']:.3f}, raw MAE={info['heldout_raw_mae']:.3f}")
 
 
-def _fuse(bundle, methods: list[str], raws: dict, true_cal: np.ndarray, tau: float, coverage: float,
+def _fuse(bundle, methods: list[str], raws: dict, true_cal: np.ndarray, groups: list, tau: float, coverage: float,
           console) -> None:
     from segqc.calibration.fusion import FUSION, Fusion
 
-    bundle.fusion = Fusion(list(methods), tau=tau, coverage=coverage).fit(raws, true_cal)
+    bundle.fusion = Fusion(list(methods), tau=tau, coverage=coverage).fit(raws, true_cal, groups)
     bundle.calibrators[FUSION] = bundle.fusion.calibrator_
     bundle.info["fit"][FUSION] = {"members": list(methods), "weights": bundle.fusion.weights_.tolist(),
                                   "heldout_raw_pearson": bundle.fusion.heldout_pearson_}

@@ -78,19 +78,24 @@ def number(value) -> float:
     return float(value) if value not in (None, "") else float("nan")
 
 
-def write_dataset(out: Path, tau: float, with_truth: bool, reference_appearance: np.ndarray | None = None) -> dict:
+def write_dataset(out: Path, tau: float, with_truth: bool, reference_appearance: np.ndarray | None = None,
+                  calibrators: dict | None = None) -> dict:
     """``dataset.json`` from every ok row of ``out/predictions.csv``: the model's estimated performance.
 
-    Its ``groups`` are the estimates (``all`` and one per group); ``shift`` says how far the
-    batch's images are from the reference images (`segqc.calibration.shift`), when the
-    bundle holds their appearance.
+    Its ``groups`` are the estimates (``all`` and one per group), their intervals widened by
+    the answering method's systematic error bound when ``calibrators`` has it; ``shift``
+    says how far the batch's images are from the reference images
+    (`segqc.calibration.shift`), when the bundle holds their appearance.
     """
     from segqc.calibration.population import estimate_groups
 
     rows = [r for r in read_rows(out / "predictions.csv") if r["status"] == "ok"]
+    answering = {r["method"] for r in rows}
+    cal = (calibrators or {}).get(answering.pop()) if len(answering) == 1 else None
     groups = estimate_groups([number(r["dice_pred"]) for r in rows], [number(r["p_pass"]) for r in rows],
                              [r["group"] or "all" for r in rows], tau=tau,
-                             true_dice=[number(r.get("dice_true")) for r in rows] if with_truth else None)
+                             true_dice=[number(r.get("dice_true")) for r in rows] if with_truth else None,
+                             systematic=getattr(cal, "systematic_", float("nan")))
     dataset = {"groups": groups, "shift": batch_shift(rows, reference_appearance)}
     (out / "dataset.json").write_text(json.dumps(dataset, indent=1))
     return dataset

@@ -122,7 +122,7 @@ def predict(*, bundle, data, out, methods: Sequence[str] | None = None, masks=No
     summary = run_batch(refs, None, out / "predictions.csv", columns=cols,
                         resume=resume, description="QC", quiet=quiet, identity=identity, make_scorer=make_scorer,
                         engine=_engine(engine, batch_size, workers, address, gpus_per_worker))
-    dataset = write_dataset(out, b.tau, with_truth, b.appearance)
+    dataset = write_dataset(out, b.tau, with_truth, b.appearance, b.calibrators)
     # absolute paths, so that `segqc report` finds the images from anywhere
     write_run_record(out, "predict", {"bundle": str(Path(bundle).resolve()), "data": where(data),
                                       "masks": where(masks), "layout": layout, "methods": methods,
@@ -183,7 +183,8 @@ def bench(*, bundle, cases, out, root=None, methods: Sequence[str] | None = None
         lo, hi = cal.interval(np.array([float(r[f"{name}_raw"]) for r in rows]))
         res["interval_coverage"] = float(np.mean((true >= lo) & (true <= hi)))
         res["interval_nominal"] = cal.coverage
-        res["dataset_level"] = estimate_groups(pred, pp, groups, tau=tau, true_dice=true)
+        res["dataset_level"] = estimate_groups(pred, pp, groups, tau=tau, true_dice=true,
+                                               systematic=getattr(cal, "systematic_", float("nan")))
         result["methods"][name] = res
     (out / "bench.json").write_text(json.dumps(result, indent=1))
     write_run_record(out, "bench", {"bundle": str(bundle), "cases": str(cases), "methods": methods, "tau": tau},

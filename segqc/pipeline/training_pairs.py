@@ -4,7 +4,10 @@ Corruptions of expert masks (`segqc.methods.base.make_training_pairs`) teach wha
 masks look like in general; these teach what a *network's* bad masks look like:
 
 * ``segmenter_pairs``: segqc's own cross-fitted reference segmenter, its snapshots at
-  early epochs and at the end, each predicting reference cases it never saw;
+  early epochs and at the end, each predicting reference cases it never saw; and the
+  trained segmenter on held-out cases as simulated new sites acquire them
+  (`segqc.data.acquisition`): a good network's failures at an unfamiliar site, which QC
+  must not mistake for successes;
 * ``model_pairs``: the user's own model on the reference cases;
 * ``manifest_pairs``: a manifest of the user's (candidate, expert mask) pairs.
 
@@ -22,7 +25,7 @@ from segqc import ui
 from segqc.data.case import Case
 from segqc.methods.base import TrainingPair
 
-__all__ = ["manifest_pairs", "model_pairs", "segmenter_pairs"]
+__all__ = ["manifest_pairs", "model_pairs", "segmenter_pairs", "site_pairs"]
 
 Split = tuple[list[TrainingPair], list[TrainingPair]]
 
@@ -64,11 +67,14 @@ def model_pairs(model, fit_cases: Sequence[Case], cal_cases: Sequence[Case], pla
 
 
 def segmenter_pairs(fit_cases: Sequence[Case], cal_cases: Sequence[Case], plan, rng: np.random.Generator,
-                    device: str, params: dict):
+                    device: str, params: dict, simulated_sites: int = 0):
     """Train the cross-fitted reference segmenter; its snapshots' predictions become candidates.
 
     Returns the fitted segmenter (the methods may use it too) and the pairs. Every fitting
     case is predicted by the folds that did not train on it, every held-out case by all.
+    With ``simulated_sites``, the trained segmenter also predicts every held-out case as
+    each of that many simulated sites acquires it (`site_pairs`): calibration pairs only,
+    since no method may train on an image whose original a segmenter fold has seen.
     """
     from segqc.components.segmenter import CrossFittedSegmenter
     from segqc.data.labels import to_index, to_labels
@@ -98,6 +104,8 @@ def segmenter_pairs(fit_cases: Sequence[Case], cal_cases: Sequence[Case], plan, 
                 for c in cases for tag, mask in seg.snapshot_masks_.get(c.case_id, [])]
 
     fit_pairs, cal_pairs = pairs(fit_cases), pairs(cal_cases)
+    if simulated_sites:
+        cal_pairs += site_pairs(seg, cal_cases, plan, rng, simulated_sites)
     seg.snapshot_masks_ = {}  # not needed any more; keeps memory and the bundle small
     # how good segqc's own segmenter is on reference cases it never trained on (all folds, as at scoring)
     from segqc.metrics import dice
@@ -112,3 +120,33 @@ def segmenter_pairs(fit_cases: Sequence[Case], cal_cases: Sequence[Case], plan, 
     _report(f"reference segmenter: {len(fit_pairs)} + {len(cal_pairs)} model-made bad masks", fit_pairs,
             plan.labels, t0)
     return seg, fit_pairs, cal_pairs
+
+
+def site_pairs(seg, cases: Sequence[Case], plan, rng: np.random.Generator, n_sites: int) -> list[TrainingPair]:
+    """The trained segmenter ``seg`` on ``cases`` (which none of its folds saw) as ``n_sites`` simulated sites
+    acquire them: pairs of the changed image, the segmenter's mask of it and the expert mask.
+
+    Each site is one fixed draw of acquisition changes (`segqc.data.acquisition.draw_sites`,
+    severities 1/n … 1) applied to every case, so that its pairs form one group, as a real
+    site's batch does: the calibration sees how QC errs on a whole unfamiliar site. A
+    changed case keeps its reference id (its pairs belong to the held-out case) and the
+    expert mask, which the changes leave in place.
+    """
+    from dataclasses import replace
+
+    from segqc.data.acquisition import draw_sites
+    from segqc.data.labels import to_labels
+    from segqc.plan.preprocess import invert_map, preprocess
+
+    t0 = time.time()
+    sites = draw_sites(n_sites, cases[0].n_channels if cases else 1, rng)
+    out = []
+    for site in sites:
+        for c in ui.track(list(cases), f"simulated {site.name} (severity {site.severity:g})"):
+            image = site.acquire(c.image, np.random.default_rng(rng.integers(1 << 31)))
+            moved = replace(c, image=image, meta={**c.meta, "site": site.name})
+            image_ms, _, props = preprocess(moved.with_mask(None), plan)
+            mask = to_labels(invert_map(seg.predict_proba(image_ms), props).argmax(0), plan.labels)
+            out.append(TrainingPair(moved, mask, f"segmenter:{site.name}"))
+    _report(f"reference segmenter at {n_sites} simulated sites", out, plan.labels, t0)
+    return out

@@ -52,7 +52,9 @@ def _summary(info: dict, groups: dict) -> str:
     cards = [
         ("cases", f"{info['n']}", f"{n_ok} judged, {info['n_error']} could not be read"),
         ("flagged for review", f"{info['n_review']}", f"{share} of judged cases have P(Dice ≥ {info['tau']:g}) < 0.5"),
-        ("estimated mean Dice", _ci(allg.get("mean_dice"), allg.get("mean_dice_ci")), "95 % bootstrap interval"),
+        ("estimated mean Dice", _ci(allg.get("mean_dice"), allg.get("mean_dice_ci")),
+         "95 % interval: the cases' spread and QC's own systematic error" if allg.get("systematic_error") is not None
+         else "95 % bootstrap interval (the cases' spread only)"),
         (f"estimated share Dice ≥ {info['tau']:g}", _ci(allg.get("share_pass"), allg.get("share_pass_ci")),
          "mean P(pass), 95 % interval"),
     ]
