@@ -21,11 +21,8 @@ import time
 import numpy as np
 from common import DATASETS, data_dir, parse_fit_args, read_split
 
-from segqc.pipeline.fit import split_for_calibration
-from segqc.pipeline.records import list_cases, load_cases
+from segqc.pipeline.fit import reference_cases, split_for_calibration
 from segqc.pipeline.training_pairs import segmenter_pairs
-from segqc.plan.fingerprint import compute_fingerprint
-from segqc.plan.plan import plan_from_fingerprint
 
 
 def main() -> None:
@@ -41,10 +38,7 @@ def main() -> None:
 
         params = with_profile(args.profile, params)
 
-    keep = set(read_split(args.dataset)["reference"])
-    cases, _ = load_cases([r for r in list_cases(data_dir(args.dataset)) if r.case_id in keep],
-                          description="reference cases")
-    plan = plan_from_fingerprint(compute_fingerprint(cases), max_slice_size=128)
+    cases, _, _, plan = reference_cases(data_dir(args.dataset), ids=read_split(args.dataset)["reference"])
     results = []
     for seed in args.seeds:
         rng = np.random.default_rng(seed)  # consumed as `segqc fit --seed` consumes it

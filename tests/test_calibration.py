@@ -102,6 +102,10 @@ def test_systematic_error_is_a_bound_over_left_out_groups():
     no_groups = DiceCalibrator().fit(raw, true)
     arrays, config = no_groups.state()
     assert config["systematic_"] is None and np.isnan(DiceCalibrator.from_state(arrays, config).systematic_)
+    from segqc.calibration.calibrator import group_bound
+
+    assert group_bound([0.1, -0.3, 0.2]) == 0.3 and np.isnan(group_bound([]))  # too few groups: the largest
+    assert group_bound(np.arange(1, 41) / 100) == 0.39  # ceil(41 × 0.95) = 39th smallest of 40
     with pytest.raises(ValueError, match="radius"):
         DiceCalibrator.from_state(*cal.state()[:1], {**cal.state()[1], "systematic_": 2.0})
 

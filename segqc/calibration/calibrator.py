@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["DiceCalibrator", "conformal_quantile", "group_errors"]
+__all__ = ["DiceCalibrator", "conformal_quantile", "group_bound", "group_errors"]
 
 # a batch's mean Dice interval is at 95 %: the systematic bound is the same level over groups
 GROUP_COVERAGE = 0.95
@@ -58,6 +58,18 @@ def group_errors(raw: np.ndarray, true_dice: np.ndarray, groups) -> dict[str, fl
         iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(raw[~held], true_dice[~held])
         out[str(name)] = float(iso.predict(raw[held]).mean() - true_dice[held].mean())
     return out
+
+
+def group_bound(errors) -> float:
+    """The conformal `GROUP_COVERAGE` bound on |group error| (NaN without groups).
+
+    With fewer groups than that bound needs (19 for 95 %) it is the largest error seen,
+    an optimistic bound; the calibrator's ``n_groups_`` says how many there were.
+    """
+    e = np.sort(np.abs(np.asarray(errors, float)))
+    if not e.size:
+        return float("nan")
+    return float(e[min(int(np.ceil((e.size + 1) * GROUP_COVERAGE)), e.size) - 1])
 
 
 def _isotonic(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -102,13 +114,8 @@ class DiceCalibrator:
         resid = true_dice - out_of_fold(iso, raw, true_dice, n_folds=5, seed=0)
         self.radius_ = conformal_quantile(resid, self.coverage)
         self.n_ = int(ok.sum())
-        errors = group_errors(raw, true_dice, kept) if kept is not None else {}
-        # with fewer groups than a 95 % bound needs (19), the largest error seen: the bound is then
-        # optimistic, and `n_groups_` says so
-        e = np.sort(np.abs(list(errors.values())))
-        self.systematic_ = float(e[min(int(np.ceil((len(e) + 1) * GROUP_COVERAGE)), len(e)) - 1]) if len(e) else \
-            float("nan")
-        self.n_groups_ = len(e)
+        errors = list(group_errors(raw, true_dice, kept).values()) if kept is not None else []
+        self.systematic_, self.n_groups_ = group_bound(errors), len(errors)
         return self
 
     def predict_dice(self, raw) -> np.ndarray:
@@ -138,8 +145,9 @@ class DiceCalibrator:
         cal.n_groups_ = int(config.get("n_groups_", 0))
         if not (0 < cal.tau < 1 and 0 < cal.coverage < 1 and 0 <= cal.radius_ <= 1
                 and (np.isnan(cal.systematic_) or 0 <= cal.systematic_ <= 1)):
-            raise ValueError(f"calibrator needs tau and coverage in (0, 1) and a radius in [0, 1], got tau={cal.tau}, "
-                             f"coverage={cal.coverage}, radius={cal.radius_}")
+            raise ValueError(f"calibrator needs tau and coverage in (0, 1), a radius and a systematic error in [0, 1], "
+                             f"got tau={cal.tau}, coverage={cal.coverage}, radius={cal.radius_}, "
+                             f"systematic error={cal.systematic_}")
         for x, y in (("dice_x_", "dice_y_"), ("pass_x_", "pass_y_")):
             xs, ys = (np.asarray(arrays.get(k, []), float) for k in (x, y))
             # np.interp needs non-empty, increasing breakpoints; isotonic values lie in [0, 1]

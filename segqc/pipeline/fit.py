@@ -19,7 +19,7 @@ from segqc.pipeline.profiles import resolve_profile, with_profile
 from segqc.pipeline.records import list_cases, load_cases, where, write_run_record
 from segqc.utils import resolve_device
 
-__all__ = ["fingerprint_dataset", "fit", "split_for_calibration"]
+__all__ = ["fingerprint_dataset", "fit", "reference_cases", "split_for_calibration"]
 
 
 def fingerprint_dataset(*, data, out, layout: str = "auto", max_slice_size: int = 128):
@@ -98,7 +98,7 @@ def fit(*, reference, out, methods: Sequence[str] = ("features",), layout: str =
     params = with_profile(profile, method_params)
     rng = np.random.default_rng(seed)
     console = ui.console()
-    cases, failed, fp, plan = _reference(reference, layout, ids, max_slice_size, console)
+    cases, failed, fp, plan = reference_cases(reference, layout=layout, ids=ids, max_slice_size=max_slice_size)
     fit_idx, cal_idx = split_for_calibration(len(cases), calibration_fraction, rng)
     fit_cases, cal_cases = [cases[i] for i in fit_idx], [cases[i] for i in cal_idx]
     cal_ids = {c.case_id for c in cal_cases}
@@ -166,8 +166,9 @@ def fit(*, reference, out, methods: Sequence[str] = ("features",), layout: str =
     return bundle
 
 
-def _reference(reference, layout: str, ids, max_slice_size: int, console):
-    """The readable reference cases, their fingerprint and the plan; refuses what cannot be fitted."""
+def reference_cases(reference, *, layout: str = "auto", ids: Sequence[str] | None = None, max_slice_size: int = 128):
+    """The readable reference cases (only ``ids`` when given), their failures, fingerprint and plan,
+    as `fit` uses them; refuses what cannot be fitted."""
     from segqc.plan.fingerprint import compute_fingerprint
     from segqc.plan.plan import plan_from_fingerprint
 
@@ -178,7 +179,7 @@ def _reference(reference, layout: str, ids, max_slice_size: int, console):
     cases, failed = load_cases(refs, description="reference cases")
     empty = [c.case_id for c in cases if not np.any(c.mask)]
     if empty:
-        console.print(f"segqc: {len(empty)} reference case(s) with an empty expert mask kept: {empty[:5]}")
+        ui.console().print(f"segqc: {len(empty)} reference case(s) with an empty expert mask kept: {empty[:5]}")
     if len(cases) < 4:
         raise ValueError(f"fit needs at least 4 readable reference cases, got {len(cases)}")
     fp = compute_fingerprint(cases)
