@@ -122,3 +122,4 @@ def test_batch_interval_carries_the_systematic_error():
     assert wide["mean_dice_ci"] == pytest.approx((lo - 0.05, hi + 0.05))
     assert wide["systematic_error"] == 0.05 and "systematic" in wide["mean_dice_ci_covers"]
     assert estimate_groups([0.99, 0.98], [1, 1], systematic=0.1)["all"]["mean_dice_ci"][1] == 1.0
+    assert np.isnan(estimate_groups([0.9], [1.0], systematic=0.1)["all"]["mean_dice_ci"]).all()  # one case: none

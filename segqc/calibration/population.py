@@ -34,8 +34,9 @@ def _boot(values: np.ndarray, rng: np.random.Generator, n_boot: int) -> tuple[fl
 
 
 def _widen(ci: tuple[float, float], by: float) -> tuple[float, float]:
-    """``ci`` widened by ``by`` on both sides, within [0, 1] (unchanged when ``by`` is NaN)."""
-    if np.isnan(by):
+    """``ci`` widened by ``by`` on both sides, within [0, 1] (unchanged when ``by`` or ``ci`` is NaN: one
+    case has no interval)."""
+    if np.isnan(by) or np.isnan(ci).any():
         return ci
     return max(0.0, ci[0] - by), min(1.0, ci[1] + by)
 

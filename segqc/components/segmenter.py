@@ -236,9 +236,11 @@ class CrossFittedSegmenter:
                               "snapshot_seconds": round(snap_s, 1), "snapshots": n_snaps})
         return net.eval()
 
-    def predict_proba(self, image_ms: np.ndarray, case_id: str | None = None) -> np.ndarray:
-        """Softmax ``(L+1, Z, S, S)``: from the network that did not see ``case_id``, else the mean of all."""
-        fold = self.fold_of(case_id) if case_id is not None else None
+    def predict_proba(self, image_ms: np.ndarray, case_id: str | None = None, fold: int | None = None) -> np.ndarray:
+        """Softmax ``(L+1, Z, S, S)``: from fold network ``fold``, else the network that did not see
+        ``case_id``, else the mean of all."""
+        if fold is None and case_id is not None:
+            fold = self.fold_of(case_id)
         return self._proba_with(self.nets_ if fold is None else [self.nets_[fold]], image_ms)
 
     def predict_members(self, image_ms: np.ndarray) -> list[np.ndarray]:

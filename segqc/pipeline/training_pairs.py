@@ -131,6 +131,12 @@ def site_pairs(seg, cases: Sequence[Case], plan, rng: np.random.Generator, n_sit
     site's batch does: the calibration sees how QC errs on a whole unfamiliar site. A
     changed case keeps its reference id (its pairs belong to the held-out case) and the
     expert mask, which the changes leave in place.
+
+    Each case is segmented by one fold network (in turn, as the snapshots share out the
+    held-out cases), never by the folds' average: that average is the very opinion QC
+    judges a candidate against, and a candidate equal to it would look perfect whatever
+    its Dice. The sites are drawn from a child of ``rng`` so that adding them leaves every
+    other random draw of the fit as it was.
     """
     from dataclasses import replace
 
@@ -139,14 +145,16 @@ def site_pairs(seg, cases: Sequence[Case], plan, rng: np.random.Generator, n_sit
     from segqc.plan.preprocess import invert_map, preprocess
 
     t0 = time.time()
+    rng = rng.spawn(1)[0]
     sites = draw_sites(n_sites, cases[0].n_channels if cases else 1, rng)
     out = []
     for site in sites:
-        for c in ui.track(list(cases), f"simulated {site.name} (severity {site.severity:g})"):
+        for j, c in enumerate(ui.track(list(cases), f"simulated {site.name} (severity {site.severity:g})")):
             image = site.acquire(c.image, np.random.default_rng(rng.integers(1 << 31)))
             moved = replace(c, image=image, meta={**c.meta, "site": site.name})
             image_ms, _, props = preprocess(moved.with_mask(None), plan)
-            mask = to_labels(invert_map(seg.predict_proba(image_ms), props).argmax(0), plan.labels)
+            proba = seg.predict_proba(image_ms, fold=j % len(seg.nets_))
+            mask = to_labels(invert_map(proba, props).argmax(0), plan.labels)
             out.append(TrainingPair(moved, mask, f"segmenter:{site.name}"))
     _report(f"reference segmenter at {n_sites} simulated sites", out, plan.labels, t0)
     return out
