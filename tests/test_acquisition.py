@@ -42,6 +42,7 @@ def test_identity_site_changes_nothing_and_slices_stay_apart(rng):
     assert np.ptp(soft[:, 2]) < 1e-3 and np.ptp(soft[:, 1]) > 1.0
 
 
+@pytest.mark.slow
 def test_fit_calibrates_on_simulated_sites(tiny_bundle):
     """Every held-out case is segmented again at each simulated site; those pairs are calibration pairs."""
     info = json.loads((tiny_bundle("kvasir") / "bundle.json").read_text())["info"]

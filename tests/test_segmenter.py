@@ -199,6 +199,7 @@ def test_one_cycle_shape_is_torchs_while_the_run_keeps_its_length():
         BudgetedSchedule(10, 1.0, 1e-3, shape="linear")
 
 
+@pytest.mark.slow
 def test_folds_of_several_architectures_train_save_and_reload(kvasir_cases):
     """Fold networks cycle through the architectures; each is rebuilt as what it was when the bundle loads."""
     from monai.networks.nets import SegResNet, UNet
