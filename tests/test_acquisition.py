@@ -53,3 +53,30 @@ def test_fit_calibrates_on_simulated_sites(tiny_bundle):
         assert len(at_site) == len(cal_ids)
         assert {info["calibration_pairs"]["reference_id"][i] for i in at_site} == cal_ids
     assert "systematic_error" in info["fit"]["features"]
+
+
+def test_site_candidates_come_from_one_fold_network_never_the_average(kvasir_cases, rng):
+    """The folds' average is the opinion QC judges against: a candidate equal to it would look perfect."""
+    from segqc.pipeline.training_pairs import site_pairs
+    from segqc.plan.fingerprint import compute_fingerprint
+    from segqc.plan.plan import plan_from_fingerprint
+
+    cases = kvasir_cases[:3]
+    plan = plan_from_fingerprint(compute_fingerprint(cases), max_slice_size=32)
+
+    class Recorder:  # stands for a fitted 2-fold segmenter: answers "background" and notes which fold it was
+        nets_ = [object(), object()]
+        folds: list = []
+
+        def predict_proba(self, image_ms, case_id=None, fold=None):
+            self.folds.append(fold)
+            return np.stack([np.ones(image_ms.shape[1:]), np.zeros(image_ms.shape[1:])]).astype(np.float32)
+
+    seg = Recorder()
+    pairs = site_pairs(seg, cases, plan, rng, 2)
+    assert len(pairs) == 6 and [p.source for p in pairs] == ["segmenter:site1"] * 3 + ["segmenter:site2"] * 3
+    assert seg.folds == [0, 1, 0, 0, 1, 0]  # one fold network per case, in turn
+    for p, c in zip(pairs, cases + cases):
+        assert p.reference_id == c.case_id and not np.array_equal(p.reference.image, c.image)
+        np.testing.assert_array_equal(p.truth, c.mask)
+        assert p.candidate.shape == c.mask.shape and not p.candidate.any()
