@@ -66,10 +66,12 @@ def group_bound(errors) -> float:
     With fewer groups than that bound needs (19 for 95 %) it is the largest error seen,
     an optimistic bound; the calibrator's ``n_groups_`` says how many there were.
     """
-    e = np.sort(np.abs(np.asarray(errors, float)))
+    e = np.abs(np.asarray(errors, float))
     if not e.size:
         return float("nan")
-    return float(e[min(int(np.ceil((e.size + 1) * GROUP_COVERAGE)), e.size) - 1])
+    if np.ceil((e.size + 1) * GROUP_COVERAGE) > e.size:  # conformal_quantile would say 1: no bound at all
+        return float(e.max())
+    return conformal_quantile(e, GROUP_COVERAGE)
 
 
 def _isotonic(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

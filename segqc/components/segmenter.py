@@ -103,7 +103,7 @@ class CrossFittedSegmenter:
         self.lr = lr
         self.appearance = appearance
         self.schedule = schedule
-        self.architectures = tuple(architectures)
+        self.architectures = architectures
         self.device = device
 
     def architecture_of(self, fold: int) -> str:

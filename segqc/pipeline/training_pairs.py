@@ -66,6 +66,15 @@ def model_pairs(model, fit_cases: Sequence[Case], cal_cases: Sequence[Case], pla
     return fit, cal
 
 
+def _mask_on_grid(proba_ms: np.ndarray, props: dict, plan) -> np.ndarray:
+    """A network's model-space probabilities resampled to the case's grid, then argmax (as nnU-Net exports
+    its predictions): smooth edges like a user's model's, not the model grid's staircase."""
+    from segqc.data.labels import to_labels
+    from segqc.plan.preprocess import invert_map
+
+    return to_labels(invert_map(proba_ms, props).argmax(0), plan.labels)
+
+
 def segmenter_pairs(fit_cases: Sequence[Case], cal_cases: Sequence[Case], plan, rng: np.random.Generator,
                     device: str, params: dict, simulated_sites: int = 0):
     """Train the cross-fitted reference segmenter; its snapshots' predictions become candidates.
@@ -77,8 +86,8 @@ def segmenter_pairs(fit_cases: Sequence[Case], cal_cases: Sequence[Case], plan, 
     since no method may train on an image whose original a segmenter fold has seen.
     """
     from segqc.components.segmenter import CrossFittedSegmenter
-    from segqc.data.labels import to_index, to_labels
-    from segqc.plan.preprocess import invert_map, preprocess
+    from segqc.data.labels import to_index
+    from segqc.plan.preprocess import preprocess
 
     t0 = time.time()
     console = ui.console()
@@ -90,9 +99,7 @@ def segmenter_pairs(fit_cases: Sequence[Case], cal_cases: Sequence[Case], plan, 
     props = {c.case_id: p for c, (_, _, p) in zip(fit_cases, ms_fit)} | {k: v[2] for k, v in ms_cal.items()}
 
     def render(case_id: str, proba_ms: np.ndarray) -> np.ndarray:
-        # the snapshot's probabilities resampled to the case's grid, then argmax (as nnU-Net exports
-        # its predictions): smooth edges like a user's model's, not the model grid's staircase
-        return to_labels(invert_map(proba_ms, props[case_id]).argmax(0), plan.labels)
+        return _mask_on_grid(proba_ms, props[case_id], plan)
 
     # the segmenter's classes are label indices 0..L, whatever the label values
     seg.fit([(im, to_index(mk, plan.labels)) for im, mk, _ in ms_fit], len(plan.labels), rng,
@@ -141,8 +148,7 @@ def site_pairs(seg, cases: Sequence[Case], plan, rng: np.random.Generator, n_sit
     from dataclasses import replace
 
     from segqc.data.acquisition import draw_sites
-    from segqc.data.labels import to_labels
-    from segqc.plan.preprocess import invert_map, preprocess
+    from segqc.plan.preprocess import preprocess
 
     t0 = time.time()
     rng = rng.spawn(1)[0]
@@ -153,8 +159,7 @@ def site_pairs(seg, cases: Sequence[Case], plan, rng: np.random.Generator, n_sit
             image = site.acquire(c.image, np.random.default_rng(rng.integers(1 << 31)))
             moved = replace(c, image=image, meta={**c.meta, "site": site.name})
             image_ms, _, props = preprocess(moved.with_mask(None), plan)
-            proba = seg.predict_proba(image_ms, fold=j % len(seg.nets_))
-            mask = to_labels(invert_map(proba, props).argmax(0), plan.labels)
+            mask = _mask_on_grid(seg.predict_proba(image_ms, fold=j % len(seg.nets_)), props, plan)
             out.append(TrainingPair(moved, mask, f"segmenter:{site.name}"))
     _report(f"reference segmenter at {n_sites} simulated sites", out, plan.labels, t0)
     return out
