@@ -19,7 +19,7 @@ from segqc.cli_options import method_params, parse_param
 
 __all__ = ["REPO", "SHARED", "DATA", "DATASETS", "data_dir", "bench_dir", "cases_csv", "read_split",
            "shipped_weights", "sample_data_dir", "bench_image_id", "add_set_option", "add_threads_option",
-           "set_threads", "method_params", "parse_param", "parse_fit_args"]
+           "set_threads", "method_params", "parse_param", "parse_fit_args", "intervals_holding_truth"]
 
 REPO = Path(__file__).resolve().parents[1]
 #: the shared folder beside the repository
@@ -95,3 +95,14 @@ def parse_fit_args(ap: argparse.ArgumentParser) -> tuple[argparse.Namespace, dic
     args = ap.parse_args()
     set_threads(args.threads)
     return args, method_params(args.params)
+
+
+def intervals_holding_truth(groups: dict, key: str = "mean_dice_ci", widen: float = 0.0) -> int:
+    """How many groups of a bench's ``dataset_level`` have the true mean Dice inside their interval ``key``
+    (``mean_dice_ci`` when a bundle fitted before the systematic error term has no ``key``), widened by
+    ``widen`` on both sides."""
+    def inside(g: dict) -> bool:
+        lo, hi = g.get(key, g["mean_dice_ci"])
+        return lo - widen <= g["true_mean_dice"] <= hi + widen
+
+    return sum(inside(g) for g in groups.values())

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import DATASETS, SHARED, cases_csv, data_dir, parse_fit_args, read_split
+from common import DATASETS, SHARED, cases_csv, data_dir, intervals_holding_truth, parse_fit_args, read_split
 
 from segqc import api
 from segqc.data import read_manifest
@@ -84,9 +84,8 @@ def main() -> None:
         level = res["dataset_level"]
         print(m, "dataset level:", {k: (round(v["mean_dice"], 3), round(v["true_mean_dice"], 3))
                                     for k, v in level.items()})
-        held = [k for k, v in level.items() if k != "all" and v["mean_dice_ci"][0] <= v["true_mean_dice"]
-                <= v["mean_dice_ci"][1]]
-        print(f"{m}: 95 % mean-Dice intervals holding the truth for {len(held)} of {len(level) - 1} groups "
+        held = intervals_holding_truth({k: v for k, v in level.items() if k != "all"})
+        print(f"{m}: 95 % mean-Dice intervals holding the truth for {held} of {len(level) - 1} groups "
               f"(systematic error bound {level['all'].get('systematic_error')})")
 
 

@@ -37,7 +37,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from common import add_threads_option, data_dir, read_split, set_threads, shipped_weights
+from common import add_threads_option, data_dir, intervals_holding_truth, read_split, set_threads, shipped_weights
 from PIL import Image, ImageDraw, ImageFilter
 
 DEFAULT_CHECKPOINTS = ["unet_s0_ep100", "unet_s1_ep100", "segresnet_s0_ep30", "unet_s0_ep8"]
@@ -196,19 +196,15 @@ def analyse(bench_dir: Path, method: str, bundle: Path | None = None) -> None:
                  for ck in checkpoints]
         print(f"| {site} | " + " | ".join(cells) + f" | {np.mean(covered[site]):.2f} |")
     err = np.array([g["mean_dice"] - g["true_mean_dice"] for g in groups.values()])
-    def holds(key: str) -> int:  # bundles fitted before the systematic term have the bootstrap interval only
-        return sum(g.get(key, g["mean_dice_ci"])[0] <= g["true_mean_dice"] <= g.get(key, g["mean_dice_ci"])[1]
-                   for g in groups.values())
-
     print(f"{len(err)} (site, checkpoint) pairs: estimate − truth mean {err.mean():+.3f}, "
           f"max |·| {np.abs(err).max():.3f}, {int(np.sum(np.abs(err) <= 0.03))} within 0.03; "
-          f"95 % intervals holding the truth: {holds('mean_dice_ci')} (bootstrap alone: "
-          f"{holds('mean_dice_sampling_ci')}; systematic error bound "
+          f"95 % intervals holding the truth: {intervals_holding_truth(groups)} (bootstrap alone: "
+          f"{intervals_holding_truth(groups, 'mean_dice_sampling_ci')}; systematic error bound "
           f"{next(iter(groups.values())).get('systematic_error')})")
     if bundle is not None:
+        # the bootstrap interval widened by the bound (a bundle with the term has it widened already)
         bound = _stored_bound(bundle, method)
-        held = sum(g["mean_dice_ci"][0] - bound <= g["true_mean_dice"] <= g["mean_dice_ci"][1] + bound
-                   for g in groups.values())
+        held = intervals_holding_truth(groups, "mean_dice_sampling_ci", widen=bound)
         print(f"with the systematic error bound recomputed from {bundle}'s calibration pairs ({bound:.3f}): "
               f"{held} intervals hold the truth")
 
