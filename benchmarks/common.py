@@ -15,11 +15,14 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
+
 from segqc.cli_options import method_params, parse_param
 
 __all__ = ["REPO", "SHARED", "DATA", "DATASETS", "data_dir", "bench_dir", "cases_csv", "read_split",
            "shipped_weights", "sample_data_dir", "bench_image_id", "add_set_option", "add_threads_option",
-           "set_threads", "method_params", "parse_param", "parse_fit_args", "intervals_holding_truth"]
+           "set_threads", "method_params", "parse_param", "parse_fit_args", "intervals_holding_truth",
+           "calibration_pairs"]
 
 REPO = Path(__file__).resolve().parents[1]
 #: the shared folder beside the repository
@@ -106,3 +109,12 @@ def intervals_holding_truth(groups: dict, key: str = "mean_dice_ci", widen: floa
         return lo - widen <= g["true_mean_dice"] <= hi + widen
 
     return sum(inside(g) for g in groups.values())
+
+
+def calibration_pairs(bundle: Path, method: str = "features") -> tuple[np.ndarray, np.ndarray, list]:
+    """The held-out pairs a bundle's calibrator of ``method`` was fitted on (``info["calibration_pairs"]``):
+    raw scores, true Dice, and each pair's group as `segqc fit` forms them (its source; ``None`` for a
+    corruption of the expert mask, which is no model's)."""
+    pairs = json.loads((Path(bundle) / "bundle.json").read_text())["info"]["calibration_pairs"]
+    groups = [None if s == "corruption" else s for s in pairs["source"]]
+    return np.asarray(pairs["raw"][method], float), np.asarray(pairs["true_dice"], float), groups

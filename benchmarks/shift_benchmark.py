@@ -37,7 +37,15 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from common import add_threads_option, data_dir, intervals_holding_truth, read_split, set_threads, shipped_weights
+from common import (
+    add_threads_option,
+    calibration_pairs,
+    data_dir,
+    intervals_holding_truth,
+    read_split,
+    set_threads,
+    shipped_weights,
+)
 from PIL import Image, ImageDraw, ImageFilter
 
 DEFAULT_CHECKPOINTS = ["unet_s0_ep100", "unet_s1_ep100", "segresnet_s0_ep30", "unet_s0_ep8"]
@@ -168,9 +176,7 @@ def _stored_bound(bundle: Path, method: str) -> float:
     stored (their sources are the groups, as `segqc fit` now does)."""
     from segqc.calibration.calibrator import DiceCalibrator
 
-    pairs = json.loads((bundle / "bundle.json").read_text())["info"]["calibration_pairs"]
-    groups = [None if s == "corruption" else s for s in pairs["source"]]
-    return DiceCalibrator().fit(np.array(pairs["raw"][method]), np.array(pairs["true_dice"]), groups).systematic_
+    return DiceCalibrator().fit(*calibration_pairs(bundle, method)).systematic_
 
 
 def analyse(bench_dir: Path, method: str, bundle: Path | None = None) -> None:

@@ -123,3 +123,19 @@ def test_batch_interval_carries_the_systematic_error():
     assert wide["systematic_error"] == 0.05 and "systematic" in wide["mean_dice_ci_covers"]
     assert estimate_groups([0.99, 0.98], [1, 1], systematic=0.1)["all"]["mean_dice_ci"][1] == 1.0
     assert np.isnan(estimate_groups([0.9], [1.0], systematic=0.1)["all"]["mean_dice_ci"]).all()  # one case: none
+
+
+def test_case_interval_carries_the_systematic_error(rng):
+    """A case's interval is its own noise (the conformal radius) plus its group's systematic error."""
+    true = rng.uniform(0, 1, 400)
+    groups = [f"model{i % 20}" for i in range(400)]
+    # each model's masks are judged with its own offset: an error that pooling the groups fits away
+    raw = true + np.array([0.01 * (i % 20 - 10) for i in range(400)]) + rng.normal(0, 0.05, 400)
+    cal = DiceCalibrator(coverage=0.9).fit(raw, true, groups)
+    assert cal.systematic_ > 0 and cal.half_width_ == pytest.approx(cal.radius_ + cal.systematic_)
+    lo, hi = cal.interval(np.array([0.5]))
+    d = cal.predict_dice(np.array([0.5]))
+    assert (hi - d)[0] == pytest.approx(cal.half_width_) and (d - lo)[0] == pytest.approx(cal.half_width_)
+    # without groups the error is unknown: the radius alone
+    plain = DiceCalibrator(coverage=0.9).fit(raw, true)
+    assert np.isnan(plain.systematic_) and plain.half_width_ == plain.radius_
