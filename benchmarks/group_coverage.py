@@ -8,7 +8,7 @@ how often does the interval hold their true Dice, with the conformal radius alon
 interval before) and with the radius plus the systematic error bound (the interval now)?
 No benchmark row is used, so this is evidence a choice may rest on.
 
-    python benchmarks/group_coverage.py runs/X/kvasir/bundle [more bundles] [--method features]
+    python benchmarks/group_coverage.py runs/X/kvasir/bundle [more bundles] [--method features] [--groups]
 """
 
 from __future__ import annotations
@@ -26,14 +26,17 @@ def left_out_coverage(raw: np.ndarray, true: np.ndarray, groups: list) -> dict:
     """Coverage of each left-out group's cases: by the radius alone, and by radius + systematic bound."""
     g = np.asarray([x if x is not None else "" for x in groups], dtype=object)
     ok = np.isfinite(raw) & np.isfinite(true)
-    out = {"n": [], "radius": [], "radius_plus_bound": [], "half_width": []}
+    out = {"group": [], "n": [], "error": [], "radius": [], "radius_plus_bound": [], "half_width": []}
     for name in sorted(set(g[ok].tolist()) - {""}):
         held = ok & (g == name)
         if held.sum() < MIN_GROUP:
             continue
         rest = ok & ~held
         cal = DiceCalibrator().fit(raw[rest], true[rest], list(g[rest]))
-        err = np.abs(cal.predict_dice(raw[held]) - true[held])
+        pred = cal.predict_dice(raw[held])
+        err = np.abs(pred - true[held])
+        out["group"].append(str(name))
+        out["error"].append(float(np.mean(pred - true[held])))
         out["n"].append(int(held.sum()))
         out["radius"].append(float(np.mean(err <= cal.radius_)))
         out["radius_plus_bound"].append(float(np.mean(err <= cal.half_width_)))
@@ -45,6 +48,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bundles", type=Path, nargs="+")
     ap.add_argument("--method", default="features")
+    ap.add_argument("--groups", action="store_true", help="also each left-out group's mean error and coverage")
     args = ap.parse_args()
     print("| bundle | groups | cases | coverage, radius alone: pooled / worst group | radius + bound: pooled / "
           "worst group | half width: radius / radius + bound (median) |\n|---|---|---|---|---|---|")
@@ -55,6 +59,9 @@ def main() -> None:
         print(f"| {bundle} | {len(n)} | {n.sum()} | {np.average(c['radius'], weights=n):.3f} / "
               f"{min(c['radius']):.2f} | {np.average(c['radius_plus_bound'], weights=n):.3f} / "
               f"{min(c['radius_plus_bound']):.2f} | {width[0]:.3f} / {width[1]:.3f} |")
+        if args.groups:
+            for g, n_g, e, r, rb in zip(c["group"], n, c["error"], c["radius"], c["radius_plus_bound"]):
+                print(f"|   {g} | | {n_g} | mean error {e:+.3f}: coverage {r:.2f} | {rb:.2f} | |")
 
 
 if __name__ == "__main__":

@@ -155,6 +155,11 @@ def test_fit_predict_bench_end_to_end(sample, tmp_path, capsys):
     res = json.loads((tmp_path / "bench" / "bench.json").read_text())
     assert res["n"] == 12 and res["methods"]["features"]["overall"]["n"] == 12
     assert set(res["methods"]) == {"features", "autoencoder", "fusion"}
+    by_group = res["methods"]["features"]["interval_coverage_by_group"]
+    assert set(by_group) == {r["group"] for r in src}  # the coverage of each checkpoint, and all of them together:
+    sizes = {g: sum(r["group"] == g for r in src) for g in by_group}
+    assert sum(by_group[g] * sizes[g] for g in by_group) / 12 == pytest.approx(
+        res["methods"]["features"]["interval_coverage"])
     rows = read_rows(tmp_path / "bench" / "bench.csv")
     assert all(0 <= float(r["fusion_dice"]) <= 1 and r["fusion_pgt"] == r["features_pgt"] for r in rows)
 

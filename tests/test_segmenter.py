@@ -111,7 +111,7 @@ def test_snapshot_candidates_are_rendered_from_probabilities(kvasir_cases, monke
     monkeypatch.setattr(CrossFittedSegmenter, "_snapshot", spy)
     seg, fit_pairs, cal_pairs = segmenter_pairs(cases[:4], cases[4:], plan, np.random.default_rng(0), "cpu",
                                                 {"n_folds": 2, "epochs": 3, "channels": (4, 8),
-                                                 "snapshot_epochs": (2,)})
+                                                 "snapshot_epochs": (2,), "outsider_architectures": ()})
     assert len(fit_pairs) == 4 and len(cal_pairs) == 2
     differs = 0
     for p in cal_pairs:
@@ -220,3 +220,41 @@ def test_folds_of_several_architectures_train_save_and_reload(kvasir_cases):
     with pytest.raises(ValueError, match="architectures must be among"):
         CrossFittedSegmenter(architectures=("unet", "vit"))
     assert CrossFittedSegmenter(architectures="segresnet").architectures == ("segresnet",)
+
+
+def test_outsider_networks_make_calibration_pairs_of_held_out_cases(kvasir_cases):
+    """A network of another architecture, trained on the fitting cases, segments each held-out case at its
+    snapshots and at the end; the pairs name it, and the fit's global torch randomness is left alone."""
+    from segqc.pipeline.training_pairs import _mask_on_grid, outsider_pairs
+    from segqc.plan.fingerprint import compute_fingerprint
+    from segqc.plan.plan import plan_from_fingerprint
+
+    fit_cases, cal_cases = kvasir_cases[:4], kvasir_cases[4:6]
+    plan = plan_from_fingerprint(compute_fingerprint(fit_cases), max_slice_size=32)
+    data = [(im, to_index(mk, plan.labels)) for im, mk, _ in (preprocess(c, plan) for c in fit_cases)]
+    cal_ms = {c.case_id: preprocess(c, plan) for c in cal_cases}
+    cal_images = {cid: im for cid, (im, _, _) in cal_ms.items()}
+    seg = CrossFittedSegmenter(n_folds=2, epochs=3, channels=(8, 16), device="cpu")  # the judges' settings
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    pairs, history = outsider_pairs(seg, ["segresnet"], data, cal_images, cal_cases, plan, np.random.default_rng(0),
+                                    lambda cid, proba: _mask_on_grid(proba, cal_ms[cid][2], plan), (1, 2))
+    assert torch.equal(torch.rand(3), expected)
+    assert [h["architecture"] for h in history] == ["segresnet"] and history[0]["epochs"] == 3
+    # snapshots after epochs 1 and 2, then the final network: three groups, each over every held-out case
+    assert sorted({p.source for p in pairs}) == ["outsider:segresnet_ep1", "outsider:segresnet_ep2",
+                                                  "outsider:segresnet_ep3"]
+    for source in {p.source for p in pairs}:
+        assert sorted(p.reference_id for p in pairs if p.source == source) == sorted(cal_images)
+
+
+def test_an_unknown_outsider_architecture_is_refused_before_any_training(kvasir_cases, rng):
+    from segqc.pipeline.training_pairs import segmenter_pairs
+    from segqc.plan.fingerprint import compute_fingerprint
+    from segqc.plan.plan import plan_from_fingerprint
+
+    plan = plan_from_fingerprint(compute_fingerprint(kvasir_cases[:4]), max_slice_size=32)
+    with pytest.raises(ValueError, match="outsider_architectures must be among"):
+        segmenter_pairs(kvasir_cases[:3], kvasir_cases[3:4], plan, rng, "cpu",
+                        {"epochs": 1, "outsider_architectures": ["vit"]})

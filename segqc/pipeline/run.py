@@ -181,7 +181,10 @@ def bench(*, bundle, cases, out, root=None, methods: Sequence[str] | None = None
             res["deployed"] = evaluate(true[deployed], pred[deployed], p_pass=pp[deployed], tau=tau)["overall"]
         cal = b.calibrators[name]
         lo, hi = cal.interval(np.array([float(r[f"{name}_raw"]) for r in rows]))
-        res["interval_coverage"] = float(np.mean((true >= lo) & (true <= hi)))
+        inside = (true >= lo) & (true <= hi)
+        res["interval_coverage"] = float(np.mean(inside))
+        res["interval_coverage_by_group"] = {g: float(np.mean(inside[np.asarray(groups) == g]))
+                                             for g in sorted(set(groups))}
         res["interval_nominal"] = cal.coverage
         res["dataset_level"] = estimate_groups(pred, pp, groups, tau=tau, true_dice=true,
                                                systematic=getattr(cal, "systematic_", float("nan")))

@@ -7,7 +7,9 @@ masks look like in general; these teach what a *network's* bad masks look like:
   early epochs and at the end, each predicting reference cases it never saw; and the
   trained segmenter on held-out cases as simulated new sites acquire them
   (`segqc.data.acquisition`): a good network's failures at an unfamiliar site, which QC
-  must not mistake for successes;
+  must not mistake for successes; and networks of *other* architectures
+  (`outsider_pairs`), trained beside it on the same cases, whose masks of the held-out
+  cases show the calibration how QC errs on a network unlike its own;
 * ``model_pairs``: the user's own model on the reference cases;
 * ``manifest_pairs``: a manifest of the user's (candidate, expert mask) pairs.
 
@@ -25,7 +27,7 @@ from segqc import ui
 from segqc.data.case import Case
 from segqc.methods.base import TrainingPair
 
-__all__ = ["manifest_pairs", "model_pairs", "segmenter_pairs", "site_pairs"]
+__all__ = ["manifest_pairs", "model_pairs", "outsider_pairs", "segmenter_pairs", "site_pairs"]
 
 Split = tuple[list[TrainingPair], list[TrainingPair]]
 
@@ -83,9 +85,11 @@ def segmenter_pairs(fit_cases: Sequence[Case], cal_cases: Sequence[Case], plan, 
     case is predicted by the folds that did not train on it, every held-out case by all.
     With ``simulated_sites``, the trained segmenter also predicts every held-out case as
     each of that many simulated sites acquires it (`site_pairs`): calibration pairs only,
-    since no method may train on an image whose original a segmenter fold has seen.
+    since no method may train on an image whose original a segmenter fold has seen. The
+    networks of ``params["outsider_architectures"]`` (default: a SegResNet; ``[]``: none)
+    add their masks of the held-out cases (`outsider_pairs`), calibration pairs too.
     """
-    from segqc.components.segmenter import CrossFittedSegmenter
+    from segqc.components.segmenter import ARCHITECTURES, CrossFittedSegmenter
     from segqc.data.labels import to_index
     from segqc.plan.preprocess import preprocess
 
@@ -95,6 +99,11 @@ def segmenter_pairs(fit_cases: Sequence[Case], cal_cases: Sequence[Case], plan, 
     ms_cal = {c.case_id: preprocess(c, plan) for c in cal_cases}
     params = dict(params)
     snapshots = tuple(params.pop("snapshot_epochs", (1, 2, 3, 5, 8, 13, 21, 30)))
+    outsiders = params.pop("outsider_architectures", ("segresnet",))
+    outsiders = (outsiders,) if isinstance(outsiders, str) else tuple(outsiders)
+    if set(outsiders) - set(ARCHITECTURES):  # said now, not after the segmenter's ten minutes
+        raise ValueError(f"segmenter.outsider_architectures must be among {list(ARCHITECTURES)}, "
+                         f"got {list(outsiders)}")
     seg = CrossFittedSegmenter(**{"device": device, **params})
     props = {c.case_id: p for c, (_, _, p) in zip(fit_cases, ms_fit)} | {k: v[2] for k, v in ms_cal.items()}
 
@@ -102,9 +111,10 @@ def segmenter_pairs(fit_cases: Sequence[Case], cal_cases: Sequence[Case], plan, 
         return _mask_on_grid(proba_ms, props[case_id], plan)
 
     # the segmenter's classes are label indices 0..L, whatever the label values
-    seg.fit([(im, to_index(mk, plan.labels)) for im, mk, _ in ms_fit], len(plan.labels), rng,
-            progress=lambda msg: console.print(f"  {msg}", highlight=False), case_ids=[c.case_id for c in fit_cases],
-            snapshot_epochs=snapshots, predict_on={cid: im for cid, (im, _, _) in ms_cal.items()}, render=render)
+    data = [(im, to_index(mk, plan.labels)) for im, mk, _ in ms_fit]
+    cal_images = {cid: im for cid, (im, _, _) in ms_cal.items()}
+    seg.fit(data, len(plan.labels), rng, progress=lambda msg: console.print(f"  {msg}", highlight=False),
+            case_ids=[c.case_id for c in fit_cases], snapshot_epochs=snapshots, predict_on=cal_images, render=render)
 
     def pairs(cases):
         return [TrainingPair(c, mask, f"segmenter:{tag}")
@@ -113,6 +123,11 @@ def segmenter_pairs(fit_cases: Sequence[Case], cal_cases: Sequence[Case], plan, 
     fit_pairs, cal_pairs = pairs(fit_cases), pairs(cal_cases)
     if simulated_sites:
         cal_pairs += site_pairs(seg, cal_cases, plan, rng, simulated_sites)
+    outsider_history = []
+    if outsiders:  # after the sites: each spawns a child of rng, and the sites' stays the one it was
+        more, outsider_history = outsider_pairs(seg, outsiders, data, cal_images, cal_cases, plan, rng, render,
+                                                snapshots)
+        cal_pairs += more
     seg.snapshot_masks_ = {}  # not needed any more; keeps memory and the bundle small
     # how good segqc's own segmenter is on reference cases it never trained on (all folds, as at scoring)
     from segqc.metrics import dice
@@ -120,7 +135,7 @@ def segmenter_pairs(fit_cases: Sequence[Case], cal_cases: Sequence[Case], plan, 
     held = [dice(seg.predict_proba(im).argmax(0).astype(np.uint8), to_index(mk, plan.labels),
                  list(range(1, len(plan.labels) + 1))) for im, mk, _ in ms_cal.values()]
     seg.report_ = {"heldout_dice_mean": float(np.mean(held)) if held else float("nan"), "heldout_cases": len(held),
-                   "training": seg.history_}
+                   "training": seg.history_, "outsiders": outsider_history}
     epochs = [h["epochs"] for h in seg.history_]
     console.print(f"  reference segmenter: Dice {seg.report_['heldout_dice_mean']:.3f} on the {len(held)} held-out "
                   f"reference cases (epochs per fold network: {epochs} of {seg.epochs})", highlight=False)
@@ -163,3 +178,49 @@ def site_pairs(seg, cases: Sequence[Case], plan, rng: np.random.Generator, n_sit
             out.append(TrainingPair(moved, mask, f"segmenter:{site.name}"))
     _report(f"reference segmenter at {n_sites} simulated sites", out, plan.labels, t0)
     return out
+
+
+def outsider_pairs(seg, architectures: Sequence[str], data: list, cal_images: dict[str, np.ndarray],
+                   cal_cases: Sequence[Case], plan, rng: np.random.Generator, render,
+                   snapshot_epochs: tuple[int, ...]) -> tuple[list[TrainingPair], list[dict]]:
+    """Networks of other architectures than ``seg``'s on the held-out cases: calibration pairs only.
+
+    QC judges a candidate mostly by how it agrees with segqc's own segmenter. A network of
+    another architecture fails otherwise — a SegResNet's smooth, plausible blobs — and QC
+    overestimates it: on the Kvasir benchmark every method judged the SegResNet checkpoints
+    0.14–0.25 too high, while every calibration pair came from UNets or from corruptions
+    of the expert mask. Each architecture here is one network trained on all the fitting
+    cases, in the time and epochs of one fold network of ``seg``, with its schedule and
+    augmentation. Its snapshots and its *final* network predict every held-out case: the
+    final network's masks are a fully trained network's failures, and none of ``seg``'s
+    networks (the judges) made them. They join the calibration only (the regressors never
+    train on them), each snapshot its own group, so the calibration and the systematic
+    error bound see how far QC errs on a network unlike its own. A child of ``rng`` draws
+    their randomness, so every other draw of the fit stays as it was. Returns the pairs and
+    each network's training record.
+    """
+    import torch
+
+    from segqc.components.segmenter import CrossFittedSegmenter
+
+    t0 = time.time()
+    rng = rng.spawn(1)[0]
+    console = ui.console()
+    params = {k: v for k, v in vars(seg).items() if not k.endswith("_") and k not in ("n_folds", "architectures")}
+    params["max_minutes"] = seg.max_minutes / seg.n_folds  # one fold network's share
+    out, history = [], []
+    for arch in architectures:
+        net = CrossFittedSegmenter(**params, n_folds=1, architectures=(arch,))
+        # the network seeds torch from rng: the global torch state of the rest of the fit stays as it was
+        with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+            net.fit(data, len(plan.labels), rng, snapshot_epochs=snapshot_epochs, predict_on=cal_images,
+                    render=render, progress=lambda msg, a=arch: console.print(
+                        f"  {msg.replace('segmenter fold 1/1', f'outsider {a}')}", highlight=False))
+        epochs = net.history_[0]["epochs"]
+        for c in cal_cases:
+            tagged = net.snapshot_masks_.get(c.case_id, [])
+            tagged += [(f"fold0_ep{epochs}", render(c.case_id, net.predict_proba(cal_images[c.case_id])))]
+            out += [TrainingPair(c, mask, f"outsider:{arch}_{tag.split('_', 1)[1]}") for tag, mask in tagged]
+        history.append(net.history_[0])
+    _report(f"outsider networks ({', '.join(architectures)}) on the held-out cases", out, plan.labels, t0)
+    return out, history
