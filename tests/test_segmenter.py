@@ -222,31 +222,36 @@ def test_folds_of_several_architectures_train_save_and_reload(kvasir_cases):
     assert CrossFittedSegmenter(architectures="segresnet").architectures == ("segresnet",)
 
 
-def test_outsider_networks_make_calibration_pairs_of_held_out_cases(kvasir_cases):
-    """A network of another architecture, trained on the fitting cases, segments each held-out case at its
-    snapshots and at the end; the pairs name it, and the fit's global torch randomness is left alone."""
-    from segqc.pipeline.training_pairs import _mask_on_grid, outsider_pairs
+def test_outsider_networks_make_pairs_of_cases_they_never_trained_on(kvasir_cases):
+    """Networks of another architecture, cross-fitted on the fitting cases, segment each case they did not train
+    on at their snapshots and at the end; the pairs name them, and the fit's global torch randomness is left
+    alone."""
+    from segqc.pipeline.training_pairs import OUTSIDER_FOLDS, _mask_on_grid, outsider_pairs
     from segqc.plan.fingerprint import compute_fingerprint
     from segqc.plan.plan import plan_from_fingerprint
 
     fit_cases, cal_cases = kvasir_cases[:4], kvasir_cases[4:6]
     plan = plan_from_fingerprint(compute_fingerprint(fit_cases), max_slice_size=32)
-    data = [(im, to_index(mk, plan.labels)) for im, mk, _ in (preprocess(c, plan) for c in fit_cases)]
-    cal_ms = {c.case_id: preprocess(c, plan) for c in cal_cases}
-    cal_images = {cid: im for cid, (im, _, _) in cal_ms.items()}
-    seg = CrossFittedSegmenter(n_folds=2, epochs=3, channels=(8, 16), device="cpu")  # the judges' settings
+    ms = {c.case_id: preprocess(c, plan) for c in fit_cases + cal_cases}
+    data = [(ms[c.case_id][0], to_index(ms[c.case_id][1], plan.labels)) for c in fit_cases]
+    cal_images = {c.case_id: ms[c.case_id][0] for c in cal_cases}
+    seg = CrossFittedSegmenter(n_folds=3, epochs=3, channels=(8, 16), device="cpu")  # the judges' settings
     torch.manual_seed(7)
     expected = torch.rand(3)
     torch.manual_seed(7)
-    pairs, history = outsider_pairs(seg, ["segresnet"], data, cal_images, cal_cases, plan, np.random.default_rng(0),
-                                    lambda cid, proba: _mask_on_grid(proba, cal_ms[cid][2], plan), (1, 2))
+    fit_pairs, cal_pairs, history = outsider_pairs(
+        seg, ["segresnet"], data, fit_cases, cal_images, cal_cases, plan, np.random.default_rng(0),
+        lambda cid, proba: _mask_on_grid(proba, ms[cid][2], plan), (1, 2))
     assert torch.equal(torch.rand(3), expected)
-    assert [h["architecture"] for h in history] == ["segresnet"] and history[0]["epochs"] == 3
-    # snapshots after epochs 1 and 2, then the final network: three groups, each over every held-out case
-    assert sorted({p.source for p in pairs}) == ["outsider:segresnet_ep1", "outsider:segresnet_ep2",
-                                                  "outsider:segresnet_ep3"]
-    for source in {p.source for p in pairs}:
-        assert sorted(p.reference_id for p in pairs if p.source == source) == sorted(cal_images)
+    assert [h["architecture"] for h in history] == ["segresnet"] * OUTSIDER_FOLDS
+    assert all(h["epochs"] == 3 for h in history)
+    # snapshots after epochs 1 and 2, then the final networks: three groups, each over every case
+    for pairs, cases in ((fit_pairs, fit_cases), (cal_pairs, cal_cases)):
+        assert sorted({p.source for p in pairs}) == ["outsider:segresnet_ep1", "outsider:segresnet_ep2",
+                                                      "outsider:segresnet_final"]
+        for source in {p.source for p in pairs}:
+            assert sorted(p.reference_id for p in pairs if p.source == source) == sorted(c.case_id for c in cases)
+        assert all(p.candidate.shape == p.truth.shape for p in pairs)
 
 
 def test_an_unknown_outsider_architecture_is_refused_before_any_training(kvasir_cases, rng):

@@ -8,8 +8,8 @@ masks look like in general; these teach what a *network's* bad masks look like:
   trained segmenter on held-out cases as simulated new sites acquire them
   (`segqc.data.acquisition`): a good network's failures at an unfamiliar site, which QC
   must not mistake for successes; and networks of *other* architectures
-  (`outsider_pairs`), trained beside it on the same cases, whose masks of the held-out
-  cases show the calibration how QC errs on a network unlike its own;
+  (`outsider_pairs`), cross-fitted beside it on the same cases, whose masks show the
+  regressors and the calibration how a network unlike segqc's own fails;
 * ``model_pairs``: the user's own model on the reference cases;
 * ``manifest_pairs``: a manifest of the user's (candidate, expert mask) pairs.
 
@@ -30,6 +30,9 @@ from segqc.methods.base import TrainingPair
 __all__ = ["manifest_pairs", "model_pairs", "outsider_pairs", "segmenter_pairs", "site_pairs"]
 
 Split = tuple[list[TrainingPair], list[TrainingPair]]
+
+# an outsider architecture is cross-fitted over this many networks: each fitting case gets one that never saw it
+OUTSIDER_FOLDS = 2
 
 
 def _by_part(pairs: list[TrainingPair], cal_ids: set[str]) -> Split:
@@ -87,7 +90,7 @@ def segmenter_pairs(fit_cases: Sequence[Case], cal_cases: Sequence[Case], plan, 
     each of that many simulated sites acquires it (`site_pairs`): calibration pairs only,
     since no method may train on an image whose original a segmenter fold has seen. The
     networks of ``params["outsider_architectures"]`` (default: a SegResNet; ``[]``: none)
-    add their masks of the held-out cases (`outsider_pairs`), calibration pairs too.
+    add their masks of the cases they never trained on (`outsider_pairs`).
     """
     from segqc.components.segmenter import ARCHITECTURES, CrossFittedSegmenter
     from segqc.data.labels import to_index
@@ -125,9 +128,9 @@ def segmenter_pairs(fit_cases: Sequence[Case], cal_cases: Sequence[Case], plan, 
         cal_pairs += site_pairs(seg, cal_cases, plan, rng, simulated_sites)
     outsider_history = []
     if outsiders:  # after the sites: each spawns a child of rng, and the sites' stays the one it was
-        more, outsider_history = outsider_pairs(seg, outsiders, data, cal_images, cal_cases, plan, rng, render,
-                                                snapshots)
-        cal_pairs += more
+        more_fit, more_cal, outsider_history = outsider_pairs(seg, outsiders, data, fit_cases, cal_images, cal_cases,
+                                                              plan, rng, render, snapshots)
+        fit_pairs, cal_pairs = fit_pairs + more_fit, cal_pairs + more_cal
     seg.snapshot_masks_ = {}  # not needed any more; keeps memory and the bundle small
     # how good segqc's own segmenter is on reference cases it never trained on (all folds, as at scoring)
     from segqc.metrics import dice
@@ -180,24 +183,26 @@ def site_pairs(seg, cases: Sequence[Case], plan, rng: np.random.Generator, n_sit
     return out
 
 
-def outsider_pairs(seg, architectures: Sequence[str], data: list, cal_images: dict[str, np.ndarray],
-                   cal_cases: Sequence[Case], plan, rng: np.random.Generator, render,
-                   snapshot_epochs: tuple[int, ...]) -> tuple[list[TrainingPair], list[dict]]:
-    """Networks of other architectures than ``seg``'s on the held-out cases: calibration pairs only.
+def outsider_pairs(seg, architectures: Sequence[str], data: list, fit_cases: Sequence[Case],
+                   cal_images: dict[str, np.ndarray], cal_cases: Sequence[Case], plan, rng: np.random.Generator,
+                   render, snapshot_epochs: tuple[int, ...]) -> tuple[list[TrainingPair], list[TrainingPair], list]:
+    """Networks of other architectures than ``seg``'s: their failures as training and calibration pairs.
 
     QC judges a candidate mostly by how it agrees with segqc's own segmenter. A network of
     another architecture fails otherwise — a SegResNet's smooth, plausible blobs — and QC
     overestimates it: on the Kvasir benchmark every method judged the SegResNet checkpoints
-    0.14–0.25 too high, while every calibration pair came from UNets or from corruptions
-    of the expert mask. Each architecture here is one network trained on all the fitting
-    cases, in the time and epochs of one fold network of ``seg``, with its schedule and
-    augmentation. Its snapshots and its *final* network predict every held-out case: the
-    final network's masks are a fully trained network's failures, and none of ``seg``'s
-    networks (the judges) made them. They join the calibration only (the regressors never
-    train on them), each snapshot its own group, so the calibration and the systematic
-    error bound see how far QC errs on a network unlike its own. A child of ``rng`` draws
-    their randomness, so every other draw of the fit stays as it was. Returns the pairs and
-    each network's training record.
+    0.14–0.25 too high, while every training and calibration pair came from UNets or from
+    corruptions of the expert mask. Each architecture here is cross-fitted like ``seg``
+    (`OUTSIDER_FOLDS` networks, each trained on its share of the fitting cases), in the time
+    of one of ``seg``'s fold networks, with its schedule and augmentation. Their snapshots and
+    final networks segment the fitting cases they did not train on (training pairs: the
+    regressors learn what such failures look like) and the held-out cases (calibration
+    pairs, each snapshot its own group: the calibration and the systematic error bound see
+    how far QC errs on such a network). The final networks' masks are fair candidates too —
+    a fully trained network's failures — since none of ``seg``'s networks (the judges)
+    made them. A child of ``rng`` draws their randomness and torch's global state is
+    restored afterwards, so every other draw of the fit stays as it was. Returns the
+    fitting pairs, the calibration pairs and each network's training record.
     """
     import torch
 
@@ -207,20 +212,31 @@ def outsider_pairs(seg, architectures: Sequence[str], data: list, cal_images: di
     rng = rng.spawn(1)[0]
     console = ui.console()
     params = {k: v for k, v in vars(seg).items() if not k.endswith("_") and k not in ("n_folds", "architectures")}
-    params["max_minutes"] = seg.max_minutes / seg.n_folds  # one fold network's share
-    out, history = [], []
+    params["max_minutes"] = seg.max_minutes / seg.n_folds  # one of seg's fold networks' share, for all of them
+    fit_ids = [c.case_id for c in fit_cases]
+    fit_out, cal_out, history = [], [], []
     for arch in architectures:
-        net = CrossFittedSegmenter(**params, n_folds=1, architectures=(arch,))
-        # the network seeds torch from rng: the global torch state of the rest of the fit stays as it was
+        net = CrossFittedSegmenter(**params, n_folds=min(OUTSIDER_FOLDS, max(1, len(fit_cases))),
+                                   architectures=(arch,))
+        # the networks seed torch from rng: the global torch state of the rest of the fit stays as it was
         with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
-            net.fit(data, len(plan.labels), rng, snapshot_epochs=snapshot_epochs, predict_on=cal_images,
-                    render=render, progress=lambda msg, a=arch: console.print(
-                        f"  {msg.replace('segmenter fold 1/1', f'outsider {a}')}", highlight=False))
-        epochs = net.history_[0]["epochs"]
-        for c in cal_cases:
-            tagged = net.snapshot_masks_.get(c.case_id, [])
-            tagged += [(f"fold0_ep{epochs}", render(c.case_id, net.predict_proba(cal_images[c.case_id])))]
-            out += [TrainingPair(c, mask, f"outsider:{arch}_{tag.split('_', 1)[1]}") for tag, mask in tagged]
-        history.append(net.history_[0])
-    _report(f"outsider networks ({', '.join(architectures)}) on the held-out cases", out, plan.labels, t0)
-    return out, history
+            net.fit(data, len(plan.labels), rng, case_ids=fit_ids, snapshot_epochs=snapshot_epochs,
+                    predict_on=cal_images, render=render, progress=lambda msg, a=arch: console.print(
+                        f"  {msg.replace('segmenter fold', f'outsider {a} fold')}", highlight=False))
+        # the final networks: each case by a network that did not train on it, each held-out case by the
+        # network that made its snapshots (held-out cases are shared out in turn, as in fit)
+        final = {cid: net.predict_proba(im, case_id=cid) for cid, (im, _) in zip(fit_ids, data)}
+        final |= {cid: net.predict_proba(im, fold=j % net.n_folds) for j, (cid, im) in enumerate(cal_images.items())}
+
+        def tagged(case: Case) -> list[TrainingPair]:
+            # one group per snapshot epoch (of either network), and one of the final networks
+            snaps = [(tag.split("_", 1)[1], mask) for tag, mask in net.snapshot_masks_.get(case.case_id, [])]
+            snaps.append(("final", render(case.case_id, final[case.case_id])))
+            return [TrainingPair(case, mask, f"outsider:{arch}_{tag}") for tag, mask in snaps]
+
+        fit_out += [p for c in fit_cases for p in tagged(c)]
+        cal_out += [p for c in cal_cases for p in tagged(c)]
+        history += net.history_
+    _report(f"outsider networks ({', '.join(architectures)}): {len(fit_out)} + {len(cal_out)} bad masks",
+            fit_out + cal_out, plan.labels, t0)
+    return fit_out, cal_out, history
