@@ -124,7 +124,7 @@ class CrossFittedSegmenter:
                 epoch: a candidate made by the final network would be judged by that very
                 network, and agreement would look meaningless in training.
             predict_on: other images ``{case_id: image_ms}`` (e.g. calibration cases), each
-                predicted by one of the networks.
+                predicted by one of the networks (``extra_fold_[case_id]``).
             render: ``render(case_id, proba_ms) -> mask`` turns a snapshot's probabilities
                 ``(L+1, Z, S, S)`` into the candidate kept in ``snapshot_masks_``; default: the
                 model-space argmax.
@@ -137,6 +137,8 @@ class CrossFittedSegmenter:
         rng.shuffle(folds)
         self.folds_ = folds
         self.case_ids_ = list(case_ids) if case_ids is not None else [str(i) for i in range(n)]
+        # the extra images are shared out among the networks in turn: one set of snapshots each
+        self.extra_fold_ = {cid: j % self.n_folds for j, cid in enumerate(predict_on or {})}
         self.kwargs_ = _unet_kwargs(data[0][0].shape[0], n_labels + 1, self.channels)
         self.snapshot_masks_: dict[str, list[tuple[str, np.ndarray]]] = {}
         render = render or (lambda case_id, proba: proba.argmax(0).astype(np.uint8))
@@ -146,8 +148,7 @@ class CrossFittedSegmenter:
         for k in range(self.n_folds):
             # what this network never trains on: its held-out fold, and the extra images
             held = {self.case_ids_[i]: data[i][0] for i in range(n) if folds[i] == k and self.n_folds > 1}
-            # extra images are shared out among the networks: one set of snapshots each
-            held.update({cid: im for j, (cid, im) in enumerate((predict_on or {}).items()) if j % self.n_folds == k})
+            held.update({cid: im for cid, im in (predict_on or {}).items() if self.extra_fold_[cid] == k})
             train = [data[i] for i in range(n) if folds[i] != k] if self.n_folds > 1 else data
             self.nets_.append(self._train(train, dev, budget, rng, progress, k, snapshot_epochs, held, render))
         return self

@@ -172,6 +172,7 @@ def bench(*, bundle, cases, out, root=None, methods: Sequence[str] | None = None
     true = np.array([number(truth.get(r["case_id"]) or r["dice_true"]) for r in rows])
     groups = [r["group"] for r in rows]
     deployed = np.array([r.get("is_deployed") == "True" for r in rows])
+    group_of = np.asarray(groups, dtype=object)
     result = {"cases": str(cases), "n": len(rows), "n_failed": summary.n_failed, "tau": tau, "methods": {}}
     for name in methods:
         pred = np.array([float(r[f"{name}_dice"]) for r in rows])
@@ -183,8 +184,7 @@ def bench(*, bundle, cases, out, root=None, methods: Sequence[str] | None = None
         lo, hi = cal.interval(np.array([float(r[f"{name}_raw"]) for r in rows]))
         inside = (true >= lo) & (true <= hi)
         res["interval_coverage"] = float(np.mean(inside))
-        res["interval_coverage_by_group"] = {g: float(np.mean(inside[np.asarray(groups) == g]))
-                                             for g in sorted(set(groups))}
+        res["interval_coverage_by_group"] = {g: float(np.mean(inside[group_of == g])) for g in sorted(set(groups))}
         res["interval_nominal"] = cal.coverage
         res["dataset_level"] = estimate_groups(pred, pp, groups, tau=tau, true_dice=true,
                                                systematic=getattr(cal, "systematic_", float("nan")))

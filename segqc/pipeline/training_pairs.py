@@ -224,14 +224,14 @@ def outsider_pairs(seg, architectures: Sequence[str], data: list, fit_cases: Seq
                     predict_on=cal_images, render=render, progress=lambda msg, a=arch: console.print(
                         f"  {msg.replace('segmenter fold', f'outsider {a} fold')}", highlight=False))
         # the final networks: each case by a network that did not train on it, each held-out case by the
-        # network that made its snapshots (held-out cases are shared out in turn, as in fit)
-        final = {cid: net.predict_proba(im, case_id=cid) for cid, (im, _) in zip(fit_ids, data)}
-        final |= {cid: net.predict_proba(im, fold=j % net.n_folds) for j, (cid, im) in enumerate(cal_images.items())}
+        # network that made its snapshots
+        final = {cid: render(cid, net.predict_proba(im, case_id=cid)) for cid, (im, _) in zip(fit_ids, data)}
+        final |= {cid: render(cid, net.predict_proba(im, fold=net.extra_fold_[cid])) for cid, im in cal_images.items()}
 
         def tagged(case: Case) -> list[TrainingPair]:
             # one group per snapshot epoch (of either network), and one of the final networks
             snaps = [(tag.split("_", 1)[1], mask) for tag, mask in net.snapshot_masks_.get(case.case_id, [])]
-            snaps.append(("final", render(case.case_id, final[case.case_id])))
+            snaps.append(("final", final[case.case_id]))
             return [TrainingPair(case, mask, f"outsider:{arch}_{tag}") for tag, mask in snaps]
 
         fit_out += [p for c in fit_cases for p in tagged(c)]
