@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import pickle
+import re
 
 import numpy as np
 
@@ -50,9 +51,13 @@ def _groups(ids: list[str], n_folds: int = 5, seed: int = 0) -> np.ndarray:
     return np.array([fold[i] for i in ids])
 
 
-def _scores(true: np.ndarray, pred: np.ndarray, groups=None, deployed=None, lo=None, hi=None, sub=None) -> dict:
+def _scores(true: np.ndarray, pred: np.ndarray, groups=None, deployed=None, lo=None, hi=None, sub=None,
+            good=None) -> dict:
     out = {} if sub is None else {"model_r": pearson(true[sub], pred[sub]), "model_MAE": mae(true[sub], pred[sub]),
                                   "model_bias": float(np.mean(pred[sub] - true[sub]))}
+    if good is not None:  # pairs of nearly trained networks: a good model's masks, on reference ids
+        out |= {"good_r": pearson(true[good], pred[good]), "good_MAE": mae(true[good], pred[good]),
+                "good_AUROC": auroc_fail(true[good], pred[good])}
     out |= {"r": pearson(true, pred), "MAE": mae(true, pred), "bias": float(np.mean(pred - true)),
            "AUROC": auroc_fail(true, pred), "AURC": aurc(1 - true, pred)}
     if lo is not None:
@@ -69,6 +74,8 @@ def _scores(true: np.ndarray, pred: np.ndarray, groups=None, deployed=None, lo=N
     return out
 
 
+OBJECT = ("seg_unsupported_fraction", "seg_largest_component_support", "seg_untouched_fraction",
+          "seg_untouched_confidence")
 SHAPE = ("border_contact", "compactness", "extent", "hole_fraction", "largest_component_fraction", "log_volume_ratio",
          "n_components", "roughness", "solidity")
 
@@ -125,9 +132,11 @@ def main() -> None:
         return _per_pair(np.mean([model.predict(_matrix(_flat(table, "folds", k), names)) for k in range(n_folds)],
                                  axis=0), n_labels)
 
-    maker = np.array([int(s.split("fold")[1].split("_")[0]) if s.startswith("segmenter:") else -1
-                      for s in cal["source"]])
-    late = np.array([s.startswith("segmenter:") and int(s.rsplit("_ep", 1)[1]) > 8 for s in cal["source"]])
+    # segqc's fold snapshots are "segmenter:fold<k>_ep<e>"; simulated sites and outsiders are other sources
+    snap = [re.fullmatch(r"segmenter:fold(\d+)_ep(\d+)", s) for s in cal["source"]]
+    maker = np.array([int(m[1]) if m else -1 for m in snap])
+    late = np.array([bool(m) and int(m[2]) > 8 for m in snap])
+    good = np.array([(bool(m) and int(m[2]) >= 21) or s.endswith("_final") for m, s in zip(snap, cal["source"])])
 
     def independent(model) -> dict:
         """Model-made calibration pairs judged only by fold networks other than the one that made them
@@ -165,8 +174,8 @@ def main() -> None:
             name = f"{wname}{', per-fold scoring' if per_fold else ''}"
             rc, rb = raw_of(model, cal, per_fold), raw_of(model, bench, per_fold)
             oof, pb, (lo, hi) = calibrated(rc, rb)
-            results[name] = (_scores(y_cal, oof, sub=cal_model), _scores(y_b, pb, g_b, dep, lo, hi))
-            results[name + " [raw]"] = (_scores(y_cal, rc, sub=cal_model) | independent(model),
+            results[name] = (_scores(y_cal, oof, sub=cal_model, good=good), _scores(y_b, pb, g_b, dep, lo, hi))
+            results[name + " [raw]"] = (_scores(y_cal, rc, sub=cal_model, good=good) | independent(model),
                                         _scores(y_b, rb, g_b, dep))
             if wname.startswith("all") and not per_fold:
                 base_cal, base_b = rc, rb
@@ -181,14 +190,25 @@ def main() -> None:
         sub = type("Sub", (), {"predict": lambda self, A, m=model, i=idx: m.predict(A[:, i])})()
         rc, rb = raw_of(sub, cal, True), raw_of(sub, bench, True)
         oof, pb, (lo, hi) = calibrated(rc, rb)
-        results[f"{fname}, per-fold scoring"] = (_scores(y_cal, oof, sub=cal_model), _scores(y_b, pb, g_b, dep, lo, hi))
-        results[f"{fname}, per-fold scoring [raw]"] = (_scores(y_cal, rc, sub=cal_model) | independent(sub),
-                                                       _scores(y_b, rb, g_b, dep))
+        results[f"{fname}, per-fold scoring"] = (_scores(y_cal, oof, sub=cal_model, good=good),
+                                                 _scores(y_b, pb, g_b, dep, lo, hi))
+        results[f"{fname}, per-fold scoring [raw]"] = (
+            _scores(y_cal, rc, sub=cal_model, good=good) | independent(sub), _scores(y_b, rb, g_b, dep))
+    # object-level agreement with the segmenter (a blob it does not support, an object left out): without it
+    without = [n for n in names if n not in OBJECT]
+    if len(without) < len(names):
+        idx = [names.index(c) for c in without]
+        model = _lgbm(X_fit[:, idx], y_fit)
+        sub = type("Sub", (), {"predict": lambda self, A, m=model, i=idx: m.predict(A[:, i])})()
+        rc, rb = raw_of(sub, cal, False), raw_of(sub, bench, False)
+        oof, pb, (lo, hi) = calibrated(rc, rb)
+        results["without object-level agreement"] = (_scores(y_cal, oof, sub=cal_model, good=good),
+                                                     _scores(y_b, pb, g_b, dep, lo, hi))
     model = _lgbm(X_fit, y_fit)
     rc, rb = raw_of(model, cal, True), raw_of(model, bench, True)
     oof, pb, (lo, hi) = calibrated(rc, rb, on=cal_model)
     results["as shipped, per-fold, calibrated on model-made pairs"] = (
-        _scores(y_cal, oof, sub=cal_model), _scores(y_b, pb, g_b, dep, lo, hi))
+        _scores(y_cal, oof, sub=cal_model, good=good), _scores(y_b, pb, g_b, dep, lo, hi))
 
     # second stage on the calibration pairs: the regressor's raw score + the fold networks' agreement
     import lightgbm as lgb
@@ -209,15 +229,15 @@ def main() -> None:
             oof[m] = mk().fit(Zc[~m], y_cal[~m]).predict(Zc[m])
         pb = np.clip(mk().fit(Zc, y_cal).predict(Zb), 0, 1)
         radius = np.quantile(np.abs(oof - y_cal), 0.9)
-        results[sname] = (_scores(y_cal, np.clip(oof, 0, 1), sub=cal_model),
+        results[sname] = (_scores(y_cal, np.clip(oof, 0, 1), sub=cal_model, good=good),
                           _scores(y_b, pb, g_b, dep, pb - radius, pb + radius))
     for f in MEMBER:
-        results[f"[signal] {f}"] = (_scores(y_cal, Zc[:, 1 + MEMBER.index(f)], sub=cal_model),
+        results[f"[signal] {f}"] = (_scores(y_cal, Zc[:, 1 + MEMBER.index(f)], sub=cal_model, good=good),
                                     _scores(y_b, Zb[:, 1 + MEMBER.index(f)], g_b, dep))
 
     keys = ["r", "MAE", "bias", "AUROC", "AURC", "cov90", "ckpt_max_gap", "ckpt_mean_gap", "dep_r", "dep_MAE",
             "dep_AUROC", "dep_AURC", "dep_est", "dep_true"]
-    ind = ["ind_r", "ind_MAE", "ind_bias", "ind_late_MAE", "ind_late_bias"]
+    ind = ["good_r", "good_MAE", "good_AUROC", "ind_r", "ind_MAE", "ind_bias", "ind_late_MAE", "ind_late_bias"]
     print("\n| variant | cal r | cal MAE | cal bias | cal model-made r | MAE | bias | " + " | ".join(ind) + " | "
           + " | ".join(keys) + " |\n|---|---|---|---|---|---|---|" + "---|" * (len(keys) + len(ind)))
     for name, (c, b) in results.items():

@@ -86,3 +86,44 @@ def test_batch_with_a_bad_case(name, data, fitted):
     assert isinstance(got[1], ValueError) and "7" in str(got[1])
     for g, case in zip([got[0], got[2], got[3]], [c1, c3, same_image]):
         _assert_same(g, one.score(case))
+
+
+def test_features_measures_a_large_batch_on_worker_processes_with_the_same_answers(kvasir_cases, fitted):
+    """Enough candidates go to worker processes (`measure_candidates`); answers are those of `score`."""
+    from segqc.components.quality_features import MIN_PARALLEL
+    from segqc.data.corrupt import sample_corruptions
+
+    method, _ = fitted("features", "kvasir")
+    method.n_jobs = 2
+    rng = np.random.default_rng(1)
+    cases = [c.with_mask(bad) for c in kvasir_cases[3:8] for bad, _ in sample_corruptions(c.mask, c.spacing, rng, 13)]
+    assert len(cases) >= MIN_PARALLEL
+    one, many = _copies(method)
+    one.n_jobs = 1
+    got = many.score_batch(cases)
+    for g, case in zip(got, cases):
+        _assert_same(g, one.score(case))
+
+
+def test_measuring_on_workers_gives_the_rows_of_measuring_in_process(kvasir_cases):
+    """Rows come back in the jobs' order, candidates of one image measured together, whatever the workers."""
+    from scipy import ndimage
+
+    from segqc.components.quality_features import MIN_PARALLEL, measure_candidates, reference_stats
+    from segqc.data.corrupt import sample_corruptions
+
+    rng = np.random.default_rng(2)
+    stats = reference_stats(kvasir_cases, [1], rng)
+    jobs = []
+    for c in kvasir_cases:
+        soft = ndimage.gaussian_filter(c.mask.astype(np.float32), 3)
+        proba = np.stack([1 - soft, soft])
+        jobs += [(c.with_mask(bad), proba) for bad, _ in sample_corruptions(c.mask, c.spacing, rng, 9)]
+    jobs = [jobs[i] for i in rng.permutation(len(jobs))]  # images interleaved: rows must still come back in order
+    assert len(jobs) >= MIN_PARALLEL
+    done = []
+    serial = measure_candidates(jobs, [1], stats, n_jobs=1)
+    parallel = measure_candidates(jobs, [1], stats, n_jobs=2, progress=done.append)
+    assert parallel == serial
+    assert done[-1] == len(jobs) and done == sorted(done)
+    assert len({tuple(sorted(r[0].items())) for r in serial}) > len(jobs) // 2  # the candidates differ

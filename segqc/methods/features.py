@@ -1,29 +1,21 @@
 """Hand-crafted quality features + gradient boosting (Sunoqrot et al. 2020; Robinson et al. 2018).
 
-For each foreground label of the candidate mask we measure, in physical units:
-
-* shape: volume relative to the reference masks' typical volume, connected components,
-  holes, compactness, convexity (solidity), boundary roughness, extent, position,
-  contact with the image border, and in 3D slice continuity (gaps, area jumps);
-* image–mask agreement: intensity inside vs a ring just outside, the same against the
-  reference masks' foreground intensities, boundary gradient strength relative to the
-  image's, histogram overlap inside vs ring;
-* agreement with segqc's own reference segmenter (`segqc.components.segmenter`, cross-fitted so a
-  training case is never judged by a network that saw it): Dice and soft Dice with its
-  probability map, probability inside / just outside the candidate, missed and extra
-  volume, HD95 in mm. Its argmax is also returned as a pseudo ground truth, and
-  |candidate − probability| as an error map.
-
-A LightGBM regressor maps them to the label's Dice. It is trained on realistic bad
-masks (`segqc.data.corrupt`) of the reference cases, plus any user-supplied predictions.
+Each foreground label of the candidate mask is measured (`segqc.components.quality_features`):
+its shape, how it sits on the image, and how it agrees with segqc's own reference segmenter
+(`segqc.components.segmenter`, cross-fitted so a training case is never judged by a network
+that saw it), voxel by voxel and object by object. A LightGBM regressor maps them to the
+label's Dice. It is trained on realistic bad masks (`segqc.data.corrupt`) of the reference
+cases, plus model-made ones (the segmenter's snapshots, outsider networks, the user's model).
+The segmenter's argmax is also returned as a pseudo ground truth, and the probability that
+the candidate's label is wrong at each voxel as an error map.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 from segqc.components.booster import booster_from_text
+from segqc.components.quality_features import mask_features, measure_candidates, reference_stats
 from segqc.data.case import Case
 from segqc.data.labels import to_index, to_labels
 from segqc.methods.base import (
@@ -36,218 +28,16 @@ from segqc.methods.base import (
     non_negative,
     positive,
 )
-from segqc.metrics import binary_dice
 
-__all__ = ["FeatureRegressor", "mask_features"]
-
-
-def _ring(m: np.ndarray, width: int) -> np.ndarray:
-    return ndimage.binary_dilation(m, iterations=width) & ~m
-
-
-def _solidity_2d(m: np.ndarray) -> float:
-    from skimage.morphology import convex_hull_image
-
-    if m.sum() < 3:
-        return 1.0
-    try:
-        return float(m.sum() / max(convex_hull_image(m).sum(), 1))
-    except (ValueError, RuntimeError):  # degenerate (collinear) shapes
-        return 1.0
-
-
-def _boundary_count(m: np.ndarray) -> int:
-    return int((m ^ ndimage.binary_erosion(m)).sum())
-
-
-def _shape_features(m: np.ndarray, spacing: tuple[float, ...], ref_volume: float) -> dict[str, float]:
-    ndim = m.ndim
-    voxel = float(np.prod(spacing))
-    n = int(m.sum())
-    f: dict[str, float] = {"empty": float(n == 0)}
-    vol = n * voxel
-    f["log_volume_ratio"] = float(np.log((vol + voxel) / (ref_volume + voxel)))
-    f["volume_fraction"] = n / m.size
-    if n == 0:
-        return f
-    lab, ncomp = ndimage.label(m)
-    sizes = np.bincount(lab.ravel())[1:]
-    f["n_components"] = float(ncomp)
-    f["largest_component_fraction"] = float(sizes.max() / n)
-    filled = ndimage.binary_fill_holes(m) if ndim == 2 else np.stack([ndimage.binary_fill_holes(s) for s in m])
-    f["hole_fraction"] = float((filled.sum() - n) / max(filled.sum(), 1))
-    boundary = _boundary_count(m)
-    mean_sp = float(np.mean(spacing))
-    if ndim == 2:
-        perim = boundary * mean_sp
-        f["compactness"] = float(4 * np.pi * vol / max(perim**2, 1e-6))
-        f["solidity"] = _solidity_2d(m)
-    else:
-        area = boundary * mean_sp**2
-        f["compactness"] = float(36 * np.pi * vol**2 / max(area**3, 1e-6))
-        zs = [z for z in range(m.shape[0]) if m[z].any()]
-        sol = [_solidity_2d(m[z]) for z in zs[:: max(1, len(zs) // 8)]]
-        f["solidity"] = float(np.mean(sol))
-        areas = m.sum(axis=(1, 2)).astype(float)
-        span = areas[zs[0]: zs[-1] + 1]
-        f["slice_gap_fraction"] = float(np.mean(span == 0))
-        f["slice_area_jump"] = float(np.mean(np.abs(np.diff(span))) / max(span.mean(), 1)) if len(span) > 1 else 0.0
-        f["z_extent_fraction"] = len(span) / m.shape[0]
-    smooth = ndimage.gaussian_filter(m.astype(np.float32), sigma=2.0) > 0.5
-    f["roughness"] = float(boundary / max(_boundary_count(smooth), 1))
-    idx = np.argwhere(m)
-    lo, hi = idx.min(0), idx.max(0)
-    f["extent"] = float(n / np.prod(hi - lo + 1))
-    centre = idx.mean(0) / np.array(m.shape)
-    for i, c in enumerate(centre):
-        f[f"centroid_{i}"] = float(c)
-    border = np.zeros_like(m)
-    for ax in range(ndim):
-        sl = [slice(None)] * ndim
-        sl[ax] = 0
-        border[tuple(sl)] = True
-        sl[ax] = -1
-        border[tuple(sl)] = True
-    f["border_contact"] = float((m & border).sum() / max(boundary, 1))
-    return f
-
-
-def _image_features(img: np.ndarray, m: np.ndarray, spacing, ref_stats: dict) -> dict[str, float]:
-    """img (C, ...) float; m bool; ref_stats per channel: mean/std of reference foreground and image."""
-    f: dict[str, float] = {}
-    n = int(m.sum())
-    if n == 0:
-        return f
-    # ring width ~15 % of the structure's equivalent radius, in voxels, at least 2
-    radius = (n / np.pi) ** 0.5 if m.ndim == 2 else (3 * n / (4 * np.pi)) ** (1 / 3)
-    ring = _ring(m, max(2, int(round(0.15 * radius))))
-    edge = m ^ ndimage.binary_erosion(m)
-    channels = list(range(img.shape[0]))
-    if img.shape[0] > 1:
-        channels.append(-1)  # grey (channel mean) too
-    for c in channels:
-        x = img.mean(0) if c == -1 else img[c]
-        name = "grey" if c == -1 else f"c{c}"
-        st = ref_stats[str(c)]
-        scale = st["img_std"] + 1e-6
-        inside, outside = x[m], x[ring] if ring.any() else x[~m]
-        mi, mo = float(inside.mean()), float(outside.mean()) if outside.size else float(x.mean())
-        si, so = float(inside.std()), float(outside.std()) if outside.size else 0.0
-        f[f"{name}_in_mean"] = (mi - st["img_mean"]) / scale
-        f[f"{name}_ring_mean"] = (mo - st["img_mean"]) / scale
-        f[f"{name}_contrast"] = (mi - mo) / (0.5 * (si + so) + 1e-3 * scale)
-        f[f"{name}_in_std"] = si / scale
-        f[f"{name}_ring_std"] = so / scale
-        f[f"{name}_in_vs_ref_fg"] = (mi - st["fg_mean"]) / (st["fg_std"] + 1e-6)
-        f[f"{name}_ring_vs_ref_fg"] = (mo - st["fg_mean"]) / (st["fg_std"] + 1e-6)
-        f[f"{name}_ring_vs_ref_bg"] = (mo - st["ring_mean"]) / (st["ring_std"] + 1e-6)
-        # histogram overlap of inside vs ring: well separated = a real edge was followed
-        if outside.size:
-            lo, hi = np.percentile(x, [1, 99])
-            bins = np.linspace(lo, hi + 1e-6, 17)
-            hi_, _ = np.histogram(inside, bins)
-            ho_, _ = np.histogram(outside, bins)
-            f[f"{name}_hist_overlap"] = float(np.minimum(hi_ / max(hi_.sum(), 1), ho_ / max(ho_.sum(), 1)).sum())
-    grey = img.mean(0)
-    grad = ndimage.gaussian_gradient_magnitude(grey, sigma=1.0)
-    ref_grad = ref_stats["grad_mean"] + 1e-6
-    f["edge_gradient"] = float(grad[edge].mean() / ref_grad)
-    f["edge_gradient_vs_image"] = float(grad[edge].mean() / (grad.mean() + 1e-6))
-    f["edge_gradient_vs_ref_edges"] = float(grad[edge].mean() / (ref_stats["edge_grad_mean"] + 1e-6))
-    return f
-
-
-def _agreement_features(m: np.ndarray, proba: np.ndarray, channel: int, spacing) -> dict[str, float]:
-    """Candidate label mask ``m`` vs the segmenter's probabilities ``proba`` (L+1, ...) of its ``channel``."""
-    from segqc.metrics import binary_hd95
-
-    p = proba[channel]
-    seg = proba.argmax(0) == channel
-    n, ps = int(m.sum()), float(p.sum())
-    f = {"seg_dice": binary_dice(m, seg),
-         "seg_soft_dice": float(2 * (p * m).sum() / max(n + ps, 1e-6)) if n + ps > 0 else 1.0,
-         "seg_log_volume_ratio": float(np.log((ps + 1) / (n + 1))),
-         "seg_empty": float(not seg.any())}
-    if n:
-        ring = _ring(m, 3)
-        f["seg_p_inside"] = float(p[m].mean())
-        f["seg_p_ring"] = float(p[ring].mean()) if ring.any() else 0.0
-        f["seg_frac_inside_low"] = float((p[m] < 0.5).mean())
-    if seg.any():
-        f["seg_frac_missed"] = float((seg & ~m).sum() / seg.sum())
-        f["seg_confidence"] = float(p[seg].mean())
-    if n and seg.any():
-        f["seg_hd95"] = binary_hd95(m, seg, spacing)
-    union = m | seg
-    if union.any():
-        # how unsure the segmenter itself is where the two opinions could differ
-        f["seg_uncertainty"] = float((4 * p[union] * (1 - p[union])).mean())
-    return f
-
-
-def mask_features(case: Case, label: int, ref_stats: dict, proba: np.ndarray | None = None) -> dict[str, float]:
-    """All features of one label of ``case.mask`` (a dict of floats; missing = NaN for the booster)."""
-    m = case.mask == label
-    f = {"label": float(label), "n_labels": float(len(ref_stats["labels"]))}
-    lbl = ref_stats["labels"][str(label)]
-    f.update(_shape_features(m, case.spacing, lbl["volume_median"]))
-    f["log_volume_vs_ref_iqr"] = float(
-        (np.log(m.sum() * np.prod(case.spacing) + 1) - lbl["log_volume_mean"]) / (lbl["log_volume_std"] + 1e-3))
-    f.update(_image_features(case.image, m, case.spacing, ref_stats["channels"][str(label)]))
-    if len(ref_stats["labels"]) > 1:
-        # multi-label: how much of this label touches the other labels, relative to the references
-        others = (case.mask > 0) & ~m
-        f["contact_other_labels"] = float((ndimage.binary_dilation(m) & others).sum() / max(m.sum(), 1))
-    if proba is not None:
-        # the segmenter's channels follow the plan's label order, as ref_stats["labels"] does
-        channel = 1 + list(ref_stats["labels"]).index(str(label))
-        f.update(_agreement_features(m, proba, channel, case.spacing))
-    return f
-
-
-def reference_stats(cases: list[Case], labels: list[int], rng: np.random.Generator) -> dict:
-    """Typical volumes and intensities of the expert masks: what 'normal' means for this dataset."""
-    out: dict = {"labels": {}, "channels": {}}
-    for k in labels:
-        vols = np.array([(c.mask == k).sum() * np.prod(c.spacing) for c in cases], float)
-        logs = np.log(vols + 1)
-        out["labels"][str(k)] = {"volume_median": float(np.median(vols)), "log_volume_mean": float(logs.mean()),
-                                 "log_volume_std": float(logs.std())}
-        per_channel: dict[str, dict] = {}
-        n_ch = cases[0].image.shape[0]
-        chans = list(range(n_ch)) + ([-1] if n_ch > 1 else [])
-        acc = {c: {"fg": [], "ring": [], "img": []} for c in chans}
-        grads, edge_grads = [], []
-        for case in cases:
-            m = case.mask == k
-            ring = _ring(m, 3) if m.any() else ~m
-            for c in chans:
-                x = case.image.mean(0) if c == -1 else case.image[c]
-                for key, sel in (("fg", m), ("ring", ring), ("img", np.ones_like(m))):
-                    v = x[sel]
-                    if v.size:
-                        acc[c][key].append(rng.choice(v, size=min(v.size, 2000), replace=False))
-            g = ndimage.gaussian_gradient_magnitude(case.image.mean(0), sigma=1.0)
-            grads.append(float(g.mean()))
-            if m.any():
-                edge_grads.append(float(g[m ^ ndimage.binary_erosion(m)].mean()))
-        for c in chans:
-            st = {}
-            for key in ("fg", "ring", "img"):
-                v = np.concatenate(acc[c][key]) if acc[c][key] else np.zeros(1)
-                st[f"{key}_mean"], st[f"{key}_std"] = float(v.mean()), float(v.std())
-            per_channel[str(c)] = st
-        per_channel["grad_mean"] = float(np.mean(grads))
-        per_channel["edge_grad_mean"] = float(np.mean(edge_grads)) if edge_grads else 1.0
-        out["channels"][str(k)] = per_channel
-    return out
+__all__ = ["FeatureRegressor", "mask_features", "measure_candidates"]
 
 
 class FeatureRegressor(QCMethod):
     """Shape + image–mask features → LightGBM → Dice per label.
 
     Parameters: ``pairs_per_case`` bad masks per reference case; ``n_estimators``,
-    ``learning_rate``, ``num_leaves``, ``n_jobs`` (threads): LightGBM's; ``segmenter``: add
+    ``learning_rate``, ``num_leaves``: LightGBM's; ``n_jobs``: LightGBM's threads and the processes
+    that measure many candidates at once (`measure_candidates`); ``segmenter``: add
     agreement features with segqc's cross-fitted segmenter (``ctx.segmenter`` when `fit` gets
     one, else trained here with ``segmenter_epochs`` / ``segmenter_minutes``).
     """
@@ -258,7 +48,7 @@ class FeatureRegressor(QCMethod):
         "n_estimators": Param(400, check=positive),
         "learning_rate": Param(0.03, check=positive),
         "num_leaves": Param(15, check=positive),
-        "n_jobs": Param(2, doc="LightGBM threads"),
+        "n_jobs": Param(2, doc="LightGBM threads and feature-measuring worker processes (-1: every core)"),
         "segmenter": Param(True, doc="agreement features with segqc's cross-fitted segmenter"),
         "segmenter_epochs": Param(40, check=positive),
         "segmenter_minutes": Param(10.0, check=positive),
@@ -330,8 +120,8 @@ class FeatureRegressor(QCMethod):
         return cache[1].get(case.image, case.spacing, compute, tag=what)
 
     def _table(self, pairs: list[TrainingPair], probas: dict, progress) -> tuple[list[dict], list[float]]:
-        X, y = [], []
-        for i, p in enumerate(pairs):
+        jobs = []
+        for p in pairs:
             proba = None
             if self.segmenter:
                 # a reference case's out-of-fold probabilities, whichever candidate of it this is;
@@ -339,25 +129,40 @@ class FeatureRegressor(QCMethod):
                 proba = probas.get(p.reference_id)
                 if proba is None:
                     proba = probas[p.reference_id] = self.segmenter_proba(p.reference)
-            X += [mask_features(p.case, k, self.ref_stats_, proba) for k in self.labels_]
-            y += p.true_dice(self.labels_).tolist()
-            if (i + 1) % 100 == 0 or i + 1 == len(pairs):
-                progress(f"{self.name}: measured {i + 1}/{len(pairs)} training pairs")
+            jobs.append((p.case, proba))
+        step = max(100, len(pairs) // 20)
+        reported = [0]
+
+        def measured(done: int) -> None:
+            if done - reported[0] >= step or done == len(pairs):
+                reported[0] = done
+                progress(f"{self.name}: measured {done}/{len(pairs)} training pairs")
+
+        rows = measure_candidates(jobs, self.labels_, self.ref_stats_, self.n_jobs, measured)
+        X = [r for case_rows in rows for r in case_rows]
+        y = [d for p in pairs for d in p.true_dice(self.labels_).tolist()]
         return X, y
 
     def _matrix(self, rows: list[dict]) -> np.ndarray:
         return np.array([[r.get(k, np.nan) for k in self.feature_names_] for r in rows], dtype=np.float64)
 
     # -- scoring -----------------------------------------------------------------------
-    def _score_case(self, case: Case) -> RawScore:
+    def _score_cases(self, cases: list[Case]) -> list[RawScore]:
         if self.segmenter and self.fold_scoring:
-            # each fold network is, for a new case, what a training pair's out-of-fold network was for it
-            members = self.segmenter_members(case)
-            proba = np.mean(members, axis=0)
-            pred = np.mean([self._predict(case, p) for p in members], axis=0)
-        else:
-            proba = self.segmenter_proba(case)
-            pred = self._predict(case, proba)
+            return [self._score_by_folds(c) for c in cases]
+        probas = [self.segmenter_proba(c) for c in cases]  # one segmenter pass per image (cached)
+        rows = measure_candidates(list(zip(cases, probas)), self.labels_, self.ref_stats_, self.n_jobs)
+        n = len(self.labels_)
+        preds = self._predict_rows([r for case_rows in rows for r in case_rows]).reshape(len(cases), n)
+        return [self._raw_score(c, p, pred) for c, p, pred in zip(cases, probas, preds)]
+
+    def _score_by_folds(self, case: Case) -> RawScore:
+        # each fold network is, for a new case, what a training pair's out-of-fold network was for it
+        members = self.segmenter_members(case)
+        pred = np.mean([self._predict(case, p) for p in members], axis=0)
+        return self._raw_score(case, np.mean(members, axis=0), pred)
+
+    def _raw_score(self, case: Case, proba: np.ndarray | None, pred: np.ndarray) -> RawScore:
         maps = {}
         if proba is not None:
             cand = to_index(case.mask, self.labels_)
@@ -367,7 +172,9 @@ class FeatureRegressor(QCMethod):
         return RawScore(dice={k: float(v) for k, v in zip(self.labels_, pred)}, maps=maps)
 
     def _predict(self, case: Case, proba: np.ndarray | None) -> np.ndarray:
-        rows = [mask_features(case, k, self.ref_stats_, proba) for k in self.labels_]
+        return self._predict_rows([mask_features(case, k, self.ref_stats_, proba) for k in self.labels_])
+
+    def _predict_rows(self, rows: list[dict]) -> np.ndarray:
         return np.clip(self.model_.predict(self._matrix(rows)), 0.0, 1.0)
 
     # -- persistence: the booster as LightGBM text (plain data, never unpickled), the segmenter its own way

@@ -19,7 +19,7 @@ from segqc.pipeline.profiles import resolve_profile, with_profile
 from segqc.pipeline.records import list_cases, load_cases, where, write_run_record
 from segqc.utils import resolve_device
 
-__all__ = ["fingerprint_dataset", "fit", "reference_cases", "split_for_calibration"]
+__all__ = ["fingerprint_dataset", "fit", "raw_scores", "reference_cases", "split_for_calibration"]
 
 
 def fingerprint_dataset(*, data, out, layout: str = "auto", max_slice_size: int = 128):
@@ -138,7 +138,7 @@ def fit(*, reference, out, methods: Sequence[str] = ("features",), layout: str =
         t0 = time.time()
         method.fit(fit_cases, plan, ctx)
         t_fit = time.time() - t0
-        raws[name] = np.array([method.score(p.case).mean_dice for p in ui.track(cal_pairs, f"calibrating {name}")])
+        raws[name] = raw_scores(method, cal_pairs, f"calibrating {name} ({len(cal_pairs)} pairs)")
         bundle.methods[name] = method
         _calibrate(bundle, name, raws[name], true_cal, groups, tau, coverage, t_fit, console)
     if fuse and len(methods) >= 2:
@@ -164,6 +164,21 @@ def fit(*, reference, out, methods: Sequence[str] = ("features",), layout: str =
                                   "seed": seed, "device": device, "profile": profile}, started)
     console.print(f"segqc fit: bundle written to {out} (default method: {bundle.default_method})")
     return bundle
+
+
+def raw_scores(method, pairs: Sequence[TrainingPair], description: str, chunk: int = 256) -> np.ndarray:
+    """``method``'s raw mean Dice of each pair's candidate, scored a chunk at a time with `score_batch`
+    (network methods stack their forward passes, `features` measures on several processes);
+    a pair that cannot be scored stops the fit, as a calibration without it would be silently another."""
+    out: list[float] = []
+    parts = [list(pairs[i:i + chunk]) for i in range(0, len(pairs), chunk)]
+    for part in ui.track(parts, description):
+        for p, raw in zip(part, method.score_batch([p.case for p in part])):
+            if isinstance(raw, Exception):
+                raise ValueError(f"{method.name} could not score the calibration candidate of {p.reference_id} "
+                                 f"({p.source}): {raw}") from raw
+            out.append(raw.mean_dice)
+    return np.array(out)
 
 
 def reference_cases(reference, *, layout: str = "auto", ids: Sequence[str] | None = None, max_slice_size: int = 128):

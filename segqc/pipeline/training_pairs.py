@@ -129,7 +129,7 @@ def segmenter_pairs(fit_cases: Sequence[Case], cal_cases: Sequence[Case], plan, 
     outsider_history = []
     if outsiders:  # after the sites: each spawns a child of rng, and the sites' stays the one it was
         more_fit, more_cal, outsider_history = outsider_pairs(seg, outsiders, data, fit_cases, cal_images, cal_cases,
-                                                              plan, rng, render, snapshots)
+                                                              plan, rng, render)
         fit_pairs, cal_pairs = fit_pairs + more_fit, cal_pairs + more_cal
     seg.snapshot_masks_ = {}  # not needed any more; keeps memory and the bundle small
     # how good segqc's own segmenter is on reference cases it never trained on (all folds, as at scoring)
@@ -185,7 +185,7 @@ def site_pairs(seg, cases: Sequence[Case], plan, rng: np.random.Generator, n_sit
 
 def outsider_pairs(seg, architectures: Sequence[str], data: list, fit_cases: Sequence[Case],
                    cal_images: dict[str, np.ndarray], cal_cases: Sequence[Case], plan, rng: np.random.Generator,
-                   render, snapshot_epochs: tuple[int, ...]) -> tuple[list[TrainingPair], list[TrainingPair], list]:
+                   render) -> tuple[list[TrainingPair], list[TrainingPair], list]:
     """Networks of other architectures than ``seg``'s: their failures as training and calibration pairs.
 
     QC judges a candidate mostly by how it agrees with segqc's own segmenter. A network of
@@ -194,15 +194,17 @@ def outsider_pairs(seg, architectures: Sequence[str], data: list, fit_cases: Seq
     0.14–0.25 too high, while every training and calibration pair came from UNets or from
     corruptions of the expert mask. Each architecture here is cross-fitted like ``seg``
     (`OUTSIDER_FOLDS` networks, each trained on its share of the fitting cases), in the time
-    of one of ``seg``'s fold networks, with its schedule and augmentation. Their snapshots and
-    final networks segment the fitting cases they did not train on (training pairs: the
-    regressors learn what such failures look like) and the held-out cases (calibration
-    pairs, each snapshot its own group: the calibration and the systematic error bound see
-    how far QC errs on such a network). The final networks' masks are fair candidates too —
-    a fully trained network's failures — since none of ``seg``'s networks (the judges)
-    made them. A child of ``rng`` draws their randomness and torch's global state is
-    restored afterwards, so every other draw of the fit stays as it was. Returns the
-    fitting pairs, the calibration pairs and each network's training record.
+    of one of ``seg``'s fold networks, with its schedule and augmentation. Their final
+    networks segment the fitting cases they did not train on (training pairs: the regressors
+    learn what such failures look like) and the held-out cases (calibration pairs, one group
+    per architecture: the calibration and the systematic error bound see how far QC errs on
+    such a network). These masks are fair candidates — a trained network's failures — since
+    none of ``seg``'s networks (the judges) made them. They make no snapshots: early-training
+    failures are ``seg``'s snapshots' part, and on 2 CPU cores the snapshots' predictions took
+    three quarters of the outsiders' time, leaving them 3 epochs of training (their "final"
+    networks were as untrained as ``seg`` after 2). A child of ``rng`` draws their randomness
+    and torch's global state is restored afterwards, so every other draw of the fit stays as
+    it was. Returns the fitting pairs, the calibration pairs and each network's training record.
     """
     import torch
 
@@ -220,22 +222,16 @@ def outsider_pairs(seg, architectures: Sequence[str], data: list, fit_cases: Seq
                                    architectures=(arch,))
         # the networks seed torch from rng: the global torch state of the rest of the fit stays as it was
         with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
-            net.fit(data, len(plan.labels), rng, case_ids=fit_ids, snapshot_epochs=snapshot_epochs,
-                    predict_on=cal_images, render=render, progress=lambda msg, a=arch: console.print(
+            net.fit(data, len(plan.labels), rng, case_ids=fit_ids, predict_on=cal_images, render=render,
+                    progress=lambda msg, a=arch: console.print(
                         f"  {msg.replace('segmenter fold', f'outsider {a} fold')}", highlight=False))
         # the final networks: each case by a network that did not train on it, each held-out case by the
         # network that made its snapshots
         final = {cid: render(cid, net.predict_proba(im, case_id=cid)) for cid, (im, _) in zip(fit_ids, data)}
         final |= {cid: render(cid, net.predict_proba(im, fold=net.extra_fold_[cid])) for cid, im in cal_images.items()}
 
-        def tagged(case: Case) -> list[TrainingPair]:
-            # one group per snapshot epoch (of either network), and one of the final networks
-            snaps = [(tag.split("_", 1)[1], mask) for tag, mask in net.snapshot_masks_.get(case.case_id, [])]
-            snaps.append(("final", final[case.case_id]))
-            return [TrainingPair(case, mask, f"outsider:{arch}_{tag}") for tag, mask in snaps]
-
-        fit_out += [p for c in fit_cases for p in tagged(c)]
-        cal_out += [p for c in cal_cases for p in tagged(c)]
+        fit_out += [TrainingPair(c, final[c.case_id], f"outsider:{arch}_final") for c in fit_cases]
+        cal_out += [TrainingPair(c, final[c.case_id], f"outsider:{arch}_final") for c in cal_cases]
         history += net.history_
     _report(f"outsider networks ({', '.join(architectures)}): {len(fit_out)} + {len(cal_out)} bad masks",
             fit_out + cal_out, plan.labels, t0)
