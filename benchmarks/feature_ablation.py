@@ -74,8 +74,6 @@ def _scores(true: np.ndarray, pred: np.ndarray, groups=None, deployed=None, lo=N
     return out
 
 
-OBJECT = ("seg_unsupported_fraction", "seg_largest_component_support", "seg_untouched_fraction",
-          "seg_untouched_confidence")
 SHAPE = ("border_contact", "compactness", "extent", "hole_fraction", "largest_component_fraction", "log_volume_ratio",
          "n_components", "roughness", "solidity")
 
@@ -194,16 +192,6 @@ def main() -> None:
                                                  _scores(y_b, pb, g_b, dep, lo, hi))
         results[f"{fname}, per-fold scoring [raw]"] = (
             _scores(y_cal, rc, sub=cal_model, good=good) | independent(sub), _scores(y_b, rb, g_b, dep))
-    # object-level agreement with the segmenter (a blob it does not support, an object left out): without it
-    without = [n for n in names if n not in OBJECT]
-    if len(without) < len(names):
-        idx = [names.index(c) for c in without]
-        model = _lgbm(X_fit[:, idx], y_fit)
-        sub = type("Sub", (), {"predict": lambda self, A, m=model, i=idx: m.predict(A[:, i])})()
-        rc, rb = raw_of(sub, cal, False), raw_of(sub, bench, False)
-        oof, pb, (lo, hi) = calibrated(rc, rb)
-        results["without object-level agreement"] = (_scores(y_cal, oof, sub=cal_model, good=good),
-                                                     _scores(y_b, pb, g_b, dep, lo, hi))
     model = _lgbm(X_fit, y_fit)
     rc, rb = raw_of(model, cal, True), raw_of(model, bench, True)
     oof, pb, (lo, hi) = calibrated(rc, rb, on=cal_model)

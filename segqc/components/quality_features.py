@@ -9,9 +9,7 @@ For each foreground label of the candidate mask, in physical units:
   reference masks' foreground intensities, boundary gradient strength relative to the
   image's, histogram overlap inside vs ring;
 * agreement with segqc's own reference segmenter's probabilities: Dice and soft Dice,
-  probability inside / just outside the candidate, missed and extra volume, HD95 in mm,
-  and object by object (a candidate's component it does not support, an object it finds
-  that the candidate does not touch).
+  probability inside / just outside the candidate, missed and extra volume, HD95 in mm.
 
 `measure_candidates` measures many candidates at once, on worker processes when they are many.
 """
@@ -169,41 +167,10 @@ def _agreement_features(m: np.ndarray, proba: np.ndarray, channel: int, spacing)
         f["seg_confidence"] = float(p[seg].mean())
     if n and seg.any():
         f["seg_hd95"] = binary_hd95(m, seg, spacing)
-    f.update(_object_agreement(m, seg, p))
     union = m | seg
     if union.any():
         # how unsure the segmenter itself is where the two opinions could differ
         f["seg_uncertainty"] = float((4 * p[union] * (1 - p[union])).mean())
-    return f
-
-
-def _object_agreement(m: np.ndarray, seg: np.ndarray, p: np.ndarray) -> dict[str, float]:
-    """Disagreement with the segmenter object by object rather than voxel by voxel.
-
-    Where the candidate and segqc's segmenter draw one object's boundary differently, either
-    may be right (the user's model is often the stronger network). A whole component of the
-    candidate that the segmenter gives no probability to, or a whole object it finds that the
-    candidate does not touch, is the failure a good model makes (a false-positive blob, a
-    missed lesion), and a much less ambiguous one.
-    """
-    f: dict[str, float] = {}
-    n = int(m.sum())
-    if n:
-        lab, k = ndimage.label(m)
-        idx = np.arange(1, k + 1)
-        sizes = np.bincount(lab.ravel(), minlength=k + 1)[1:]
-        support = np.asarray(ndimage.mean(p, lab, idx))  # mean probability over each component
-        f["seg_unsupported_fraction"] = float(sizes[support < 0.25].sum() / n)
-        f["seg_largest_component_support"] = float(support[sizes.argmax()])
-    if seg.any():
-        lab, k = ndimage.label(seg)
-        idx = np.arange(1, k + 1)
-        sizes = np.bincount(lab.ravel(), minlength=k + 1)[1:]
-        covered = np.asarray(ndimage.mean(m, lab, idx))  # share of each found object the candidate covers
-        untouched = covered < 0.1
-        f["seg_untouched_fraction"] = float(sizes[untouched].sum() / sizes.sum())
-        # how sure the segmenter is of the objects the candidate left out (0 when none)
-        f["seg_untouched_confidence"] = float(p[np.isin(lab, idx[untouched])].mean()) if untouched.any() else 0.0
     return f
 
 
