@@ -39,9 +39,10 @@ from common import (
 
 import segqc.methods.base as base
 from segqc import api
+from segqc.components.quality_features import mask_features
 from segqc.data import read_manifest
 from segqc.data.labels import to_index
-from segqc.methods.features import FeatureRegressor, mask_features
+from segqc.methods.features import FeatureRegressor
 from segqc.metrics import binary_dice, dice
 
 

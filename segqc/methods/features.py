@@ -3,9 +3,9 @@
 Each foreground label of the candidate mask is measured (`segqc.components.quality_features`):
 its shape, how it sits on the image, and how it agrees with segqc's own reference segmenter
 (`segqc.components.segmenter`, cross-fitted so a training case is never judged by a network
-that saw it). A LightGBM regressor maps them to the
-label's Dice. It is trained on realistic bad masks (`segqc.data.corrupt`) of the reference
-cases, plus model-made ones (the segmenter's snapshots, outsider networks, the user's model).
+that saw it). A LightGBM regressor maps them to the label's Dice. It is trained on realistic
+bad masks (`segqc.data.corrupt`) of the reference cases, plus model-made ones (the
+segmenter's snapshots, outsider networks, the user's model).
 The segmenter's argmax is also returned as a pseudo ground truth, and the probability that
 the candidate's label is wrong at each voxel as an error map.
 """
@@ -29,7 +29,7 @@ from segqc.methods.base import (
     positive,
 )
 
-__all__ = ["FeatureRegressor", "mask_features", "measure_candidates"]
+__all__ = ["FeatureRegressor"]
 
 
 class FeatureRegressor(QCMethod):

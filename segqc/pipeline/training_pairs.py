@@ -222,11 +222,11 @@ def outsider_pairs(seg, architectures: Sequence[str], data: list, fit_cases: Seq
                                    architectures=(arch,))
         # the networks seed torch from rng: the global torch state of the rest of the fit stays as it was
         with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
-            net.fit(data, len(plan.labels), rng, case_ids=fit_ids, predict_on=cal_images, render=render,
+            net.fit(data, len(plan.labels), rng, case_ids=fit_ids, predict_on=cal_images,
                     progress=lambda msg, a=arch: console.print(
                         f"  {msg.replace('segmenter fold', f'outsider {a} fold')}", highlight=False))
-        # the final networks: each case by a network that did not train on it, each held-out case by the
-        # network that made its snapshots
+        # the final networks: each case by a network that did not train on it (a held-out case by the one
+        # `predict_on` assigned it)
         final = {cid: render(cid, net.predict_proba(im, case_id=cid)) for cid, (im, _) in zip(fit_ids, data)}
         final |= {cid: render(cid, net.predict_proba(im, fold=net.extra_fold_[cid])) for cid, im in cal_images.items()}
 
