@@ -57,7 +57,7 @@ def test_fit_calibrates_on_simulated_sites(tiny_bundle):
 
 def test_site_candidates_come_from_one_fold_network_never_the_average(kvasir_cases, rng):
     """The folds' average is the opinion QC judges against: a candidate equal to it would look perfect."""
-    from segqc.pipeline.training_pairs import site_pairs
+    from segqc.pipeline.training_pairs import simulated_cases, site_pairs
     from segqc.plan.fingerprint import compute_fingerprint
     from segqc.plan.plan import plan_from_fingerprint
 
@@ -73,7 +73,11 @@ def test_site_candidates_come_from_one_fold_network_never_the_average(kvasir_cas
             return np.stack([np.ones(image_ms.shape[1:]), np.zeros(image_ms.shape[1:])]).astype(np.float32)
 
     seg = Recorder()
-    pairs = site_pairs(seg, cases, plan, rng, 2)
+    sites, moved = simulated_cases(cases, rng, 2)
+    assert [s.name for s in sites] == ["site1", "site2"]
+    assert [c.meta["site"] for c in moved] == ["site1"] * 3 + ["site2"] * 3
+    pairs = site_pairs(seg, moved, plan)
+    assert all(p.image_id == f"{c.case_id}@{c.meta['site']}" for p, c in zip(pairs, moved))
     assert len(pairs) == 6 and [p.source for p in pairs] == ["segmenter:site1"] * 3 + ["segmenter:site2"] * 3
     assert seg.folds == [0, 1, 0, 0, 1, 0]  # one fold network per case, in turn
     for p, c in zip(pairs, cases + cases):

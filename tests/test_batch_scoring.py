@@ -127,3 +127,34 @@ def test_measuring_on_workers_gives_the_rows_of_measuring_in_process(kvasir_case
     assert parallel == serial
     assert done[-1] == len(jobs) and done == sorted(done)
     assert len({tuple(sorted(r[0].items())) for r in serial}) > len(jobs) // 2  # the candidates differ
+
+
+def test_a_simulated_sites_copy_of_a_fitting_case_is_judged_on_its_own_pixels(kvasir_cases):
+    """A training pair's image may be a simulated site's copy of a reference case: the out-of-fold network
+    must judge the changed image, not the original's probabilities kept for the case's other candidates."""
+    from segqc.components.quality_features import reference_stats
+    from segqc.methods.base import TrainingPair
+    from segqc.pipeline.training_pairs import simulated_cases
+
+    case = kvasir_cases[0]
+    plan = plan_from_fingerprint(compute_fingerprint(kvasir_cases), max_slice_size=32)
+
+    class Judge:  # stands for the cross-fitted segmenter: notes what it was asked about
+        asked: list = []
+
+        def predict_proba(self, image_ms, case_id=None, fold=None):
+            self.asked.append((case_id, float(image_ms.mean())))
+            return np.stack([np.full(image_ms.shape[1:], 0.5), np.full(image_ms.shape[1:], 0.5)]).astype(np.float32)
+
+    method = make_method("features", n_jobs=1)
+    method.plan_, method.labels_, method.segmenter_ = plan, [1], Judge()
+    method.ref_stats_ = reference_stats(kvasir_cases, [1], np.random.default_rng(0))
+    _, (moved,) = simulated_cases([case], np.random.default_rng(1), 1)
+    original_proba = np.zeros((2,) + case.mask.shape, np.float32)
+    original_proba[1] = case.mask > 0
+    probas = {case.case_id: original_proba}
+    pairs = [TrainingPair(case, case.mask), TrainingPair(moved, case.mask), TrainingPair(moved, case.mask)]
+    X, y = method._table(pairs, probas, lambda msg: None)
+    assert len(method.segmenter_.asked) == 1 and method.segmenter_.asked[0][0] == case.case_id  # once per image
+    assert set(probas) == {case.case_id, f"{case.case_id}@site1"}
+    assert X[0] != X[1] and X[1] == X[2] and y == [1.0, 1.0, 1.0]

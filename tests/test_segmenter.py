@@ -252,6 +252,38 @@ def test_outsider_networks_make_pairs_of_cases_they_never_trained_on(kvasir_case
         assert all(p.candidate.shape == p.truth.shape for p in pairs)
 
 
+def test_outsiders_trained_without_appearance_changes_segment_the_simulated_sites(kvasir_cases):
+    """A network that never learned a new camera's look degrades there: the outsiders train with flips only and
+    segment every held-out case at every site (one calibration group per site) and every fitting case at one site
+    (training pairs, on the changed image, by the network that did not train on it)."""
+    from segqc.pipeline.training_pairs import _mask_on_grid, outsider_pairs, simulated_cases
+    from segqc.plan.fingerprint import compute_fingerprint
+    from segqc.plan.plan import plan_from_fingerprint
+
+    fit_cases, cal_cases = kvasir_cases[:4], kvasir_cases[4:6]
+    plan = plan_from_fingerprint(compute_fingerprint(fit_cases), max_slice_size=32)
+    ms = {c.case_id: preprocess(c, plan) for c in fit_cases + cal_cases}
+    data = [(ms[c.case_id][0], to_index(ms[c.case_id][1], plan.labels)) for c in fit_cases]
+    cal_images = {c.case_id: ms[c.case_id][0] for c in cal_cases}
+    seg = CrossFittedSegmenter(n_folds=3, epochs=2, channels=(8, 16), device="cpu")
+    rng = np.random.default_rng(0)
+    sites, moved_cal = simulated_cases(cal_cases, rng, 2)
+    fit_pairs, cal_pairs, history = outsider_pairs(
+        seg, ["segresnet"], data, fit_cases, cal_images, cal_cases, plan, rng,
+        lambda cid, proba: _mask_on_grid(proba, ms[cid][2], plan), sites=sites, moved_cal=moved_cal)
+    assert all(h["appearance"] is False for h in history)
+    at_sites = [p for p in fit_pairs if p.source != "outsider:segresnet_final"]
+    assert sorted(p.reference_id for p in at_sites) == sorted(c.case_id for c in fit_cases)
+    for p in at_sites:
+        original = next(c for c in fit_cases if c.case_id == p.reference_id)
+        site = p.reference.meta["site"]
+        assert p.source == f"outsider:segresnet_{site}" and p.image_id == f"{p.reference_id}@{site}"
+        assert not np.array_equal(p.reference.image, original.image)
+        np.testing.assert_array_equal(p.truth, original.mask)
+    sources = [p.source for p in cal_pairs]
+    assert sources.count("outsider:segresnet_site1") == sources.count("outsider:segresnet_site2") == len(cal_cases)
+
+
 def test_an_unknown_outsider_architecture_is_refused_before_any_training(kvasir_cases, rng):
     from segqc.pipeline.training_pairs import segmenter_pairs
     from segqc.plan.fingerprint import compute_fingerprint

@@ -231,8 +231,8 @@ class CrossFittedSegmenter:
                 self._snapshot(net, held, f"fold{fold}_ep{epoch}", render)
                 snap_s += time.perf_counter() - t
                 n_snaps += 1
-        self.history_.append({"architecture": self.architecture_of(fold), "epochs": epoch,
-                              "planned_epochs": self.epochs, "steps": sched.step,
+        self.history_.append({"architecture": self.architecture_of(fold), "appearance": self.appearance,
+                              "epochs": epoch, "planned_epochs": self.epochs, "steps": sched.step,
                               "capped_by_time": sched.capped, "train_seconds": round(train_s, 1),
                               "snapshot_seconds": round(snap_s, 1), "snapshots": n_snaps})
         return net.eval()

@@ -53,7 +53,11 @@ class TrainingPair:
         reference: the reference case: image + expert mask (``reference.mask``).
         candidate: a (possibly bad) label mask of the same image, on the same grid.
         source: where the candidate comes from: ``corruption``, ``segmenter:<snapshot>``,
-            ``user_model``, ``manifest``.
+            ``outsider:<architecture>_<final or site>``, ``user_model``, ``manifest``.
+
+    A reference case as a simulated site acquired it (`segqc.data.acquisition`) keeps its
+    id and expert mask but not its pixels; ``reference.meta["site"]`` names the site, and
+    ``image_id`` tells such an image from the original.
     """
 
     reference: Case
@@ -63,6 +67,13 @@ class TrainingPair:
     @property
     def reference_id(self) -> str:
         return self.reference.case_id
+
+    @property
+    def image_id(self) -> str:
+        """Which image the candidate is of: the reference id, with the simulated site that changed it, if any.
+        Pairs with one ``image_id`` share one image (and whatever is computed from its pixels alone)."""
+        site = self.reference.meta.get("site")
+        return self.reference_id if site is None else f"{self.reference_id}@{site}"
 
     @property
     def truth(self) -> np.ndarray:

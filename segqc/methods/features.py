@@ -124,11 +124,10 @@ class FeatureRegressor(QCMethod):
         for p in pairs:
             proba = None
             if self.segmenter:
-                # a reference case's out-of-fold probabilities, whichever candidate of it this is;
-                # pairs of cases the segmenter never saw get every fold's average
-                proba = probas.get(p.reference_id)
+                # a reference case's out-of-fold probabilities, whichever candidate of it this is
+                proba = probas.get(p.image_id)
                 if proba is None:
-                    proba = probas[p.reference_id] = self.segmenter_proba(p.reference)
+                    proba = probas[p.image_id] = self._judge(p.reference)
             jobs.append((p.case, proba))
         step = max(100, len(pairs) // 20)
         reported = [0]
@@ -142,6 +141,15 @@ class FeatureRegressor(QCMethod):
         X = [r for case_rows in rows for r in case_rows]
         y = [d for p in pairs for d in p.true_dice(self.labels_).tolist()]
         return X, y
+
+    def _judge(self, reference: Case) -> np.ndarray:
+        """The segmenter's opinion of a training pair's image, from the network(s) that never saw the case:
+        a simulated site's copy of a fitting case is judged by that case's out-of-fold network, on its own
+        pixels; a case the segmenter never saw, by every fold."""
+        from segqc.plan.preprocess import invert_map, preprocess
+
+        image_ms, _, props = preprocess(reference.with_mask(None), self.plan_)
+        return invert_map(self.segmenter_.predict_proba(image_ms, case_id=reference.case_id), props)
 
     def _matrix(self, rows: list[dict]) -> np.ndarray:
         return np.array([[r.get(k, np.nan) for k in self.feature_names_] for r in rows], dtype=np.float64)

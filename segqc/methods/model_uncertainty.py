@@ -198,10 +198,10 @@ class ModelUncertainty(QCMethod):
             own = TrainingPair(case, model.predict_mask(case.image), "user_model")
             by_id.setdefault(case.case_id, []).append(own)
             by_id[case.case_id] += make_training_pairs([case], rng, self.pairs_per_case)
-        for p in ctx.pairs:
-            if p.source == "user_model" and p.reference_id in by_id:
+        for p in ctx.pairs:  # grouped by image: a simulated site's copy of a case is sampled on its own pixels
+            if p.source == "user_model" and p.image_id in by_id:
                 continue  # the model's own prediction on a fit case: already in
-            by_id.setdefault(p.reference_id, []).append(p)
+            by_id.setdefault(p.image_id, []).append(p)
         for i, pairs in enumerate(by_id.values()):
             s = self.samples(pairs[0].reference)  # one sampling per image, shared by all its candidates
             for p in pairs:

@@ -211,9 +211,9 @@ class NNQC(QCMethod):
             ids[c.case_id] = i
         pairs = make_training_pairs(cases, rng, int(self.pairs_per_case))
         src = [ids[p.reference_id] for p in pairs]
-        for p in ctx.pairs:  # model-made failures on a reference case share its image
-            if p.reference_id in ids and cases[ids[p.reference_id]].shape == p.reference.shape:
-                src.append(ids[p.reference_id])
+        for p in ctx.pairs:  # model-made failures on a reference case share its image (a simulated site's do not)
+            if p.image_id in ids and cases[ids[p.image_id]].shape == p.reference.shape:
+                src.append(ids[p.image_id])
             else:
                 img, _, pr = preprocess(p.reference.with_mask(None), plan)
                 images.append(self._work_image(img))

@@ -169,16 +169,20 @@ def fit(*, reference, out, methods: Sequence[str] = ("features",), layout: str =
 def raw_scores(method, pairs: Sequence[TrainingPair], description: str, chunk: int = 256) -> np.ndarray:
     """``method``'s raw mean Dice of each pair's candidate, scored a chunk at a time with `score_batch`
     (network methods stack their forward passes, `features` measures on several processes);
-    a pair that cannot be scored stops the fit, as a calibration without it would be silently another."""
-    out: list[float] = []
-    parts = [list(pairs[i:i + chunk]) for i in range(0, len(pairs), chunk)]
+    a pair that cannot be scored stops the fit, as a calibration without it would be silently another.
+    The candidates of one image are scored together (in one chunk, so that work on the image alone, such
+    as segqc's segmenter pass, is done once), and the scores come back in the pairs' order."""
+    order = sorted(range(len(pairs)), key=lambda i: pairs[i].image_id)  # stable: ties keep their order
+    out = np.empty(len(pairs))
+    parts = [order[i:i + chunk] for i in range(0, len(order), chunk)]
     for part in ui.track(parts, description):
-        for p, raw in zip(part, method.score_batch([p.case for p in part])):
+        for i, raw in zip(part, method.score_batch([pairs[i].case for i in part])):
             if isinstance(raw, Exception):
+                p = pairs[i]
                 raise ValueError(f"{method.name} could not score the calibration candidate of {p.reference_id} "
                                  f"({p.source}): {raw}") from raw
-            out.append(raw.mean_dice)
-    return np.array(out)
+            out[i] = raw.mean_dice
+    return out
 
 
 def reference_cases(reference, *, layout: str = "auto", ids: Sequence[str] | None = None, max_slice_size: int = 128):

@@ -27,7 +27,7 @@ from segqc import ui
 from segqc.data.case import Case
 from segqc.methods.base import TrainingPair
 
-__all__ = ["manifest_pairs", "model_pairs", "outsider_pairs", "segmenter_pairs", "site_pairs"]
+__all__ = ["manifest_pairs", "model_pairs", "outsider_pairs", "segmenter_pairs", "simulated_cases", "site_pairs"]
 
 Split = tuple[list[TrainingPair], list[TrainingPair]]
 
@@ -104,6 +104,7 @@ def segmenter_pairs(fit_cases: Sequence[Case], cal_cases: Sequence[Case], plan, 
     snapshots = tuple(params.pop("snapshot_epochs", (1, 2, 3, 5, 8, 13, 21, 30)))
     outsiders = params.pop("outsider_architectures", ("segresnet",))
     outsiders = (outsiders,) if isinstance(outsiders, str) else tuple(outsiders)
+    outsider_appearance = bool(params.pop("outsider_appearance", False))
     if set(outsiders) - set(ARCHITECTURES):  # said now, not after the segmenter's ten minutes
         raise ValueError(f"segmenter.outsider_architectures must be among {list(ARCHITECTURES)}, "
                          f"got {list(outsiders)}")
@@ -124,12 +125,16 @@ def segmenter_pairs(fit_cases: Sequence[Case], cal_cases: Sequence[Case], plan, 
                 for c in cases for tag, mask in seg.snapshot_masks_.get(c.case_id, [])]
 
     fit_pairs, cal_pairs = pairs(fit_cases), pairs(cal_cases)
+    sites: list = []
+    moved_cal: list[Case] = []
     if simulated_sites:
-        cal_pairs += site_pairs(seg, cal_cases, plan, rng, simulated_sites)
+        sites, moved_cal = simulated_cases(cal_cases, rng, simulated_sites)
+        cal_pairs += site_pairs(seg, moved_cal, plan)
     outsider_history = []
     if outsiders:  # after the sites: each spawns a child of rng, and the sites' stays the one it was
         more_fit, more_cal, outsider_history = outsider_pairs(seg, outsiders, data, fit_cases, cal_images, cal_cases,
-                                                              plan, rng, render)
+                                                              plan, rng, render, sites=sites, moved_cal=moved_cal,
+                                                              appearance=outsider_appearance)
         fit_pairs, cal_pairs = fit_pairs + more_fit, cal_pairs + more_cal
     seg.snapshot_masks_ = {}  # not needed any more; keeps memory and the bundle small
     # how good segqc's own segmenter is on reference cases it never trained on (all folds, as at scoring)
@@ -147,45 +152,66 @@ def segmenter_pairs(fit_cases: Sequence[Case], cal_cases: Sequence[Case], plan, 
     return seg, fit_pairs, cal_pairs
 
 
-def site_pairs(seg, cases: Sequence[Case], plan, rng: np.random.Generator, n_sites: int) -> list[TrainingPair]:
-    """The trained segmenter ``seg`` on ``cases`` (which none of its folds saw) as ``n_sites`` simulated sites
-    acquire them: pairs of the changed image, the segmenter's mask of it and the expert mask.
+def simulated_cases(cases: Sequence[Case], rng: np.random.Generator, n_sites: int) -> tuple[list, list[Case]]:
+    """``cases`` as ``n_sites`` simulated sites acquire them: the sites, and each site's copy of every case.
 
     Each site is one fixed draw of acquisition changes (`segqc.data.acquisition.draw_sites`,
     severities 1/n … 1) applied to every case, so that its pairs form one group, as a real
     site's batch does: the calibration sees how QC errs on a whole unfamiliar site. A
-    changed case keeps its reference id (its pairs belong to the held-out case) and the
-    expert mask, which the changes leave in place.
-
-    Each case is segmented by one fold network (in turn, as the snapshots share out the
-    held-out cases), never by the folds' average: that average is the very opinion QC
-    judges a candidate against, and a candidate equal to it would look perfect whatever
-    its Dice. The sites are drawn from a child of ``rng`` so that adding them leaves every
-    other random draw of the fit as it was.
+    changed case keeps its reference id and expert mask (the changes leave it in place);
+    ``meta["site"]`` names the site. The sites are drawn from a child of ``rng``, so adding
+    them leaves every other random draw of the fit as it was.
     """
-    from dataclasses import replace
-
     from segqc.data.acquisition import draw_sites
-    from segqc.plan.preprocess import preprocess
 
-    t0 = time.time()
     rng = rng.spawn(1)[0]
     sites = draw_sites(n_sites, cases[0].n_channels if cases else 1, rng)
-    out = []
-    for site in sites:
-        for j, c in enumerate(ui.track(list(cases), f"simulated {site.name} (severity {site.severity:g})")):
-            image = site.acquire(c.image, np.random.default_rng(rng.integers(1 << 31)))
-            moved = replace(c, image=image, meta={**c.meta, "site": site.name})
-            image_ms, _, props = preprocess(moved.with_mask(None), plan)
-            mask = _mask_on_grid(seg.predict_proba(image_ms, fold=j % len(seg.nets_)), props, plan)
-            out.append(TrainingPair(moved, mask, f"segmenter:{site.name}"))
-    _report(f"reference segmenter at {n_sites} simulated sites", out, plan.labels, t0)
+    return sites, [_acquired(site, c, rng) for site in sites for c in cases]
+
+
+def _acquired(site, case: Case, rng: np.random.Generator) -> Case:
+    """``case`` as ``site`` acquires it: its id and expert mask, the changed image, ``meta["site"]``."""
+    from dataclasses import replace
+
+    image = site.acquire(case.image, np.random.default_rng(rng.integers(1 << 31)))  # the noise differs per image
+    return replace(case, image=image, meta={**case.meta, "site": site.name})
+
+
+def _predict_moved(net, moved: Sequence[Case], plan, description: str, fold_of) -> list[np.ndarray]:
+    """``net``'s masks of simulated sites' copies of cases: the network ``fold_of(j, case)`` for the j-th."""
+    from segqc.plan.preprocess import preprocess
+
+    masks = []
+    for j, c in enumerate(ui.track(list(moved), description)):
+        image_ms, _, props = preprocess(c.with_mask(None), plan)
+        masks.append(_mask_on_grid(net.predict_proba(image_ms, fold=fold_of(j, c)), props, plan))
+    return masks
+
+
+def site_pairs(seg, moved: Sequence[Case], plan) -> list[TrainingPair]:
+    """The trained segmenter ``seg`` on simulated sites' copies of held-out cases (`simulated_cases`): pairs of
+    the changed image, the segmenter's mask of it and the expert mask, one group per site.
+
+    Held-out cases only: a fitting case's one fair maker, the fold network that did not train
+    on it, is also its judge in training, and a candidate judged by its own maker looks
+    perfect whatever its Dice (the outsiders make such pairs instead). Each case is segmented by one
+    fold network (in turn, as the snapshots share out the held-out cases), never by the
+    folds' average: that average is the very opinion QC judges a candidate against, and a
+    candidate equal to it would look perfect whatever its Dice.
+    """
+    t0 = time.time()
+    n, per_site = len(seg.nets_), max(1, len(moved) // max(1, len({c.meta["site"] for c in moved})))
+    masks = _predict_moved(seg, moved, plan, "reference segmenter at the simulated sites",
+                           lambda j, c: j % per_site % n)
+    out = [TrainingPair(c, m, f"segmenter:{c.meta['site']}") for c, m in zip(moved, masks)]
+    _report(f"reference segmenter at {len({c.meta['site'] for c in moved})} simulated sites", out, plan.labels, t0)
     return out
 
 
 def outsider_pairs(seg, architectures: Sequence[str], data: list, fit_cases: Sequence[Case],
                    cal_images: dict[str, np.ndarray], cal_cases: Sequence[Case], plan, rng: np.random.Generator,
-                   render) -> tuple[list[TrainingPair], list[TrainingPair], list]:
+                   render, sites: Sequence = (), moved_cal: Sequence[Case] = (), appearance: bool = False,
+                   ) -> tuple[list[TrainingPair], list[TrainingPair], list]:
     """Networks of other architectures than ``seg``'s: their failures as training and calibration pairs.
 
     QC judges a candidate mostly by how it agrees with segqc's own segmenter. A network of
@@ -202,9 +228,20 @@ def outsider_pairs(seg, architectures: Sequence[str], data: list, fit_cases: Seq
     none of ``seg``'s networks (the judges) made them. They make no snapshots: early-training
     failures are ``seg``'s snapshots' part, and on 2 CPU cores the snapshots' predictions took
     three quarters of the outsiders' time, leaving them 3 epochs of training (their "final"
-    networks were as untrained as ``seg`` after 2). A child of ``rng`` draws their randomness
-    and torch's global state is restored afterwards, so every other draw of the fit stays as
-    it was. Returns the fitting pairs, the calibration pairs and each network's training record.
+    networks were as untrained as ``seg`` after 2).
+
+    They are trained as a user often trains a model: flips and rotations, no appearance
+    changes (``appearance=False``). segqc's own segmenter learns with colour, gamma, blur,
+    noise and resolution changes, so at a simulated site it hardly degrades, and its site
+    pairs teach the calibration that a new site costs nothing. A deployed model may not have
+    learned that robustness, and then a new camera costs it Dice while its masks stay
+    plausible. So with ``sites`` (`simulated_cases`) each outsider also segments the
+    held-out cases as every site acquires them (``moved_cal``: calibration pairs, one group
+    per architecture and site), and each fitting case as one site drawn for it acquires it
+    (training pairs, judged by segqc's network that never saw the case, on the changed image).
+    A child of ``rng`` draws their randomness and torch's global state is restored
+    afterwards, so every other draw of the fit stays as it was. Returns the fitting pairs,
+    the calibration pairs and each network's training record.
     """
     import torch
 
@@ -215,6 +252,7 @@ def outsider_pairs(seg, architectures: Sequence[str], data: list, fit_cases: Seq
     console = ui.console()
     params = {k: v for k, v in vars(seg).items() if not k.endswith("_") and k not in ("n_folds", "architectures")}
     params["max_minutes"] = seg.max_minutes / seg.n_folds  # one of seg's fold networks' share, for all of them
+    params["appearance"] = appearance
     fit_ids = [c.case_id for c in fit_cases]
     fit_out, cal_out, history = [], [], []
     for arch in architectures:
@@ -232,7 +270,22 @@ def outsider_pairs(seg, architectures: Sequence[str], data: list, fit_cases: Seq
 
         fit_out += [TrainingPair(c, final[c.case_id], f"outsider:{arch}_final") for c in fit_cases]
         cal_out += [TrainingPair(c, final[c.case_id], f"outsider:{arch}_final") for c in cal_cases]
+        if sites:
+            fit_out += _outsider_at_sites(net, arch, sites, fit_cases, plan, rng)
+            masks = _predict_moved(net, moved_cal, plan, f"outsider {arch} at the simulated sites",
+                                   lambda j, c: net.extra_fold_[c.case_id])
+            cal_out += [TrainingPair(c, m, f"outsider:{arch}_{c.meta['site']}") for c, m in zip(moved_cal, masks)]
         history += net.history_
     _report(f"outsider networks ({', '.join(architectures)}): {len(fit_out)} + {len(cal_out)} bad masks",
             fit_out + cal_out, plan.labels, t0)
     return fit_out, cal_out, history
+
+
+def _outsider_at_sites(net, arch: str, sites: Sequence, fit_cases: Sequence[Case], plan,
+                       rng: np.random.Generator) -> list[TrainingPair]:
+    """Training pairs: each fitting case as one site drawn for it acquires it, segmented by the outsider
+    network that did not train on it."""
+    moved = [_acquired(sites[int(rng.integers(len(sites)))], c, rng) for c in fit_cases]
+    masks = _predict_moved(net, moved, plan, f"outsider {arch} on fitting cases at the simulated sites",
+                           lambda j, c: net.fold_of(c.case_id))
+    return [TrainingPair(c, m, f"outsider:{arch}_{c.meta['site']}") for c, m in zip(moved, masks)]
