@@ -158,3 +158,24 @@ def test_a_simulated_sites_copy_of_a_fitting_case_is_judged_on_its_own_pixels(kv
     assert len(method.segmenter_.asked) == 1 and method.segmenter_.asked[0][0] == case.case_id  # once per image
     assert set(probas) == {case.case_id, f"{case.case_id}@site1"}
     assert X[0] != X[1] and X[1] == X[2] and y == [1.0, 1.0, 1.0]
+
+
+def test_calibration_scores_the_candidates_of_one_image_together_and_answers_in_the_pairs_order(kvasir_cases):
+    """`raw_scores` sorts the pairs by image so an image's own work is done once, and puts the answers back."""
+    from segqc.methods.base import RawScore, TrainingPair
+    from segqc.pipeline.fit import raw_scores
+
+    pairs = [TrainingPair(c, c.mask, f"src{k}") for k in range(3) for c in kvasir_cases[:4]]  # images interleaved
+
+    class Recorder:  # answers each candidate with its position in `pairs`, notes the batches it was given
+        name = "recorder"
+        batches: list = []
+
+        def score_batch(self, cases):
+            self.batches.append([c.case_id for c in cases])
+            return [RawScore(dice={1: next(i for i, p in enumerate(pairs) if p.case is c) / 100}) for c in cases]
+
+    method = Recorder()
+    got = raw_scores(method, pairs, "calibrating", chunk=3)
+    np.testing.assert_allclose(got, np.arange(len(pairs)) / 100)
+    assert all(len(set(b)) == 1 for b in method.batches)  # 3 candidates of each image: one chunk per image

@@ -170,8 +170,9 @@ def raw_scores(method, pairs: Sequence[TrainingPair], description: str, chunk: i
     """``method``'s raw mean Dice of each pair's candidate, scored a chunk at a time with `score_batch`
     (network methods stack their forward passes, `features` measures on several processes);
     a pair that cannot be scored stops the fit, as a calibration without it would be silently another.
-    The candidates of one image are scored together (in one chunk, so that work on the image alone, such
-    as segqc's segmenter pass, is done once), and the scores come back in the pairs' order."""
+    The candidates of one image are scored next to each other, so that work on the image alone (segqc's
+    segmenter pass) is done once, or twice where a chunk ends among them, whatever the size of the
+    method's image cache; the scores come back in the pairs' order."""
     order = sorted(range(len(pairs)), key=lambda i: pairs[i].image_id)  # stable: ties keep their order
     out = np.empty(len(pairs))
     parts = [order[i:i + chunk] for i in range(0, len(order), chunk)]
