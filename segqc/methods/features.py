@@ -108,16 +108,18 @@ class FeatureRegressor(QCMethod):
         """``predict(image_ms)``'s probability maps brought to the case's grid; an image already seen is not
         run again (the candidates of one image — checkpoints of a batch, pairs of a reference case — share it)."""
         from segqc.components.image_cache import ImageCache
-        from segqc.plan.preprocess import invert_map, preprocess
-
-        def compute():
-            image_ms, _, props = preprocess(case.with_mask(None), self.plan_)
-            return [invert_map(p, props) for p in predict(image_ms)]
 
         cache = getattr(self, "_image_cache", None)
         if cache is None or cache[0] is not self.segmenter_:  # answers of this segmenter only
             cache = self._image_cache = (self.segmenter_, ImageCache())
-        return cache[1].get(case.image, case.spacing, compute, tag=what)
+        return cache[1].get(case.image, case.spacing, lambda: self._on_grid(case, predict), tag=what)
+
+    def _on_grid(self, case: Case, predict) -> list[np.ndarray]:
+        """``predict(image_ms)``'s probability maps of the case's image, brought back to the case's grid."""
+        from segqc.plan.preprocess import invert_map, preprocess
+
+        image_ms, _, props = preprocess(case.with_mask(None), self.plan_)
+        return [invert_map(p, props) for p in predict(image_ms)]
 
     def _table(self, pairs: list[TrainingPair], probas: dict, progress) -> tuple[list[dict], list[float]]:
         jobs = []
@@ -145,11 +147,9 @@ class FeatureRegressor(QCMethod):
     def _judge(self, reference: Case) -> np.ndarray:
         """The segmenter's opinion of a training pair's image, from the network(s) that never saw the case:
         a simulated site's copy of a fitting case is judged by that case's out-of-fold network, on its own
-        pixels; a case the segmenter never saw, by every fold."""
-        from segqc.plan.preprocess import invert_map, preprocess
-
-        image_ms, _, props = preprocess(reference.with_mask(None), self.plan_)
-        return invert_map(self.segmenter_.predict_proba(image_ms, case_id=reference.case_id), props)
+        pixels; a case the segmenter never saw, by every fold. Not cached: each image is judged once per fit."""
+        return self._on_grid(reference, lambda image_ms: [
+            self.segmenter_.predict_proba(image_ms, case_id=reference.case_id)])[0]
 
     def _matrix(self, rows: list[dict]) -> np.ndarray:
         return np.array([[r.get(k, np.nan) for k in self.feature_names_] for r in rows], dtype=np.float64)

@@ -178,13 +178,13 @@ def _acquired(site, case: Case, rng: np.random.Generator) -> Case:
 
 
 def _predict_moved(net, moved: Sequence[Case], plan, description: str, fold_of) -> list[np.ndarray]:
-    """``net``'s masks of simulated sites' copies of cases: the network ``fold_of(j, case)`` for the j-th."""
+    """``net``'s masks of simulated sites' copies of cases, each by its network ``fold_of(case)``."""
     from segqc.plan.preprocess import preprocess
 
     masks = []
-    for j, c in enumerate(ui.track(list(moved), description)):
+    for c in ui.track(list(moved), description):
         image_ms, _, props = preprocess(c.with_mask(None), plan)
-        masks.append(_mask_on_grid(net.predict_proba(image_ms, fold=fold_of(j, c)), props, plan))
+        masks.append(_mask_on_grid(net.predict_proba(image_ms, fold=fold_of(c)), props, plan))
     return masks
 
 
@@ -200,9 +200,9 @@ def site_pairs(seg, moved: Sequence[Case], plan) -> list[TrainingPair]:
     candidate equal to it would look perfect whatever its Dice.
     """
     t0 = time.time()
-    n, per_site = len(seg.nets_), max(1, len(moved) // max(1, len({c.meta["site"] for c in moved})))
+    position = {cid: i for i, cid in enumerate(dict.fromkeys(c.case_id for c in moved))}  # the same at every site
     masks = _predict_moved(seg, moved, plan, "reference segmenter at the simulated sites",
-                           lambda j, c: j % per_site % n)
+                           lambda c: position[c.case_id] % len(seg.nets_))
     out = [TrainingPair(c, m, f"segmenter:{c.meta['site']}") for c, m in zip(moved, masks)]
     _report(f"reference segmenter at {len({c.meta['site'] for c in moved})} simulated sites", out, plan.labels, t0)
     return out
@@ -273,7 +273,7 @@ def outsider_pairs(seg, architectures: Sequence[str], data: list, fit_cases: Seq
         if sites:
             fit_out += _outsider_at_sites(net, arch, sites, fit_cases, plan, rng)
             masks = _predict_moved(net, moved_cal, plan, f"outsider {arch} at the simulated sites",
-                                   lambda j, c: net.extra_fold_[c.case_id])
+                                   lambda c: net.extra_fold_[c.case_id])
             cal_out += [TrainingPair(c, m, f"outsider:{arch}_{c.meta['site']}") for c, m in zip(moved_cal, masks)]
         history += net.history_
     _report(f"outsider networks ({', '.join(architectures)}): {len(fit_out)} + {len(cal_out)} bad masks",
@@ -287,5 +287,5 @@ def _outsider_at_sites(net, arch: str, sites: Sequence, fit_cases: Sequence[Case
     network that did not train on it."""
     moved = [_acquired(sites[int(rng.integers(len(sites)))], c, rng) for c in fit_cases]
     masks = _predict_moved(net, moved, plan, f"outsider {arch} on fitting cases at the simulated sites",
-                           lambda j, c: net.fold_of(c.case_id))
+                           lambda c: net.fold_of(c.case_id))
     return [TrainingPair(c, m, f"outsider:{arch}_{c.meta['site']}") for c, m in zip(moved, masks)]
