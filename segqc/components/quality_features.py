@@ -7,7 +7,13 @@ For each foreground label of the candidate mask, in physical units:
   contact with the image border, and in 3D slice continuity (gaps, area jumps);
 * image–mask agreement: intensity inside vs a ring just outside, the same against the
   reference masks' foreground intensities, boundary gradient strength relative to the
-  image's, histogram overlap inside vs ring;
+  image's, histogram overlap inside vs ring. Intensities are in units of each image's own
+  distribution (`image_units`: each channel z-scored, as nnU-Net normalises a non-CT
+  image), the reference statistics too: a new camera's colour balance, gain or window
+  moves every intensity of its images, and in the reference dataset's units the
+  regressor read that move as a change of quality (on the shift benchmark's darker,
+  bluer site the intensity features alone raised a checkpoint's predicted Dice by ~0.03
+  while its true Dice fell by 0.08);
 * agreement with segqc's own reference segmenter's probabilities: Dice and soft Dice,
   probability inside / just outside the candidate, missed and extra volume, HD95 in mm.
 
@@ -22,10 +28,24 @@ from scipy import ndimage
 from segqc.data.case import Case
 from segqc.metrics import binary_dice
 
-__all__ = ["MIN_PARALLEL", "mask_features", "measure_candidates", "reference_stats"]
+__all__ = ["MIN_PARALLEL", "image_units", "mask_features", "measure_candidates", "reference_stats"]
 
 # below this many candidates, starting worker processes costs more than it saves
 MIN_PARALLEL = 64
+
+
+def image_units(image: np.ndarray) -> np.ndarray:
+    """``image`` with each channel z-scored over the image itself (float32): what the intensity features
+    measure, so that a site's per-channel gain and offset leave them as they were."""
+    x = np.asarray(image, np.float32)
+    axes = tuple(range(1, x.ndim))
+    return (x - x.mean(axis=axes, keepdims=True)) / np.maximum(x.std(axis=axes, keepdims=True), 1e-6)
+
+
+def _intensities(image: np.ndarray, ref_stats: dict) -> np.ndarray:
+    """The image in the units ``ref_stats`` were measured in (bundles made before `image_units` used the raw
+    intensities, and their boosters learnt those)."""
+    return image_units(image) if ref_stats.get("intensity_units") == "image" else image
 
 
 def _ring(m: np.ndarray, width: int) -> np.ndarray:
@@ -182,7 +202,7 @@ def mask_features(case: Case, label: int, ref_stats: dict, proba: np.ndarray | N
     f.update(_shape_features(m, case.spacing, lbl["volume_median"]))
     f["log_volume_vs_ref_iqr"] = float(
         (np.log(m.sum() * np.prod(case.spacing) + 1) - lbl["log_volume_mean"]) / (lbl["log_volume_std"] + 1e-3))
-    f.update(_image_features(case.image, m, case.spacing, ref_stats["channels"][str(label)]))
+    f.update(_image_features(_intensities(case.image, ref_stats), m, case.spacing, ref_stats["channels"][str(label)]))
     if len(ref_stats["labels"]) > 1:
         # multi-label: how much of this label touches the other labels, relative to the references
         others = (case.mask > 0) & ~m
@@ -196,7 +216,8 @@ def mask_features(case: Case, label: int, ref_stats: dict, proba: np.ndarray | N
 
 def reference_stats(cases: list[Case], labels: list[int], rng: np.random.Generator) -> dict:
     """Typical volumes and intensities of the expert masks: what 'normal' means for this dataset."""
-    out: dict = {"labels": {}, "channels": {}}
+    out: dict = {"labels": {}, "channels": {}, "intensity_units": "image"}
+    images = [image_units(c.image) for c in cases]
     for k in labels:
         vols = np.array([(c.mask == k).sum() * np.prod(c.spacing) for c in cases], float)
         logs = np.log(vols + 1)
@@ -207,16 +228,16 @@ def reference_stats(cases: list[Case], labels: list[int], rng: np.random.Generat
         chans = list(range(n_ch)) + ([-1] if n_ch > 1 else [])
         acc = {c: {"fg": [], "ring": [], "img": []} for c in chans}
         grads, edge_grads = [], []
-        for case in cases:
+        for case, image in zip(cases, images):
             m = case.mask == k
             ring = _ring(m, 3) if m.any() else ~m
             for c in chans:
-                x = case.image.mean(0) if c == -1 else case.image[c]
+                x = image.mean(0) if c == -1 else image[c]
                 for key, sel in (("fg", m), ("ring", ring), ("img", np.ones_like(m))):
                     v = x[sel]
                     if v.size:
                         acc[c][key].append(rng.choice(v, size=min(v.size, 2000), replace=False))
-            g = ndimage.gaussian_gradient_magnitude(case.image.mean(0), sigma=1.0)
+            g = ndimage.gaussian_gradient_magnitude(image.mean(0), sigma=1.0)
             grads.append(float(g.mean()))
             if m.any():
                 edge_grads.append(float(g[m ^ ndimage.binary_erosion(m)].mean()))
