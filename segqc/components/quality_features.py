@@ -217,7 +217,6 @@ def mask_features(case: Case, label: int, ref_stats: dict, proba: np.ndarray | N
 def reference_stats(cases: list[Case], labels: list[int], rng: np.random.Generator) -> dict:
     """Typical volumes and intensities of the expert masks: what 'normal' means for this dataset."""
     out: dict = {"labels": {}, "channels": {}, "intensity_units": "image"}
-    images = [image_units(c.image) for c in cases]
     for k in labels:
         vols = np.array([(c.mask == k).sum() * np.prod(c.spacing) for c in cases], float)
         logs = np.log(vols + 1)
@@ -228,7 +227,8 @@ def reference_stats(cases: list[Case], labels: list[int], rng: np.random.Generat
         chans = list(range(n_ch)) + ([-1] if n_ch > 1 else [])
         acc = {c: {"fg": [], "ring": [], "img": []} for c in chans}
         grads, edge_grads = [], []
-        for case, image in zip(cases, images):
+        for case in cases:
+            image = image_units(case.image)  # one at a time: a dataset of volumes would not fit in memory twice
             m = case.mask == k
             ring = _ring(m, 3) if m.any() else ~m
             for c in chans:
