@@ -293,3 +293,19 @@ def test_an_unknown_outsider_architecture_is_refused_before_any_training(kvasir_
     with pytest.raises(ValueError, match="outsider_architectures must be among"):
         segmenter_pairs(kvasir_cases[:3], kvasir_cases[3:4], plan, rng, "cpu",
                         {"epochs": 1, "outsider_architectures": ["vit"]})
+
+
+def test_a_fit_says_when_the_time_budget_cut_the_reference_segmenter_short(kvasir_cases, rng, capsys):
+    """The segmenter's schedule is fitted to a time budget: when that budget stops it early, the user is told
+    that the judge is weaker than planned and how to give it its full schedule."""
+    from segqc.pipeline.training_pairs import segmenter_pairs
+    from segqc.plan.fingerprint import compute_fingerprint
+    from segqc.plan.plan import plan_from_fingerprint
+
+    plan = plan_from_fingerprint(compute_fingerprint(kvasir_cases[:4]), max_slice_size=32)
+    seg, _, _ = segmenter_pairs(kvasir_cases[:3], kvasir_cases[3:4], plan, rng, "cpu",
+                                {"n_folds": 2, "epochs": 3, "channels": (4, 8), "max_minutes": 1e-5,
+                                 "snapshot_epochs": (), "outsider_architectures": ()})
+    assert all(h["epochs"] < 3 for h in seg.history_)  # a budget this small ends before any epoch
+    err = " ".join(capsys.readouterr().err.split())
+    assert "cut 2 of 2 fold networks short of 3 epochs" in err and "segmenter.max_minutes" in err

@@ -195,7 +195,7 @@ class CrossFittedSegmenter:
         net.train()
         while sched.go_on():
             order = torch.from_numpy(rng.permutation(len(X))).to(dev)
-            t = time.perf_counter()
+            t, first = time.perf_counter(), sched.step
             for s in range(steps_per_epoch):
                 if not sched.go_on():
                     break
@@ -218,6 +218,8 @@ class CrossFittedSegmenter:
                 opt.step()
                 sched.step += 1
             train_s += time.perf_counter() - t
+            if sched.step == first:  # the budget ended before this epoch's first step
+                break
             epoch += 1
             if progress is not None:
                 progress(f"segmenter fold {fold + 1}/{self.n_folds} epoch {epoch}: loss {loss.item():.3f}")

@@ -147,6 +147,12 @@ def segmenter_pairs(fit_cases: Sequence[Case], cal_cases: Sequence[Case], plan, 
     epochs = [h["epochs"] for h in seg.history_]
     console.print(f"  reference segmenter: Dice {seg.report_['heldout_dice_mean']:.3f} on the {len(held)} held-out "
                   f"reference cases (epochs per fold network: {epochs} of {seg.epochs})", highlight=False)
+    capped = sum(h["epochs"] < seg.epochs for h in seg.history_)
+    if capped:  # a slower or busier machine trains a weaker judge, and every QC answer rests on it
+        console.print(f"  [yellow]note[/]: the time budget (segmenter.max_minutes = {seg.max_minutes:g}) cut "
+                      f"{capped} of {len(seg.history_)} fold networks short of {seg.epochs} epochs; on a slower "
+                      "or busier machine the same fit trains a weaker reference segmenter, and QC is only as "
+                      "good as it: `--set segmenter.max_minutes=…` gives it its full schedule", highlight=False)
     _report(f"reference segmenter: {len(fit_pairs)} + {len(cal_pairs)} model-made bad masks", fit_pairs,
             plan.labels, t0)
     return seg, fit_pairs, cal_pairs
