@@ -37,9 +37,9 @@ MIN_PARALLEL = 64
 def image_units(image: np.ndarray) -> np.ndarray:
     """``image`` with each channel z-scored over the image itself (float32): what the intensity features
     measure, so that a site's per-channel gain and offset leave them as they were."""
-    x = np.asarray(image, np.float32)
-    axes = tuple(range(1, x.ndim))
-    return (x - x.mean(axis=axes, keepdims=True)) / np.maximum(x.std(axis=axes, keepdims=True), 1e-6)
+    from segqc.plan.preprocess import normalize_intensity
+
+    return normalize_intensity(image, "zscore", {})[0]
 
 
 def _intensities(image: np.ndarray, ref_stats: dict) -> np.ndarray:
@@ -194,15 +194,20 @@ def _agreement_features(m: np.ndarray, proba: np.ndarray, channel: int, spacing)
     return f
 
 
-def mask_features(case: Case, label: int, ref_stats: dict, proba: np.ndarray | None = None) -> dict[str, float]:
-    """All features of one label of ``case.mask`` (a dict of floats; missing = NaN for the booster)."""
+def mask_features(case: Case, label: int, ref_stats: dict, proba: np.ndarray | None = None,
+                  intensities: np.ndarray | None = None) -> dict[str, float]:
+    """All features of one label of ``case.mask`` (a dict of floats; missing = NaN for the booster).
+    ``intensities``: the image in ``ref_stats``' units (`_intensities`), when the caller measures several
+    masks or labels of one image and normalises it once."""
     m = case.mask == label
     f = {"label": float(label), "n_labels": float(len(ref_stats["labels"]))}
     lbl = ref_stats["labels"][str(label)]
     f.update(_shape_features(m, case.spacing, lbl["volume_median"]))
     f["log_volume_vs_ref_iqr"] = float(
         (np.log(m.sum() * np.prod(case.spacing) + 1) - lbl["log_volume_mean"]) / (lbl["log_volume_std"] + 1e-3))
-    f.update(_image_features(_intensities(case.image, ref_stats), m, case.spacing, ref_stats["channels"][str(label)]))
+    if intensities is None:
+        intensities = _intensities(case.image, ref_stats)
+    f.update(_image_features(intensities, m, case.spacing, ref_stats["channels"][str(label)]))
     if len(ref_stats["labels"]) > 1:
         # multi-label: how much of this label touches the other labels, relative to the references
         others = (case.mask > 0) & ~m
@@ -256,7 +261,8 @@ def reference_stats(cases: list[Case], labels: list[int], rng: np.random.Generat
 def _rows_of_image(case: Case, masks: list[np.ndarray], labels, ref_stats: dict,
                    proba: np.ndarray | None) -> list[list[dict[str, float]]]:
     """The feature rows (one per label) of several candidate masks of one image."""
-    return [[mask_features(case.with_mask(m), k, ref_stats, proba) for k in labels] for m in masks]
+    intensities = _intensities(case.image, ref_stats)  # once per image, not per mask and label
+    return [[mask_features(case.with_mask(m), k, ref_stats, proba, intensities) for k in labels] for m in masks]
 
 
 def measure_candidates(jobs: list[tuple[Case, np.ndarray | None]], labels, ref_stats: dict, n_jobs: int = 1,
