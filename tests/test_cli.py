@@ -125,6 +125,8 @@ def test_fit_predict_bench_end_to_end(sample, tmp_path, capsys):
     doc = json.loads((bundle / "bundle.json").read_text())
     assert doc["default_method"] in ("features", "autoencoder", "fusion") and doc["sha256"]
     assert doc["fusion"]["members"] == ["features", "autoencoder"] and "fusion.calib.safetensors" in doc["sha256"]
+    # features describes its candidates: its calibrator can correct a batch's mean (the fusion's cannot)
+    assert "seg_dice" in doc["methods"]["features"]["calibration"]["correction"]["names"]
     cases = _manifest_with_bad_cases(sample, tmp_path)
     out = tmp_path / "qc"
     assert main(["predict", str(cases), "--bundle", str(bundle), "--out", str(out)]) == 3
@@ -155,6 +157,11 @@ def test_fit_predict_bench_end_to_end(sample, tmp_path, capsys):
     res = json.loads((tmp_path / "bench" / "bench.json").read_text())
     assert res["n"] == 12 and res["methods"]["features"]["overall"]["n"] == 12
     assert set(res["methods"]) == {"features", "autoencoder", "fusion"}
+    corrected = res["methods"]["features"]["dataset_level"]["all"]
+    assert corrected["batch_correction"]["n"] == 12 and corrected["batch_correction"]["effective_pairs"] > 1
+    assert corrected["mean_dice"] == pytest.approx(corrected["mean_dice_uncorrected"]
+                                                   + corrected["batch_correction"]["correction"])
+    assert all(r["features_descriptor"] for r in read_rows(tmp_path / "bench" / "bench.csv") if r["status"] == "ok")
     by_group = res["methods"]["features"]["interval_coverage_by_group"]
     assert set(by_group) == {r["group"] for r in src}  # the coverage of each checkpoint, and all of them together:
     sizes = {g: sum(r["group"] == g for r in src) for g in by_group}

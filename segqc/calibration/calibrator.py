@@ -10,6 +10,9 @@ Fitted on held-out reference cases (never on the cases being judged):
   the fit — a conformal bound over groups. Averaging a batch removes the cases' own
   noise, not this error, so a batch's mean Dice interval must carry it
   (`segqc.calibration.population`);
+* batch correction (when the method describes its candidates): the cross-fitted residuals
+  and the pairs' descriptors, from which a batch's mean is corrected for where its
+  candidates lie (`segqc.calibration.batch_correction`);
 * interval: the conformal radius of cross-fitted |true − calibrated| residuals, plus the
   systematic error. A case's error is its own noise plus its group's systematic error.
   The radius alone covers the first, at the stated level, only for cases exchangeable
@@ -99,9 +102,11 @@ class DiceCalibrator:
         self.tau = tau
         self.coverage = coverage
 
-    def fit(self, raw: np.ndarray, true_dice: np.ndarray, groups=None) -> "DiceCalibrator":
+    def fit(self, raw: np.ndarray, true_dice: np.ndarray, groups=None, descriptors: np.ndarray | None = None,
+            names=None) -> "DiceCalibrator":
         """Fit on held-out pairs; ``groups`` (one name per pair, ``None`` for no group) gives the
-        systematic error bound (`group_errors`), NaN without groups."""
+        systematic error bound (`group_errors`), NaN without groups; ``descriptors`` (one row per
+        pair, columns ``names``) the batch correction (`correction_`, None without)."""
         raw, true_dice = np.asarray(raw, float), np.asarray(true_dice, float)
         ok = np.isfinite(raw) & np.isfinite(true_dice)
         if ok.sum() < 10:
@@ -109,6 +114,7 @@ class DiceCalibrator:
         if not 0 < self.tau < 1 or not 0 < self.coverage < 1:
             raise ValueError(f"tau and coverage must lie in (0, 1), got tau={self.tau}, coverage={self.coverage}")
         kept = [g for g, keep in zip(groups, ok) if keep] if groups is not None else None
+        described = np.asarray(descriptors, float)[ok] if descriptors is not None else None
         raw, true_dice = raw[ok], true_dice[ok]
         self.dice_x_, self.dice_y_ = _isotonic(raw, true_dice)
         self.pass_x_, self.pass_y_ = _isotonic(raw, (true_dice >= self.tau).astype(float))
@@ -121,6 +127,11 @@ class DiceCalibrator:
         iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0)
         resid = true_dice - out_of_fold(iso, raw, true_dice, n_folds=5, seed=0)
         self.radius_ = conformal_quantile(resid, self.coverage)
+        self.correction_ = None
+        if described is not None:
+            from segqc.calibration.batch_correction import BatchCorrection
+
+            self.correction_ = BatchCorrection().fit(described, resid, names)
         self.n_ = int(ok.sum())
         errors = list(group_errors(raw, true_dice, kept).values()) if kept is not None else []
         self.systematic_, self.n_groups_ = group_bound(errors), len(errors)
@@ -145,9 +156,13 @@ class DiceCalibrator:
 
     def state(self) -> tuple[dict[str, np.ndarray], dict]:
         arrays = {k: getattr(self, k) for k in ("dice_x_", "dice_y_", "pass_x_", "pass_y_")}
+        correction = None
+        if getattr(self, "correction_", None) is not None:
+            more, correction = self.correction_.state()
+            arrays |= {f"correction_{k}": v for k, v in more.items()}
         return arrays, {"tau": self.tau, "coverage": self.coverage, "radius_": self.radius_, "n_": self.n_,
                         "systematic_": None if np.isnan(self.systematic_) else self.systematic_,
-                        "n_groups_": self.n_groups_}
+                        "n_groups_": self.n_groups_, "correction": correction}
 
     @classmethod
     def from_state(cls, arrays: dict[str, np.ndarray], config: dict) -> DiceCalibrator:
@@ -171,4 +186,12 @@ class DiceCalibrator:
                                  "and finite, with values in [0, 1]")
             setattr(cal, x, xs)
             setattr(cal, y, ys)
+        cal.correction_ = None  # absent in bundles fitted before it, or by a method that does not describe
+        if config.get("correction") is not None:
+            from segqc.calibration.batch_correction import BatchCorrection
+
+            state = {k: arrays.get(f"correction_{k}") for k in ("descriptors", "residuals")}
+            if any(v is None for v in state.values()):
+                raise ValueError("calibrator names a batch correction but its arrays are missing")
+            cal.correction_ = BatchCorrection.from_state(state, config["correction"])
         return cal

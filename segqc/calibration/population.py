@@ -11,6 +11,12 @@ alone contained the truth for 19 of 32 (site, model) pairs. ``mean_dice_ci`` the
 widens the bootstrap interval by the calibrator's systematic bound
 (`segqc.calibration.calibrator.DiceCalibrator.systematic_`: how far the mean strayed on
 held-out groups of calibration pairs — models and simulated sites).
+
+Part of that systematic error can be read from the batch itself: where its candidates lie
+among the calibration pairs tells which part of the calibration map's error it inherits.
+With a calibrator's batch correction (`segqc.calibration.batch_correction`) and the
+cases' descriptors, each group's mean Dice (and its interval) is shifted by that error;
+the uncorrected mean stays beside it.
 """
 
 from __future__ import annotations
@@ -43,13 +49,16 @@ def _widen(ci: tuple[float, float], by: float) -> tuple[float, float]:
 
 def estimate_groups(pred_dice: Sequence[float], p_pass: Sequence[float], groups: Sequence[str] | None = None, *,
                     tau: float = 0.8, n_boot: int = 2000, rng: np.random.Generator | None = None,
-                    true_dice: Sequence[float] | None = None, systematic: float = float("nan")) -> dict:
+                    true_dice: Sequence[float] | None = None, systematic: float = float("nan"),
+                    correction=None, descriptors: np.ndarray | None = None) -> dict:
     """Estimated mean Dice and pass share per group (and ``all``), with 95 % intervals.
 
     ``systematic``: the QC method's systematic error bound on a group's mean Dice, added
     on both sides of the bootstrap interval (NaN: unknown, the interval is the bootstrap's
     alone and says so in ``mean_dice_ci_covers``). When ``true_dice`` is given
-    (benchmarks), the true values are reported beside the estimates.
+    (benchmarks), the true values are reported beside the estimates. ``correction`` (a fitted
+    `segqc.calibration.batch_correction.BatchCorrection`) with ``descriptors`` (one row per
+    case) corrects each group's mean Dice for where its cases lie among the calibration pairs.
     """
     rng = rng or np.random.default_rng(0)
     pred = np.asarray(pred_dice, float)
@@ -63,12 +72,19 @@ def estimate_groups(pred_dice: Sequence[float], p_pass: Sequence[float], groups:
         sel &= np.isfinite(pred) & np.isfinite(pp)
         d, p = pred[sel], pp[sel]
         sampling = _boot(d, rng, n_boot)
+        shift = None
+        if correction is not None and descriptors is not None:
+            shift = correction.correct(np.asarray(descriptors, float)[sel])
+        by = shift["correction"] if shift else 0.0
+        sampling = tuple(float(v) for v in np.clip(np.add(sampling, by), 0, 1))  # NaN (one case) stays NaN
         row = {"n": int(sel.sum()),
-               "mean_dice": float(d.mean()) if d.size else float("nan"),
+               "mean_dice": float(np.clip(d.mean() + by, 0, 1)) if d.size else float("nan"),
                "mean_dice_ci": _widen(sampling, systematic),
                "mean_dice_ci_covers": "sampling" if np.isnan(systematic) else "sampling and systematic error",
                "mean_dice_sampling_ci": sampling,
                "systematic_error": None if np.isnan(systematic) else float(systematic),
+               "mean_dice_uncorrected": float(d.mean()) if d.size else float("nan"),
+               "batch_correction": shift,
                "share_pass": float(p.mean()) if p.size else float("nan"),
                "share_pass_ci": _boot(p, rng, n_boot)}
         if t is not None:  # rows without a truth (NaN) are left out of the true figures, not counted as fails

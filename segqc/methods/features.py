@@ -162,7 +162,7 @@ class FeatureRegressor(QCMethod):
         rows = measure_candidates(list(zip(cases, probas)), self.labels_, self.ref_stats_, self.n_jobs)
         n = len(self.labels_)
         preds = self._predict_rows([r for case_rows in rows for r in case_rows]).reshape(len(cases), n)
-        return [self._raw_score(c, p, pred) for c, p, pred in zip(cases, probas, preds)]
+        return [self._raw_score(c, p, pred, _described(r)) for c, p, pred, r in zip(cases, probas, preds, rows)]
 
     def _score_by_folds(self, case: Case) -> RawScore:
         # each fold network is, for a new case, what a training pair's out-of-fold network was for it
@@ -170,14 +170,15 @@ class FeatureRegressor(QCMethod):
         pred = np.mean([self._predict(case, p) for p in members], axis=0)
         return self._raw_score(case, np.mean(members, axis=0), pred)
 
-    def _raw_score(self, case: Case, proba: np.ndarray | None, pred: np.ndarray) -> RawScore:
+    def _raw_score(self, case: Case, proba: np.ndarray | None, pred: np.ndarray,
+                   described: dict[str, float] | None = None) -> RawScore:
         maps = {}
         if proba is not None:
             cand = to_index(case.mask, self.labels_)
             # error map: probability that the candidate's label at a voxel is wrong
             err = 1.0 - np.take_along_axis(proba, cand[None].astype(np.int64), 0)[0]
             maps = {"pgt": to_labels(proba.argmax(0), self.labels_), "error": err.astype(np.float32)}
-        return RawScore(dice={k: float(v) for k, v in zip(self.labels_, pred)}, maps=maps)
+        return RawScore(dice={k: float(v) for k, v in zip(self.labels_, pred)}, maps=maps, features=described or {})
 
     def _predict(self, case: Case, proba: np.ndarray | None) -> np.ndarray:
         return self._predict_rows([mask_features(case, k, self.ref_stats_, proba) for k in self.labels_])
@@ -209,3 +210,15 @@ class FeatureRegressor(QCMethod):
                              f"names {len(self.feature_names_)}")
         if self.segmenter and not hasattr(self, "segmenter_"):
             raise ValueError("features: 'segmenter' is on but no segmenter state was saved")
+
+
+def _described(rows: list[dict]) -> dict[str, float]:
+    """A candidate's measured features, averaged over its labels: what it looks like to the regressor,
+    for the batch correction (`segqc.calibration.batch_correction`) as the raw score is the labels' mean."""
+    import warnings
+
+    names = sorted({k for r in rows for k in r})
+    values = np.array([[float(r[k]) if r.get(k) is not None else np.nan for k in names] for r in rows], float)
+    with warnings.catch_warnings():  # a feature no label has is NaN, said so by the value itself
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return dict(zip(names, np.nanmean(values, axis=0).tolist()))

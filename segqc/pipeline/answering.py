@@ -38,6 +38,7 @@ class MethodAnswer:
     interval: tuple[float, float]
     hd95: float | None
     maps_of: str | None = None
+    descriptor: np.ndarray | None = None  # the raw score's descriptors in the calibrator's batch-correction order
 
 
 @dataclass
@@ -138,7 +139,9 @@ class QCBundle:
         raw, cal = raws[name], self.calibrators[name]
         lo, hi = cal.interval(raw.mean_dice)
         maps_of = next((m for m in self.fusion.members if raws[m].maps), None) if name == FUSION else None
+        correction = getattr(cal, "correction_", None)
         return MethodAnswer(maps_of=maps_of, raw=raw, dice=float(cal.predict_dice(raw.mean_dice)),
+                            descriptor=correction.vector(raw.features) if correction is not None else None,
                             dice_per_label={k: float(cal.predict_dice(v)) for k, v in raw.dice.items()},
                             p_pass=float(cal.predict_pass(raw.mean_dice)), interval=(float(lo), float(hi)),
                             hd95=float(np.nanmean(list(raw.hd95.values()))) if raw.hd95 else None)

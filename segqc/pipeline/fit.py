@@ -138,9 +138,9 @@ def fit(*, reference, out, methods: Sequence[str] = ("features",), layout: str =
         t0 = time.time()
         method.fit(fit_cases, plan, ctx)
         t_fit = time.time() - t0
-        raws[name] = raw_scores(method, cal_pairs, f"calibrating {name} ({len(cal_pairs)} pairs)")
+        raws[name], described = described_scores(method, cal_pairs, f"calibrating {name} ({len(cal_pairs)} pairs)")
         bundle.methods[name] = method
-        _calibrate(bundle, name, raws[name], true_cal, groups, tau, coverage, t_fit, console)
+        _calibrate(bundle, name, raws[name], true_cal, groups, tau, coverage, t_fit, console, described)
     if fuse and len(methods) >= 2:
         _fuse(bundle, methods, raws, true_cal, groups, tau, coverage, console)
     # what every calibrator was fitted on, pair by pair: to study calibration later without refitting
@@ -167,7 +167,14 @@ def fit(*, reference, out, methods: Sequence[str] = ("features",), layout: str =
 
 
 def raw_scores(method, pairs: Sequence[TrainingPair], description: str, chunk: int = 256) -> np.ndarray:
-    """``method``'s raw mean Dice of each pair's candidate, scored a chunk at a time with `score_batch`
+    """``method``'s raw mean Dice of each pair's candidate (`described_scores` without the descriptors)."""
+    return described_scores(method, pairs, description, chunk)[0]
+
+
+def described_scores(method, pairs: Sequence[TrainingPair], description: str,
+                     chunk: int = 256) -> tuple[np.ndarray, list[dict[str, float]]]:
+    """``method``'s raw mean Dice of each pair's candidate and the numbers it gives about it
+    (`RawScore.features`, the batch correction's descriptors), scored a chunk at a time with `score_batch`
     (network methods stack their forward passes, `features` measures on several processes);
     a pair that cannot be scored stops the fit, as a calibration without it would be silently another.
     The candidates of one image are scored next to each other, so that work on the image alone (segqc's
@@ -175,6 +182,7 @@ def raw_scores(method, pairs: Sequence[TrainingPair], description: str, chunk: i
     method's image cache; the scores come back in the pairs' order."""
     order = sorted(range(len(pairs)), key=lambda i: pairs[i].image_id)  # stable: ties keep their order
     out = np.empty(len(pairs))
+    described: list[dict[str, float]] = [{} for _ in pairs]
     parts = [order[i:i + chunk] for i in range(0, len(order), chunk)]
     for part in ui.track(parts, description):
         for i, raw in zip(part, method.score_batch([pairs[i].case for i in part])):
@@ -182,8 +190,8 @@ def raw_scores(method, pairs: Sequence[TrainingPair], description: str, chunk: i
                 p = pairs[i]
                 raise ValueError(f"{method.name} could not score the calibration candidate of {p.reference_id} "
                                  f"({p.source}): {raw}") from raw
-            out[i] = raw.mean_dice
-    return out
+            out[i], described[i] = raw.mean_dice, raw.features
+    return out, described
 
 
 def reference_cases(reference, *, layout: str = "auto", ids: Sequence[str] | None = None, max_slice_size: int = 128):
@@ -228,12 +236,17 @@ def refuse_rare_labels(cases: list[Case], fp: dict) -> None:
 
 
 def _calibrate(bundle, name: str, raw: np.ndarray, true_cal: np.ndarray, groups: list, tau: float,
-               coverage: float, t_fit: float, console) -> None:
-    """Fit ``name``'s calibrator on its raw scores of the held-out pairs; record how well it did there."""
+               coverage: float, t_fit: float, console, described: list[dict[str, float]] | None = None) -> None:
+    """Fit ``name``'s calibrator on its raw scores of the held-out pairs; record how well it did there.
+    When the method describes every pair (``described``), the calibrator can correct a batch's mean
+    for where its candidates lie among the pairs (`segqc.calibration.batch_correction`)."""
     from segqc.calibration.calibrator import DiceCalibrator
     from segqc.evaluation.scores import mae, pearson
 
-    cal = DiceCalibrator(tau=tau, coverage=coverage).fit(raw, true_cal, groups)
+    names = sorted({k for d in described or () for k in d})
+    descriptors = (np.array([[d.get(k, np.nan) for k in names] for d in described], float)
+                   if names and all(described) else None)
+    cal = DiceCalibrator(tau=tau, coverage=coverage).fit(raw, true_cal, groups, descriptors, names)
     bundle.calibrators[name] = cal
     lo, hi = cal.interval(raw)
     bundle.info["fit"][name] = info = {

@@ -14,16 +14,32 @@ from segqc.calibration.fusion import FUSION
 from segqc.engines.batch import read_rows
 from segqc.pipeline.answering import Answer
 
-__all__ = ["answer_row", "batch_shift", "columns", "file_stem", "number", "write_dataset"]
+__all__ = ["answer_row", "batch_shift", "columns", "described", "descriptors", "file_stem", "number", "write_dataset"]
 
 
-def columns(labels: Sequence[int], methods: Sequence[str], with_truth: bool, appearance: bool = False) -> list[str]:
-    """The columns of ``predictions.csv`` / ``bench.csv`` (after the batch's own id/status/group columns)."""
+def columns(labels: Sequence[int], methods: Sequence[str], with_truth: bool, appearance: bool = False,
+            described: Sequence[str] = ()) -> list[str]:
+    """The columns of ``predictions.csv`` / ``bench.csv`` (after the batch's own id/status/group columns);
+    ``described``: the methods whose calibrators correct a batch's mean (their descriptors are kept)."""
     cols = ["method", "dice_pred", "p_pass", "flag", "dice_lo", "dice_hi", "hd95_pred"]
     cols += [f"dice_pred_{k}" for k in labels]
     for name in methods:
         cols += [f"{name}_raw", f"{name}_dice", f"{name}_p_pass", f"{name}_pgt", f"{name}_error"]
-    return cols + (["dice_true"] if with_truth else []) + (["appearance"] if appearance else [])
+    return (cols + (["dice_true"] if with_truth else []) + (["appearance"] if appearance else [])
+            + [f"{name}_descriptor" for name in methods if name in described])
+
+
+def described(calibrators: dict, methods: Sequence[str]) -> list[str]:
+    """Those of ``methods`` whose calibrator corrects a batch's mean (`segqc.calibration.batch_correction`)."""
+    return [m for m in methods if getattr(calibrators.get(m), "correction_", None) is not None]
+
+
+def descriptors(rows: list[dict], method: str) -> np.ndarray | None:
+    """The rows' ``<method>_descriptor`` cells as a matrix (None when any row lacks one)."""
+    cells = [r.get(f"{method}_descriptor") or "" for r in rows]
+    if not cells or not all(cells):
+        return None
+    return np.array([[float(v) for v in c.split(";")] for c in cells])
 
 
 def answer_row(answer: Answer, labels: Sequence[int], maps_dir: Path | None) -> dict:
@@ -34,6 +50,8 @@ def answer_row(answer: Answer, labels: Sequence[int], maps_dir: Path | None) -> 
     row: dict = {}
     for i, (name, a) in enumerate(answer.methods.items()):
         row[f"{name}_raw"], row[f"{name}_dice"], row[f"{name}_p_pass"] = a.raw.mean_dice, a.dice, a.p_pass
+        if a.descriptor is not None:  # one cell, ';'-separated: the batch correction reads them back
+            row[f"{name}_descriptor"] = ";".join(f"{v:.7g}" for v in a.descriptor)
         if i == 0:
             row.update({"method": name, "dice_pred": a.dice, "p_pass": a.p_pass,
                         "flag": "pass" if a.p_pass >= 0.5 else "review",
@@ -91,11 +109,14 @@ def write_dataset(out: Path, tau: float, with_truth: bool, reference_appearance:
 
     rows = [r for r in read_rows(out / "predictions.csv") if r["status"] == "ok"]
     answering = {r["method"] for r in rows}
-    cal = (calibrators or {}).get(answering.pop()) if len(answering) == 1 else None
+    method = answering.pop() if len(answering) == 1 else None
+    cal = (calibrators or {}).get(method)
     groups = estimate_groups([number(r["dice_pred"]) for r in rows], [number(r["p_pass"]) for r in rows],
                              [r["group"] or "all" for r in rows], tau=tau,
                              true_dice=[number(r.get("dice_true")) for r in rows] if with_truth else None,
-                             systematic=getattr(cal, "systematic_", float("nan")))
+                             systematic=getattr(cal, "systematic_", float("nan")),
+                             correction=getattr(cal, "correction_", None),
+                             descriptors=descriptors(rows, method) if method else None)
     dataset = {"groups": groups, "shift": batch_shift(rows, reference_appearance)}
     (out / "dataset.json").write_text(json.dumps(dataset, indent=1))
     return dataset

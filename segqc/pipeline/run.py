@@ -17,7 +17,7 @@ import numpy as np
 
 from segqc.data.case import Case
 from segqc.engines.batch import BatchSummary, read_rows, run_batch
-from segqc.pipeline.outputs import answer_row, columns, number, write_dataset
+from segqc.pipeline.outputs import answer_row, columns, described, descriptors, number, write_dataset
 from segqc.pipeline.records import list_cases, where, write_run_record
 
 __all__ = ["bench", "bundle_scorer", "default_batch_size", "predict", "score_case", "score_cases"]
@@ -118,7 +118,8 @@ def predict(*, bundle, data, out, methods: Sequence[str] | None = None, masks=No
     else:
         def make_scorer():  # the bundle loaded above, in this process
             return partial(score_cases, b, methods=methods, maps_dir=maps_dir)
-    cols = columns(b.plan.labels, methods, with_truth, appearance=b.appearance is not None)
+    cols = columns(b.plan.labels, methods, with_truth, appearance=b.appearance is not None,
+                   described=described(b.calibrators, methods))
     summary = run_batch(refs, None, out / "predictions.csv", columns=cols,
                         resume=resume, description="QC", quiet=quiet, identity=identity, make_scorer=make_scorer,
                         engine=_engine(engine, batch_size, workers, address, gpus_per_worker))
@@ -163,7 +164,8 @@ def bench(*, bundle, cases, out, root=None, methods: Sequence[str] | None = None
     identity = {"command": "bench", "bundle": bundle_hash(bundle), "methods": methods, "cases": where(cases),
                 "root": where(root), "limit": limit, "seed": seed, "models": [repr(m) for m in models or []]}
     # the appearance the bundle computes for every case is kept, not thrown away (a shift analysis needs it)
-    cols = columns(b.plan.labels, methods, True, appearance=b.appearance is not None) + extra_cols
+    cols = columns(b.plan.labels, methods, True, appearance=b.appearance is not None,
+                   described=described(b.calibrators, methods)) + extra_cols
     summary = run_batch(refs, lambda c: {**score_case(b, c, methods), **{k: c.meta.get(k, "") for k in extra_cols}},
                         out / "bench.csv", columns=cols, resume=resume, description="bench", quiet=quiet,
                         identity=identity)
@@ -187,7 +189,9 @@ def bench(*, bundle, cases, out, root=None, methods: Sequence[str] | None = None
         res["interval_coverage_by_group"] = {g: float(np.mean(inside[group_of == g])) for g in sorted(set(groups))}
         res["interval_nominal"] = cal.coverage
         res["dataset_level"] = estimate_groups(pred, pp, groups, tau=tau, true_dice=true,
-                                               systematic=getattr(cal, "systematic_", float("nan")))
+                                               systematic=getattr(cal, "systematic_", float("nan")),
+                                               correction=getattr(cal, "correction_", None),
+                                               descriptors=descriptors(rows, name))
         result["methods"][name] = res
     (out / "bench.json").write_text(json.dumps(result, indent=1))
     write_run_record(out, "bench", {"bundle": str(bundle), "cases": str(cases), "methods": methods, "tau": tau},

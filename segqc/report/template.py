@@ -48,13 +48,17 @@ def _clean(obj):
 def _summary(info: dict, groups: dict) -> str:
     allg = groups.get("all", {})
     n_ok = info["n_ok"]
+    corrected = allg.get("batch_correction") or {}
+    how = ("95 % interval: the cases' spread and QC's own systematic error" if allg.get("systematic_error") is not None
+           else "95 % bootstrap interval (the cases' spread only)")
+    if isinstance(corrected.get("correction"), (int, float)):  # said, so that it is not a silent change
+        how += (f"; corrected by {corrected['correction']:+.3f} for where this batch lies among the calibration "
+                f"pairs (uncorrected {_f(allg.get('mean_dice_uncorrected'))})")
     share = f"{100 * info['n_review'] / n_ok:.0f} %" if n_ok else "–"
     cards = [
         ("cases", f"{info['n']}", f"{n_ok} judged, {info['n_error']} could not be read"),
         ("flagged for review", f"{info['n_review']}", f"{share} of judged cases have P(Dice ≥ {info['tau']:g}) < 0.5"),
-        ("estimated mean Dice", _ci(allg.get("mean_dice"), allg.get("mean_dice_ci")),
-         "95 % interval: the cases' spread and QC's own systematic error" if allg.get("systematic_error") is not None
-         else "95 % bootstrap interval (the cases' spread only)"),
+        ("estimated mean Dice", _ci(allg.get("mean_dice"), allg.get("mean_dice_ci")), how),
         (f"estimated share Dice ≥ {info['tau']:g}", _ci(allg.get("share_pass"), allg.get("share_pass_ci")),
          "mean P(pass), 95 % interval"),
     ]

@@ -1,0 +1,84 @@
+"""The batch correction judged on reference ids only: each group of calibration pairs in turn is the batch.
+
+A bundle keeps its calibration pairs (raw score, true Dice, group) and, for a method that
+describes its candidates, their descriptors (`segqc.calibration.batch_correction`). Each
+group — a snapshot of a fold network of segqc's segmenter, a simulated site, a network of
+another architecture — is left out in turn; the calibrator is fitted on the rest as `segqc
+fit` fits it, and the left-out group is judged as a batch whose truth is hidden: its mean
+calibrated Dice, then that mean corrected by the rest's pairs that look like it. How far is
+each from the group's true mean? No benchmark row is used, so a choice may rest on this.
+
+    python benchmarks/batch_correction.py runs/X/kvasir/bundle [--method features] [--strength 0.01 0.1 1]
+        [--groups]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from common import calibration_pairs
+
+from segqc.calibration.calibrator import MIN_GROUP, DiceCalibrator
+from segqc.pipeline.bundle import load_bundle
+
+
+def left_out_errors(raw, true, groups, descriptors, names, strengths) -> list[dict]:
+    """Per left-out group: its size, true mean, and the estimate's error uncorrected and per strength."""
+    g = np.asarray([x if x is not None else "" for x in groups], dtype=object)
+    out = []
+    for name in sorted(set(g.tolist()) - {""}):
+        held = g == name
+        if held.sum() < MIN_GROUP:
+            continue
+        cal = DiceCalibrator().fit(raw[~held], true[~held], descriptors=descriptors[~held], names=names)
+        base = float(cal.predict_dice(raw[held]).mean())
+        row = {"group": str(name), "n": int(held.sum()), "true": float(true[held].mean()), "uncorrected": base}
+        for s in strengths:
+            cal.correction_.strength = s
+            c = cal.correction_.correct(descriptors[held])
+            row[s] = base + c["correction"]
+            row[f"pairs {s}"] = c["effective_pairs"]
+        out.append(row)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("bundle", type=Path)
+    ap.add_argument("--method", default="features")
+    ap.add_argument("--strength", type=float, nargs="+", default=[0.01, 0.1, 1.0],
+                    help="the domain classifier's inverse regularisation (the shipped default: 0.1)")
+    ap.add_argument("--groups", action="store_true", help="also each left-out group's estimates")
+    args = ap.parse_args()
+    raw, true, groups = calibration_pairs(args.bundle, args.method)
+    correction = load_bundle(args.bundle).calibrators[args.method].correction_
+    if correction is None:
+        raise SystemExit(f"{args.bundle}: the calibrator of {args.method} has no batch correction (fitted before "
+                         "it existed, or the method does not describe its candidates)")
+    ok = np.isfinite(raw) & np.isfinite(true)  # the pairs the calibrator kept, in their order
+    raw, true, groups = raw[ok], true[ok], [x for x, keep in zip(groups, ok) if keep]
+    descriptors = correction.descriptors_.astype(float)
+    assert len(descriptors) == len(raw), "the bundle's descriptors do not match its calibration pairs"
+    rows = left_out_errors(raw, true, groups, descriptors, correction.names_, args.strength)
+    columns = ["uncorrected"] + args.strength
+    if args.groups:
+        print("| group | n | true | " + " | ".join(map(str, columns)) + " |")
+        print("|---" * (3 + len(columns)) + "|")
+        for r in rows:
+            print(f"| {r['group']} | {r['n']} | {r['true']:.3f} | "
+                  + " | ".join(f"{r[c] - r['true']:+.3f}" for c in columns) + " |")
+    print(f"{len(rows)} left-out groups of {args.bundle} ({args.method}): estimate − truth of the group's mean Dice")
+    print("| estimate | mean | mean abs | max abs | within 0.03 | effective pairs (median) |")
+    print("|---|---|---|---|---|---|")
+    for c in columns:
+        e = np.array([r[c] - r["true"] for r in rows])
+        pairs = "–" if c == "uncorrected" else f"{np.median([r[f'pairs {c}'] for r in rows]):.0f}"
+        label = c if c == "uncorrected" else f"corrected, strength {c:g}"
+        print(f"| {label} | {e.mean():+.3f} | {np.abs(e).mean():.3f} | {np.abs(e).max():.3f} | "
+              f"{int(np.sum(np.abs(e) <= 0.03))}/{len(e)} | {pairs} |")
+
+
+if __name__ == "__main__":
+    main()
