@@ -94,6 +94,8 @@ def test_group_means_are_corrected_and_the_uncorrected_kept():
         assert out[g]["mean_dice_uncorrected"] == pytest.approx(plain[g]["mean_dice"])
         assert out[g]["mean_dice_ci"][0] == pytest.approx(plain[g]["mean_dice_ci"][0] + by, abs=1e-9)
     assert plain["a"]["batch_correction"] is None
+    other = estimate_groups(pred, pred > 0.8, groups, n_boot=300, correction=bc, descriptors=desc[:, :2])
+    assert other["a"]["batch_correction"] is None and other["a"]["mean_dice"] == plain["a"]["mean_dice"]
 
 
 def test_a_correction_within_its_own_noise_is_not_made():
@@ -109,3 +111,14 @@ def test_a_correction_within_its_own_noise_is_not_made():
     x, resid = two_families(rng)
     c = BatchCorrection().fit(x, resid, NAMES).correct(rng.normal(0, 1, (60, 3)))
     assert c["correction"] == pytest.approx(c["weighted_residual"], rel=0.05)
+
+
+def test_descriptor_cells_that_were_changed_are_not_used():
+    from segqc.pipeline.outputs import descriptors
+
+    good = [{"features_descriptor": "0.5;1;nan"}, {"features_descriptor": "0.25;2;3"}]
+    np.testing.assert_array_equal(descriptors(good, "features"), [[0.5, 1, np.nan], [0.25, 2, 3]])
+    assert descriptors(good + [{"features_descriptor": ""}], "features") is None
+    assert descriptors(good + [{"features_descriptor": "0.5;x;1"}], "features") is None
+    assert descriptors(good + [{"features_descriptor": "0.5;1"}], "features") is None
+    assert descriptors([], "features") is None

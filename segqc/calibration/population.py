@@ -73,8 +73,10 @@ def estimate_groups(pred_dice: Sequence[float], p_pass: Sequence[float], groups:
         d, p = pred[sel], pp[sel]
         sampling = _boot(d, rng, n_boot)
         shift = None
-        if correction is not None and descriptors is not None:
-            shift = correction.correct(np.asarray(descriptors, float)[sel])
+        described = None if descriptors is None else np.asarray(descriptors, float)
+        # rows measured for another calibrator (a table from another bundle) are not a batch it can place
+        if correction is not None and described is not None and described.shape[1:] == (len(correction.names_),):
+            shift = correction.correct(described[sel])
         by = shift["correction"] if shift else 0.0
         sampling = tuple(float(v) for v in np.clip(np.add(sampling, by), 0, 1))  # NaN (one case) stays NaN
         row = {"n": int(sel.sum()),

@@ -35,11 +35,17 @@ def described(calibrators: dict, methods: Sequence[str]) -> list[str]:
 
 
 def descriptors(rows: list[dict], method: str) -> np.ndarray | None:
-    """The rows' ``<method>_descriptor`` cells as a matrix (None when any row lacks one)."""
+    """The rows' ``<method>_descriptor`` cells as a matrix; None when any row lacks one or has one that
+    is not a row of numbers like the others (an edited table): the batch is then not corrected, never
+    corrected from numbers that were changed."""
     cells = [r.get(f"{method}_descriptor") or "" for r in rows]
     if not cells or not all(cells):
         return None
-    return np.array([[float(v) for v in c.split(";")] for c in cells])
+    try:
+        values = [[float(v) for v in c.split(";")] for c in cells]
+    except ValueError:
+        return None
+    return np.array(values) if len({len(v) for v in values}) == 1 else None
 
 
 def answer_row(answer: Answer, labels: Sequence[int], maps_dir: Path | None) -> dict:
