@@ -6,7 +6,8 @@ group — a snapshot of a fold network of segqc's segmenter, a simulated site, a
 another architecture — is left out in turn; the calibrator is fitted on the rest as `segqc
 fit` fits it, and the left-out group is judged as a batch whose truth is hidden: its mean
 calibrated Dice, then that mean corrected by the rest's pairs that look like it. How far is
-each from the group's true mean? No benchmark row is used, so a choice may rest on this.
+each from the group's true mean? The same for the share of cases with Dice ≥ τ (mean P(pass)).
+No benchmark row is used, so a choice may rest on this.
 
     python benchmarks/batch_correction.py runs/X/kvasir/bundle [--method features] [--strength 0.01 0.1 1]
         [--groups]
@@ -34,11 +35,14 @@ def left_out_errors(raw, true, groups, descriptors, names, strengths) -> list[di
             continue
         cal = DiceCalibrator().fit(raw[~held], true[~held], descriptors=descriptors[~held], names=names)
         base = float(cal.predict_dice(raw[held]).mean())
-        row = {"group": str(name), "n": int(held.sum()), "true": float(true[held].mean()), "uncorrected": base}
+        share = float(cal.predict_pass(raw[held]).mean())
+        row = {"group": str(name), "n": int(held.sum()), "true": float(true[held].mean()), "uncorrected": base,
+               "true share": float(np.mean(true[held] >= cal.tau)), "share uncorrected": share}
         for s in strengths:
             cal.correction_.strength = s
             c = cal.correction_.correct(descriptors[held])
             row[s] = base + c["correction"]
+            row[f"share {s}"] = share + c["share_pass_correction"]
             row[f"pairs {s}"] = c["effective_pairs"]
         out.append(row)
     return out
@@ -78,6 +82,13 @@ def main() -> None:
         label = c if c == "uncorrected" else f"corrected, strength {c:g}"
         print(f"| {label} | {e.mean():+.3f} | {np.abs(e).mean():.3f} | {np.abs(e).max():.3f} | "
               f"{int(np.sum(np.abs(e) <= 0.03))}/{len(e)} | {pairs} |")
+    print(f"\nthe same groups' estimated share of cases with Dice ≥ {DiceCalibrator().tau:g} (mean P(pass))")
+    print("| estimate | mean | mean abs | max abs | within 0.03 |\n|---|---|---|---|---|")
+    for c in columns:
+        e = np.array([r["share uncorrected" if c == "uncorrected" else f"share {c}"] - r["true share"] for r in rows])
+        label = c if c == "uncorrected" else f"corrected, strength {c:g}"
+        print(f"| {label} | {e.mean():+.3f} | {np.abs(e).mean():.3f} | {np.abs(e).max():.3f} | "
+              f"{int(np.sum(np.abs(e) <= 0.03))}/{len(e)} |")
 
 
 if __name__ == "__main__":

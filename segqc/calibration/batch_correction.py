@@ -52,16 +52,22 @@ class BatchCorrection:
         self.max_weight = max_weight
         self.min_batch = min_batch
 
-    def fit(self, descriptors: np.ndarray, residuals: np.ndarray, names: Sequence[str]) -> "BatchCorrection":
+    def fit(self, descriptors: np.ndarray, residuals: np.ndarray, names: Sequence[str],
+            pass_residuals: np.ndarray | None = None) -> "BatchCorrection":
         """``descriptors``: the calibration pairs' numbers (n, d), columns named by ``names``;
-        ``residuals``: their true Dice minus their cross-fitted calibrated Dice (n,)."""
+        ``residuals``: their true Dice minus their cross-fitted calibrated Dice (n,);
+        ``pass_residuals``: 1[Dice ≥ τ] minus their cross-fitted P(pass) (n,), to correct a batch's
+        estimated share of passing cases the same way (optional)."""
         d, r = np.asarray(descriptors, float), np.asarray(residuals, float)
-        if d.ndim != 2 or d.shape != (len(r), len(names)) or not np.isfinite(r).all() or np.isinf(d).any():
+        rp = np.zeros(len(r)) if pass_residuals is None else np.asarray(pass_residuals, float)
+        if (d.ndim != 2 or d.shape != (len(r), len(names)) or rp.shape != r.shape or not np.isfinite(r).all()
+                or not np.isfinite(rp).all() or np.isinf(d).any()):
             raise ValueError(f"batch correction needs one row of {len(names)} descriptors (finite or missing) and "
                              f"one finite residual per calibration pair, got descriptors {d.shape} and {r.shape} "
                              "residuals")
         self.names_ = list(names)
         self.descriptors_, self.residuals_ = d.astype(np.float32), r.astype(np.float32)
+        self.pass_residuals_ = None if pass_residuals is None else rp.astype(np.float32)
         return self
 
     def _standardised(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -94,14 +100,11 @@ class BatchCorrection:
         w = p / (1 - p)
         w = np.minimum(w, self.max_weight * w.mean())
         w /= w.sum()
-        resid = self.residuals_.astype(float)
-        mean = float(np.sum(w * resid))
-        se = float(np.sqrt(np.sum(w ** 2 * (resid - mean) ** 2)))  # of a weighted mean, pairs independent
-        # positive-part James–Stein towards no correction: a correction no larger than its own noise is not
-        # made, and a small one is shrunk (few pairs, or weights on a handful of them, give a noisy mean)
-        shrink = max(0.0, 1.0 - se ** 2 / mean ** 2) if mean else 0.0
-        return {"correction": shrink * mean, "weighted_residual": mean, "standard_error": se,
-                "effective_pairs": float(1.0 / np.sum(w ** 2)), "calibration_pairs": int(len(w)), "n": int(len(b))}
+        out = _shrunk(w, self.residuals_)
+        if self.pass_residuals_ is not None:
+            out["share_pass_correction"] = _shrunk(w, self.pass_residuals_)["correction"]
+        return out | {"effective_pairs": float(1.0 / np.sum(w ** 2)), "calibration_pairs": int(len(w)),
+                      "n": int(len(b))}
 
     def vector(self, features: dict[str, float]) -> np.ndarray:
         """A candidate's descriptors in the fitted order (NaN where the method did not give one)."""
@@ -109,7 +112,8 @@ class BatchCorrection:
 
     # -- persistence: the pairs' descriptors and residuals are the whole state
     def state(self) -> tuple[dict[str, np.ndarray], dict]:
-        return ({"descriptors": self.descriptors_, "residuals": self.residuals_},
+        more = {} if self.pass_residuals_ is None else {"pass_residuals": self.pass_residuals_}
+        return ({"descriptors": self.descriptors_, "residuals": self.residuals_} | more,
                 {"names": self.names_, "strength": self.strength, "max_weight": self.max_weight,
                  "min_batch": self.min_batch})
 
@@ -120,4 +124,16 @@ class BatchCorrection:
         if not (bc.strength > 0 and bc.max_weight >= 1 and bc.min_batch >= 2):
             raise ValueError(f"batch correction needs strength > 0, max_weight >= 1 and min_batch >= 2, got "
                              f"{bc.strength}, {bc.max_weight}, {bc.min_batch}")
-        return bc.fit(arrays["descriptors"], arrays["residuals"], [str(n) for n in config["names"]])
+        return bc.fit(arrays["descriptors"], arrays["residuals"], [str(n) for n in config["names"]],
+                      arrays.get("pass_residuals"))
+
+
+def _shrunk(w: np.ndarray, residuals: np.ndarray) -> dict[str, float]:
+    """The ``w``-weighted mean of ``residuals``, its standard error (pairs taken as independent), and the
+    mean shrunk towards zero by positive-part James–Stein: a correction no larger than its own noise is not
+    made, and a small one is shrunk (few pairs, or weights on a handful of them, give a noisy mean)."""
+    r = np.asarray(residuals, float)
+    mean = float(np.sum(w * r))
+    se = float(np.sqrt(np.sum(w ** 2 * (r - mean) ** 2)))
+    shrink = max(0.0, 1.0 - se ** 2 / mean ** 2) if mean else 0.0
+    return {"correction": shrink * mean, "weighted_residual": mean, "standard_error": se}
