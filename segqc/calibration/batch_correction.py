@@ -72,8 +72,12 @@ class BatchCorrection:
 
     def _standardised(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Both sides in units of the calibration pairs' spread; a missing number is the pairs' median."""
+        import warnings
+
         ref = self.descriptors_.astype(float)
-        med = np.nanmedian(ref, 0)
+        with warnings.catch_warnings():  # a number no pair has: its median is NaN, and 0 stands in below
+            warnings.simplefilter("ignore", RuntimeWarning)
+            med = np.nanmedian(ref, 0)
         med = np.where(np.isnan(med), 0.0, med)
         ref, batch = (np.where(np.isnan(x), med, x) for x in (ref, batch))
         mean, sd = ref.mean(0), ref.std(0)
