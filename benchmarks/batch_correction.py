@@ -77,18 +77,21 @@ def main() -> None:
     print("| estimate | mean | mean abs | max abs | within 0.03 | effective pairs (median) |")
     print("|---|---|---|---|---|---|")
     for c in columns:
-        e = np.array([r[c] - r["true"] for r in rows])
         pairs = "–" if c == "uncorrected" else f"{np.median([r[f'pairs {c}'] for r in rows]):.0f}"
-        label = c if c == "uncorrected" else f"corrected, strength {c:g}"
-        print(f"| {label} | {e.mean():+.3f} | {np.abs(e).mean():.3f} | {np.abs(e).max():.3f} | "
-              f"{int(np.sum(np.abs(e) <= 0.03))}/{len(e)} | {pairs} |")
+        print(_errors_row(c, [r[c] - r["true"] for r in rows]) + f" {pairs} |")
     print(f"\nthe same groups' estimated share of cases with Dice ≥ {DiceCalibrator().tau:g} (mean P(pass))")
     print("| estimate | mean | mean abs | max abs | within 0.03 |\n|---|---|---|---|---|")
     for c in columns:
-        e = np.array([r["share uncorrected" if c == "uncorrected" else f"share {c}"] - r["true share"] for r in rows])
-        label = c if c == "uncorrected" else f"corrected, strength {c:g}"
-        print(f"| {label} | {e.mean():+.3f} | {np.abs(e).mean():.3f} | {np.abs(e).max():.3f} | "
-              f"{int(np.sum(np.abs(e) <= 0.03))}/{len(e)} |")
+        print(_errors_row(c, [r["share uncorrected" if c == "uncorrected" else f"share {c}"] - r["true share"]
+                              for r in rows]))
+
+
+def _errors_row(column, errors) -> str:
+    """One table row: the estimate's name, then its errors' mean, mean and max |·|, and how many within 0.03."""
+    e = np.asarray(errors)
+    label = column if column == "uncorrected" else f"corrected, strength {column:g}"
+    return (f"| {label} | {e.mean():+.3f} | {np.abs(e).mean():.3f} | {np.abs(e).max():.3f} | "
+            f"{int(np.sum(np.abs(e) <= 0.03))}/{len(e)} |")
 
 
 if __name__ == "__main__":

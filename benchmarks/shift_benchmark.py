@@ -207,10 +207,10 @@ def analyse(bench_dir: Path, method: str, bundle: Path | None = None) -> None:
           f"95 % intervals holding the truth: {intervals_holding_truth(groups)} (bootstrap alone: "
           f"{intervals_holding_truth(groups, 'mean_dice_sampling_ci')}; systematic error bound "
           f"{next(iter(groups.values())).get('systematic_error')})")
-    plain = [g for g in groups.values() if g.get("batch_correction")]
-    if plain:  # the same run before the batch correction (segqc.calibration.batch_correction)
-        e = np.array([g["mean_dice_uncorrected"] - g["true_mean_dice"] for g in plain])
-        by = np.array([g["batch_correction"]["correction"] for g in plain])
+    corrected = [g for g in groups.values() if g.get("batch_correction")]
+    if corrected:  # the same run before the batch correction (segqc.calibration.batch_correction)
+        e = np.array([g["mean_dice_uncorrected"] - g["true_mean_dice"] for g in corrected])
+        by = np.array([g["batch_correction"]["correction"] for g in corrected])
         print(f"uncorrected ({len(e)} corrected pairs): estimate − truth mean {e.mean():+.3f}, mean |·| "
               f"{np.abs(e).mean():.3f}, max |·| {np.abs(e).max():.3f}, {int(np.sum(np.abs(e) <= 0.03))} within 0.03; "
               f"corrected: mean |·| {np.abs(err).mean():.3f}; corrections from {by.min():+.3f} to {by.max():+.3f}")

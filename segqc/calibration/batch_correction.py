@@ -68,21 +68,24 @@ class BatchCorrection:
         self.names_ = list(names)
         self.descriptors_, self.residuals_ = d.astype(np.float32), r.astype(np.float32)
         self.pass_residuals_ = None if pass_residuals is None else rp.astype(np.float32)
-        return self
-
-    def _standardised(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Both sides in units of the calibration pairs' spread; a missing number is the pairs' median."""
+        # derived once, not saved: the pairs in their own spread's units, a missing number their median
         import warnings
 
         ref = self.descriptors_.astype(float)
         with warnings.catch_warnings():  # a number no pair has: its median is NaN, and 0 stands in below
             warnings.simplefilter("ignore", RuntimeWarning)
-            med = np.nanmedian(ref, 0)
-        med = np.where(np.isnan(med), 0.0, med)
-        ref, batch = (np.where(np.isnan(x), med, x) for x in (ref, batch))
-        mean, sd = ref.mean(0), ref.std(0)
-        sd = np.where(sd > 1e-12, sd, 1.0)
-        return tuple(np.clip((x - mean) / sd, -5, 5) for x in (ref, batch))
+            fill = np.nanmedian(ref, 0)
+        self._fill = np.where(np.isnan(fill), 0.0, fill)
+        ref = np.where(np.isnan(ref), self._fill, ref)
+        self._centre, scale = ref.mean(0), ref.std(0)
+        self._scale = np.where(scale > 1e-12, scale, 1.0)
+        self._reference = self._standardised(ref)
+        return self
+
+    def _standardised(self, x: np.ndarray) -> np.ndarray:
+        """``x`` in units of the calibration pairs' spread (bounded at ±5); a missing number is their median."""
+        x = np.where(np.isnan(x), self._fill, x)
+        return np.clip((x - self._centre) / self._scale, -5, 5)
 
     def correct(self, batch: np.ndarray) -> dict | None:
         """The correction for a batch's descriptors (m, d): ``correction`` (add it to the batch's mean
@@ -95,7 +98,7 @@ class BatchCorrection:
             raise ValueError(f"batch correction needs {len(self.names_)} descriptors per case, got {b.shape}")
         if len(b) < self.min_batch:
             return None
-        ref, bat = self._standardised(b)
+        ref, bat = self._reference, self._standardised(b)
         x = np.vstack([ref, bat])
         y = np.r_[np.zeros(len(ref)), np.ones(len(bat))]
         # balanced classes: the odds are the density ratio batch / calibration, up to a constant that cancels

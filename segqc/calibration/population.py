@@ -67,16 +67,16 @@ def estimate_groups(pred_dice: Sequence[float], p_pass: Sequence[float], groups:
     t = np.asarray(true_dice, float) if true_dice is not None else None
     out = {}
     names = ["all"] + [x for x in dict.fromkeys(g.tolist()) if x != "all"] if len(set(g.tolist())) > 1 else ["all"]
+    described = None if descriptors is None else np.asarray(descriptors, float)
+    # rows measured for another calibrator (a table from another bundle) are not a batch it can place
+    if correction is None or described is None or described.shape[1:] != (len(correction.names_),):
+        correction = None
     for name in names:
         sel = np.ones(len(pred), bool) if name == "all" else (g == name)
         sel &= np.isfinite(pred) & np.isfinite(pp)
         d, p = pred[sel], pp[sel]
         sampling = _boot(d, rng, n_boot)
-        shift = None
-        described = None if descriptors is None else np.asarray(descriptors, float)
-        # rows measured for another calibrator (a table from another bundle) are not a batch it can place
-        if correction is not None and described is not None and described.shape[1:] == (len(correction.names_),):
-            shift = correction.correct(described[sel])
+        shift = correction.correct(described[sel]) if correction is not None else None
         by = shift["correction"] if shift else 0.0
         by_pass = (shift or {}).get("share_pass_correction", 0.0)
         sampling = tuple(float(v) for v in np.clip(np.add(sampling, by), 0, 1))  # NaN (one case) stays NaN
