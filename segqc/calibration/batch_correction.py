@@ -24,8 +24,9 @@ handful of pairs decides a batch. The weighted mean's standard error says how no
 (few calibration pairs, or weights on a handful of them): the correction is shrunk towards
 zero by it (positive-part James–Stein), so that a correction within its own noise is not
 made. ``strength`` 0.1 was chosen on the reference split
-alone (`benchmarks/batch_correction.py`: each group of calibration pairs — a network, a
-snapshot, a simulated site — held out in turn as the batch); no benchmark row was used.
+alone (each group of calibration pairs — a network, a snapshot, a simulated site — held
+out in turn as the batch, as `benchmarks/batch_correction.py` measures it); no benchmark
+row was used.
 The README's "The site's mean Dice corrected from the batch itself" gives the figures.
 """
 
