@@ -43,3 +43,20 @@ def test_too_few_cases_give_no_score():
     rng = np.random.default_rng(0)
     out = shift_score(rng.normal(size=(20, 4)), rng.normal(size=(3, 4)))
     assert np.isnan(out["score"]) and out["warning"] is None and out["n_batch"] == 3
+
+
+def test_appearance_cells_that_were_changed_are_left_out_of_the_batch_shift():
+    from segqc.pipeline.outputs import batch_shift
+
+    rng = np.random.default_rng(0)
+    width = len(appearance_names(3))
+    ref = rng.normal(size=(30, width))
+    rows = [{"appearance": ";".join(f"{v:.7g}" for v in x)} for x in rng.normal(size=(12, width))]
+    whole = batch_shift(rows, ref)
+    assert whole["n_batch"] == 12 and "unreadable" not in whole
+    cell = rows[0]["appearance"]
+    edited = rows + [{"appearance": cell.replace(";", ";oops", 1)}, {"appearance": cell.rsplit(";", 1)[0]},
+                     {"appearance": "inf;" + cell.split(";", 1)[1]}, {}]
+    out = batch_shift(edited, ref)  # the run's end must not fail on them, nor measure them
+    assert out["n_batch"] == 12 and out["unreadable"] == 3 and out["score"] == whole["score"]
+    assert batch_shift([{"appearance": "x"}], ref) is None and batch_shift(rows, None) is None

@@ -34,6 +34,14 @@ def described(calibrators: dict, methods: Sequence[str]) -> list[str]:
     return [m for m in methods if getattr(calibrators.get(m), "correction_", None) is not None]
 
 
+def _numbers(cell: str) -> list[float] | None:
+    """A ';'-joined cell written by `answer_row` as numbers; None when it is not one (an edited table)."""
+    try:
+        return [float(v) for v in cell.split(";")]
+    except ValueError:
+        return None
+
+
 def descriptors(rows: list[dict], method: str) -> np.ndarray | None:
     """The rows' ``<method>_descriptor`` cells as a matrix; None when any row lacks one or has one that
     is not a row of numbers like the others (an edited table): the batch is then not corrected, never
@@ -41,11 +49,10 @@ def descriptors(rows: list[dict], method: str) -> np.ndarray | None:
     cells = [r.get(f"{method}_descriptor") or "" for r in rows]
     if not cells or not all(cells):
         return None
-    try:
-        values = [[float(v) for v in c.split(";")] for c in cells]
-    except ValueError:
+    values = [_numbers(c) for c in cells]
+    if any(v is None for v in values) or len({len(v) for v in values}) != 1:
         return None
-    return np.array(values) if len({len(v) for v in values}) == 1 else None
+    return np.array(values)
 
 
 def answer_row(answer: Answer, labels: Sequence[int], maps_dir: Path | None) -> dict:
@@ -129,13 +136,22 @@ def write_dataset(out: Path, tau: float, with_truth: bool, reference_appearance:
 
 
 def batch_shift(rows: list[dict], reference_appearance: np.ndarray | None) -> dict | None:
-    """`segqc.calibration.shift.shift_score` of the rows' images against the reference images."""
+    """`segqc.calibration.shift.shift_score` of the rows' images against the reference images.
+
+    An ``appearance`` cell that is not the reference's number of finite numbers (an edited table)
+    is left out, and counted in ``unreadable``: the rest of the batch still gets its shift score
+    and warning, and writing ``dataset.json`` never fails on it."""
     if reference_appearance is None:
         return None
     from segqc.calibration.shift import shift_score
 
+    width = np.shape(reference_appearance)[-1]
     cells = [r.get("appearance") or "" for r in rows]
-    batch = np.array([[float(v) for v in c.split(";")] for c in cells if c])
-    if batch.size == 0:
+    values = [_numbers(c) for c in cells if c]
+    readable = [v for v in values if v is not None and len(v) == width and np.all(np.isfinite(v))]
+    if not readable:
         return None
-    return shift_score(reference_appearance, batch)
+    out = shift_score(reference_appearance, np.array(readable))
+    if len(readable) < len(values):
+        out["unreadable"] = len(values) - len(readable)
+    return out
