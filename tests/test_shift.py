@@ -60,3 +60,8 @@ def test_appearance_cells_that_were_changed_are_left_out_of_the_batch_shift():
     out = batch_shift(edited, ref)  # the run's end must not fail on them, nor measure them
     assert out["n_batch"] == 12 and out["unreadable"] == 3 and out["score"] == whole["score"]
     assert batch_shift([{"appearance": "x"}], ref) is None and batch_shift(rows, None) is None
+
+    from segqc.report.template import _summary  # the report says what was left out
+
+    info = {"n": 16, "n_ok": 16, "n_error": 0, "n_review": 3, "tau": 0.8, "shift": out}
+    assert "3 edited appearance cells left out" in _summary(info, {"all": {"mean_dice": 0.7}})

@@ -69,8 +69,10 @@ def _summary(info: dict, groups: dict) -> str:
                       f"from the expert masks; true share ≥ τ {_f(allg.get('true_share_pass'))}"))
     shift = info.get("shift") or {}
     if isinstance(shift.get("score"), (int, float)):
+        left_out = shift.get("unreadable")
         cards.append(("shift score", _f(shift["score"]), "share of images unlike the reference images "
-                      f"(≈ {shift.get('expected_in_distribution', 0.05):g} for images like them)"))
+                      f"(≈ {shift.get('expected_in_distribution', 0.05):g} for images like them)"
+                      + (f"; {left_out} edited appearance cells left out" if left_out else "")))
     out = [f"<div class='note shift-warning'>{_e(shift['warning'])}</div>"] if shift.get("warning") else []
     out.append("<div class=cards>")
     for title, value, sub in cards:
