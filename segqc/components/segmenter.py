@@ -87,7 +87,7 @@ class CrossFittedSegmenter:
         device: ``auto``, ``cpu``, ``cuda``...
     """
 
-    def __init__(self, *, n_folds: int = 3, epochs: int = 40, max_minutes: float = 10.0,
+    def __init__(self, *, n_folds: int = 3, epochs: int = 80, max_minutes: float = 15.0,
                  channels: tuple[int, ...] = (16, 32, 64, 128), batch_size: int = 16, lr: float = 2e-3,
                  appearance: bool = True, schedule: str = "one_cycle", architectures: tuple[str, ...] = ("unet",),
                  device: str = "auto"):

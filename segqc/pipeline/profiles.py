@@ -1,8 +1,8 @@
 """Fit settings for the hardware at hand: ``cpu`` (a laptop's budget) or ``gpu`` (larger networks, longer schedules).
 
 segqc's defaults are sized for a 2-core laptop: `segqc fit` of the default method in
-about 20 minutes, its reference segmenter a small UNet whose schedule is fitted to a
-10-minute budget. On a GPU the same minutes buy a wider network trained to the end of a
+about half an hour, its reference segmenter a small UNet trained for 80 epochs, its
+schedule fitted to a 15-minute budget. On a GPU the same minutes buy a wider network trained to the end of a
 longer schedule, which predicts the reference cases better and so makes a better pseudo
 ground truth; its snapshots then span the whole run, so the failure examples include
 those of a nearly trained network, not only of early ones.

@@ -101,7 +101,7 @@ def segmenter_pairs(fit_cases: Sequence[Case], cal_cases: Sequence[Case], plan, 
     ms_fit = [preprocess(c, plan) for c in fit_cases]
     ms_cal = {c.case_id: preprocess(c, plan) for c in cal_cases}
     params = dict(params)
-    snapshots = tuple(params.pop("snapshot_epochs", (1, 2, 3, 5, 8, 13, 21, 30)))
+    snapshots = tuple(params.pop("snapshot_epochs", (1, 2, 3, 5, 8, 13, 21, 34, 55)))
     outsiders = params.pop("outsider_architectures", ("segresnet",))
     outsiders = (outsiders,) if isinstance(outsiders, str) else tuple(outsiders)
     outsider_appearance = bool(params.pop("outsider_appearance", False))
