@@ -53,22 +53,16 @@ class BatchCorrection:
         self.max_weight = max_weight
         self.min_batch = min_batch
 
-    def fit(self, descriptors: np.ndarray, residuals: np.ndarray, names: Sequence[str],
-            pass_residuals: np.ndarray | None = None) -> "BatchCorrection":
+    def fit(self, descriptors: np.ndarray, residuals: np.ndarray, names: Sequence[str]) -> "BatchCorrection":
         """``descriptors``: the calibration pairs' numbers (n, d), columns named by ``names``;
-        ``residuals``: their true Dice minus their cross-fitted calibrated Dice (n,);
-        ``pass_residuals``: 1[Dice ≥ τ] minus their cross-fitted P(pass) (n,), to correct a batch's
-        estimated share of passing cases the same way (optional)."""
+        ``residuals``: their true Dice minus their cross-fitted calibrated Dice (n,)."""
         d, r = np.asarray(descriptors, float), np.asarray(residuals, float)
-        rp = np.zeros(len(r)) if pass_residuals is None else np.asarray(pass_residuals, float)
-        if (d.ndim != 2 or d.shape != (len(r), len(names)) or rp.shape != r.shape or not np.isfinite(r).all()
-                or not np.isfinite(rp).all() or np.isinf(d).any()):
+        if d.ndim != 2 or d.shape != (len(r), len(names)) or not np.isfinite(r).all() or np.isinf(d).any():
             raise ValueError(f"batch correction needs one row of {len(names)} descriptors (finite or missing) and "
                              f"one finite residual per calibration pair, got descriptors {d.shape} and {r.shape} "
                              "residuals")
         self.names_ = list(names)
         self.descriptors_, self.residuals_ = d.astype(np.float32), r.astype(np.float32)
-        self.pass_residuals_ = None if pass_residuals is None else rp.astype(np.float32)
         # derived once, not saved: the pairs in their own spread's units, a missing number their median
         import warnings
 
@@ -108,11 +102,8 @@ class BatchCorrection:
         w = p / (1 - p)
         w = np.minimum(w, self.max_weight * w.mean())
         w /= w.sum()
-        out = _shrunk(w, self.residuals_)
-        if self.pass_residuals_ is not None:
-            out["share_pass_correction"] = _shrunk(w, self.pass_residuals_)["correction"]
-        return out | {"effective_pairs": float(1.0 / np.sum(w ** 2)), "calibration_pairs": int(len(w)),
-                      "n": int(len(b))}
+        return _shrunk(w, self.residuals_) | {"effective_pairs": float(1.0 / np.sum(w ** 2)),
+                                              "calibration_pairs": int(len(w)), "n": int(len(b))}
 
     def vector(self, features: dict[str, float]) -> np.ndarray:
         """A candidate's descriptors in the fitted order (NaN where the method did not give one)."""
@@ -120,8 +111,7 @@ class BatchCorrection:
 
     # -- persistence: the pairs' descriptors and residuals are the whole state
     def state(self) -> tuple[dict[str, np.ndarray], dict]:
-        more = {} if self.pass_residuals_ is None else {"pass_residuals": self.pass_residuals_}
-        return ({"descriptors": self.descriptors_, "residuals": self.residuals_} | more,
+        return ({"descriptors": self.descriptors_, "residuals": self.residuals_},
                 {"names": self.names_, "strength": self.strength, "max_weight": self.max_weight,
                  "min_batch": self.min_batch})
 
@@ -132,8 +122,7 @@ class BatchCorrection:
         if not (bc.strength > 0 and bc.max_weight >= 1 and bc.min_batch >= 2):
             raise ValueError(f"batch correction needs strength > 0, max_weight >= 1 and min_batch >= 2, got "
                              f"{bc.strength}, {bc.max_weight}, {bc.min_batch}")
-        return bc.fit(arrays["descriptors"], arrays["residuals"], [str(n) for n in config["names"]],
-                      arrays.get("pass_residuals"))
+        return bc.fit(arrays["descriptors"], arrays["residuals"], [str(n) for n in config["names"]])
 
 
 def _shrunk(w: np.ndarray, residuals: np.ndarray) -> dict[str, float]:

@@ -131,9 +131,7 @@ class DiceCalibrator:
         if described is not None:
             from segqc.calibration.batch_correction import BatchCorrection
 
-            passed = (true_dice >= self.tau).astype(float)
-            pass_resid = passed - out_of_fold(iso, raw, passed, n_folds=5, seed=0)
-            self.correction_ = BatchCorrection().fit(described, resid, names, pass_resid)
+            self.correction_ = BatchCorrection().fit(described, resid, names)
         self.n_ = int(ok.sum())
         errors = list(group_errors(raw, true_dice, kept).values()) if kept is not None else []
         self.systematic_, self.n_groups_ = group_bound(errors), len(errors)
@@ -195,7 +193,5 @@ class DiceCalibrator:
             state = {k: arrays.get(f"correction_{k}") for k in ("descriptors", "residuals")}
             if any(v is None for v in state.values()):
                 raise ValueError("calibrator names a batch correction but its arrays are missing")
-            if "correction_pass_residuals" in arrays:  # absent in bundles fitted before it: share not corrected
-                state["pass_residuals"] = arrays["correction_pass_residuals"]
             cal.correction_ = BatchCorrection.from_state(state, config["correction"])
         return cal

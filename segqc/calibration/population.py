@@ -15,8 +15,10 @@ held-out groups of calibration pairs — models and simulated sites).
 Part of that systematic error can be read from the batch itself: where its candidates lie
 among the calibration pairs tells which part of the calibration map's error it inherits.
 With a calibrator's batch correction (`segqc.calibration.batch_correction`) and the
-cases' descriptors, each group's mean Dice and share of passing cases (and their
-intervals) are shifted by that error; the uncorrected values stay beside them.
+cases' descriptors, each group's mean Dice (and its interval) is shifted by that error;
+the uncorrected mean stays beside it. The share of passing cases is not corrected: the
+same weighting of the pairs' pass residuals moved it further from the truth on the
+reference split and on both benchmarks.
 """
 
 from __future__ import annotations
@@ -78,7 +80,6 @@ def estimate_groups(pred_dice: Sequence[float], p_pass: Sequence[float], groups:
         sampling = _boot(d, rng, n_boot)
         shift = correction.correct(described[sel]) if correction is not None else None
         by = shift["correction"] if shift else 0.0
-        by_pass = (shift or {}).get("share_pass_correction", 0.0)
         sampling = tuple(float(v) for v in np.clip(np.add(sampling, by), 0, 1))  # NaN (one case) stays NaN
         row = {"n": int(sel.sum()),
                "mean_dice": float(np.clip(d.mean() + by, 0, 1)) if d.size else float("nan"),
@@ -88,9 +89,8 @@ def estimate_groups(pred_dice: Sequence[float], p_pass: Sequence[float], groups:
                "systematic_error": None if np.isnan(systematic) else float(systematic),
                "mean_dice_uncorrected": float(d.mean()) if d.size else float("nan"),
                "batch_correction": shift,
-               "share_pass": float(np.clip(p.mean() + by_pass, 0, 1)) if p.size else float("nan"),
-               "share_pass_ci": tuple(float(v) for v in np.clip(np.add(_boot(p, rng, n_boot), by_pass), 0, 1)),
-               "share_pass_uncorrected": float(p.mean()) if p.size else float("nan")}
+               "share_pass": float(p.mean()) if p.size else float("nan"),
+               "share_pass_ci": _boot(p, rng, n_boot)}
         if t is not None:  # rows without a truth (NaN) are left out of the true figures, not counted as fails
             tt = t[sel][np.isfinite(t[sel])]
             row["n_with_truth"] = int(tt.size)
