@@ -17,8 +17,8 @@ among the calibration pairs tells which part of the calibration map's error it i
 With a calibrator's batch correction (`segqc.calibration.batch_correction`) and the
 cases' descriptors, each group's mean Dice (and its interval) is shifted by that error;
 the uncorrected mean stays beside it. The share of passing cases is not corrected: the
-same weighting of the pairs' pass residuals moved it further from the truth on the
-reference split and on both benchmarks.
+same weighting of the pairs' pass residuals helped on one fit's reference split and moved
+the share away from the truth on the next (README, "The site's mean Dice corrected").
 """
 
 from __future__ import annotations
