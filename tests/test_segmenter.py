@@ -224,8 +224,8 @@ def test_folds_of_several_architectures_train_save_and_reload(kvasir_cases):
 
 def test_outsider_networks_make_pairs_of_cases_they_never_trained_on(kvasir_cases):
     """Networks of another architecture, cross-fitted on the fitting cases, segment each case they did not train
-    on once trained (no snapshots: their time goes to training); the pairs name them, and the fit's global torch
-    randomness is left alone."""
+    on once trained and after epoch 3 (an unfamiliar architecture's early failures); the pairs name them, one
+    group per epoch, and the fit's global torch randomness is left alone."""
     from segqc.pipeline.training_pairs import OUTSIDER_FOLDS, _mask_on_grid, outsider_pairs
     from segqc.plan.fingerprint import compute_fingerprint
     from segqc.plan.plan import plan_from_fingerprint
@@ -235,7 +235,7 @@ def test_outsider_networks_make_pairs_of_cases_they_never_trained_on(kvasir_case
     ms = {c.case_id: preprocess(c, plan) for c in fit_cases + cal_cases}
     data = [(ms[c.case_id][0], to_index(ms[c.case_id][1], plan.labels)) for c in fit_cases]
     cal_images = {c.case_id: ms[c.case_id][0] for c in cal_cases}
-    seg = CrossFittedSegmenter(n_folds=3, epochs=3, channels=(8, 16), device="cpu")  # the judges' settings
+    seg = CrossFittedSegmenter(n_folds=3, epochs=4, channels=(8, 16), device="cpu")  # the judges' settings
     torch.manual_seed(7)
     expected = torch.rand(3)
     torch.manual_seed(7)
@@ -244,11 +244,13 @@ def test_outsider_networks_make_pairs_of_cases_they_never_trained_on(kvasir_case
         lambda cid, proba: _mask_on_grid(proba, ms[cid][2], plan))
     assert torch.equal(torch.rand(3), expected)
     assert [h["architecture"] for h in history] == ["segresnet"] * OUTSIDER_FOLDS
-    assert all(h["epochs"] == 3 and h["snapshots"] == 0 for h in history)
-    # the final networks' masks: one group, over every case, each case's by a network that did not train on it
+    assert all(h["epochs"] == 4 and h["snapshots"] == 1 for h in history)  # epoch 8 is never reached
+    # the final networks' masks and the epoch-3 ones: a group each, over every case, each case's by a network
+    # that did not train on it
     for pairs, cases in ((fit_pairs, fit_cases), (cal_pairs, cal_cases)):
-        assert {p.source for p in pairs} == {"outsider:segresnet_final"}
-        assert sorted(p.reference_id for p in pairs) == sorted(c.case_id for c in cases)
+        assert {p.source for p in pairs} == {"outsider:segresnet_final", "outsider:segresnet_ep3"}
+        for source in ("outsider:segresnet_final", "outsider:segresnet_ep3"):
+            assert sorted(p.reference_id for p in pairs if p.source == source) == sorted(c.case_id for c in cases)
         assert all(p.candidate.shape == p.truth.shape for p in pairs)
 
 

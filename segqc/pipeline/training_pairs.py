@@ -33,6 +33,9 @@ Split = tuple[list[TrainingPair], list[TrainingPair]]
 
 # an outsider architecture is cross-fitted over this many networks: each fitting case gets one that never saw it
 OUTSIDER_FOLDS = 2
+# epochs after which each outsider network also segments the cases it does not train on: an unfamiliar
+# architecture's early failures (smooth, plausible blobs), not only its trained network's
+OUTSIDER_SNAPSHOTS = (3, 8)
 
 
 def _by_part(pairs: list[TrainingPair], cal_ids: set[str]) -> Split:
@@ -231,10 +234,11 @@ def outsider_pairs(seg, architectures: Sequence[str], data: list, fit_cases: Seq
     learn what such failures look like) and the held-out cases (calibration pairs, one group
     per architecture: the calibration and the systematic error bound see how far QC errs on
     such a network). These masks are fair candidates — a trained network's failures — since
-    none of ``seg``'s networks (the judges) made them. They make no snapshots: early-training
-    failures are ``seg``'s snapshots' part, and on 2 CPU cores the snapshots' predictions took
-    three quarters of the outsiders' time, leaving them 3 epochs of training (their "final"
-    networks were as untrained as ``seg`` after 2).
+    none of ``seg``'s networks (the judges) made them. They also segment those cases after the
+    epochs of `OUTSIDER_SNAPSHOTS` (3 and 8; one group per epoch): an unfamiliar architecture's
+    early failures are smooth, plausible blobs, unlike ``seg``'s early snapshots. Only two: with
+    ``seg``'s eight, on 2 CPU cores, the snapshots' predictions took three quarters of the
+    outsiders' time and left them 3 epochs of training.
 
     They are trained as a user often trains a model: flips and rotations, no appearance
     changes (``appearance=False``). segqc's own segmenter learns with colour, gamma, blur,
@@ -267,6 +271,7 @@ def outsider_pairs(seg, architectures: Sequence[str], data: list, fit_cases: Seq
         # the networks seed torch from rng: the global torch state of the rest of the fit stays as it was
         with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
             net.fit(data, len(plan.labels), rng, case_ids=fit_ids, predict_on=cal_images,
+                    snapshot_epochs=OUTSIDER_SNAPSHOTS, render=render,
                     progress=lambda msg, a=arch: console.print(
                         f"  {msg.replace('segmenter fold', f'outsider {a} fold')}", highlight=False))
         # the final networks: each case by a network that did not train on it (a held-out case by the one
@@ -276,6 +281,14 @@ def outsider_pairs(seg, architectures: Sequence[str], data: list, fit_cases: Seq
 
         fit_out += [TrainingPair(c, final[c.case_id], f"outsider:{arch}_final") for c in fit_cases]
         cal_out += [TrainingPair(c, final[c.case_id], f"outsider:{arch}_final") for c in cal_cases]
+
+        def early(cases):  # the snapshots, one group per epoch over both networks (tag: fold<k>_ep<e>)
+            return [TrainingPair(c, mask, f"outsider:{arch}_{tag.rsplit('_', 1)[1]}")
+                    for c in cases for tag, mask in net.snapshot_masks_.get(c.case_id, [])]
+
+        fit_out += early(fit_cases)
+        cal_out += early(cal_cases)
+        net.snapshot_masks_ = {}
         if sites:
             fit_out += _outsider_at_sites(net, arch, sites, fit_cases, plan, rng)
             masks = _predict_moved(net, moved_cal, plan, f"outsider {arch} at the simulated sites",
