@@ -21,11 +21,9 @@ from pathlib import Path
 
 import numpy as np
 from common import calibration_pairs
-from sklearn.isotonic import IsotonicRegression
 
 from segqc.calibration.batch_correction import BatchCorrection
-from segqc.calibration.calibrator import MIN_GROUP, DiceCalibrator
-from segqc.calibration.crossfit import out_of_fold
+from segqc.calibration.calibrator import MIN_GROUP, DiceCalibrator, cross_fitted_residuals
 from segqc.pipeline.bundle import load_bundle
 
 
@@ -43,9 +41,7 @@ def left_out_errors(raw, true, groups, descriptors, names, strengths) -> list[di
         # the same weighting of the pairs' cross-fitted pass residuals: the share's correction, which segqc
         # does not make (README: it moved the share away from the truth)
         passed = (true[~held] >= cal.tau).astype(float)
-        iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0)
-        share_bc = BatchCorrection().fit(descriptors[~held], passed - out_of_fold(iso, raw[~held], passed, n_folds=5,
-                                                                                   seed=0), names)
+        share_bc = BatchCorrection().fit(descriptors[~held], cross_fitted_residuals(raw[~held], passed), names)
         row = {"group": str(name), "n": int(held.sum()), "true": float(true[held].mean()), "uncorrected": base,
                "true share": float(np.mean(true[held] >= cal.tau)), "share uncorrected": share}
         for s in strengths:

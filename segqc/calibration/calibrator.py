@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["DiceCalibrator", "conformal_quantile", "group_bound", "group_errors"]
+__all__ = ["DiceCalibrator", "conformal_quantile", "cross_fitted_residuals", "group_bound", "group_errors"]
 
 # a batch's mean Dice interval is at 95 %: the systematic bound is the same level over groups
 GROUP_COVERAGE = 0.95
@@ -82,6 +82,17 @@ def group_bound(errors) -> float:
     return conformal_quantile(e, GROUP_COVERAGE)
 
 
+def cross_fitted_residuals(raw: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``y`` minus the isotonic map of ``raw`` to ``y`` fitted without it (5-fold cross-fitting): in-sample
+    residuals are too small, and would make the interval under-cover and the batch correction too weak."""
+    from sklearn.isotonic import IsotonicRegression
+
+    from segqc.calibration.crossfit import out_of_fold
+
+    iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0)
+    return y - out_of_fold(iso, raw, y, n_folds=5, seed=0)
+
+
 def _isotonic(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     from sklearn.isotonic import IsotonicRegression
 
@@ -118,14 +129,7 @@ class DiceCalibrator:
         raw, true_dice = raw[ok], true_dice[ok]
         self.dice_x_, self.dice_y_ = _isotonic(raw, true_dice)
         self.pass_x_, self.pass_y_ = _isotonic(raw, (true_dice >= self.tau).astype(float))
-        # residuals of the isotonic map on cases it was not fitted on (5-fold cross-fitting):
-        # in-sample residuals are too small and would make the interval under-cover
-        from sklearn.isotonic import IsotonicRegression
-
-        from segqc.calibration.crossfit import out_of_fold
-
-        iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0)
-        resid = true_dice - out_of_fold(iso, raw, true_dice, n_folds=5, seed=0)
+        resid = cross_fitted_residuals(raw, true_dice)
         self.radius_ = conformal_quantile(resid, self.coverage)
         self.correction_ = None
         if described is not None:

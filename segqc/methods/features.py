@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from segqc.components import segmenter as segmenter_defaults
 from segqc.components.booster import booster_from_text
 from segqc.components.quality_features import mask_features, measure_candidates, reference_stats
 from segqc.data.case import Case
@@ -50,8 +51,8 @@ class FeatureRegressor(QCMethod):
         "num_leaves": Param(15, check=positive),
         "n_jobs": Param(2, doc="LightGBM threads and feature-measuring worker processes (-1: every core)"),
         "segmenter": Param(True, doc="agreement features with segqc's cross-fitted segmenter"),
-        "segmenter_epochs": Param(80, check=positive),
-        "segmenter_minutes": Param(15.0, check=positive),
+        "segmenter_epochs": Param(segmenter_defaults.EPOCHS, check=positive),
+        "segmenter_minutes": Param(segmenter_defaults.MAX_MINUTES, check=positive),
         "fold_scoring": Param(False, doc="score against each fold network alone and average the predictions, as "
                                          "training pairs are measured against their one out-of-fold network "
                                          "(off: the folds' average, a better opinion; on hippocampus fold scoring "

@@ -123,11 +123,8 @@ def segmenter_pairs(fit_cases: Sequence[Case], cal_cases: Sequence[Case], plan, 
     seg.fit(data, len(plan.labels), rng, progress=lambda msg: console.print(f"  {msg}", highlight=False),
             case_ids=[c.case_id for c in fit_cases], snapshot_epochs=snapshots, predict_on=cal_images, render=render)
 
-    def pairs(cases):
-        return [TrainingPair(c, mask, f"segmenter:{tag}")
-                for c in cases for tag, mask in seg.snapshot_masks_.get(c.case_id, [])]
-
-    fit_pairs, cal_pairs = pairs(fit_cases), pairs(cal_cases)
+    fit_pairs, cal_pairs = (_snapshot_pairs(seg.snapshot_masks_, cases, lambda tag: f"segmenter:{tag}")
+                            for cases in (fit_cases, cal_cases))
     sites: list = []
     moved_cal: list[Case] = []
     if simulated_sites:
@@ -159,6 +156,13 @@ def segmenter_pairs(fit_cases: Sequence[Case], cal_cases: Sequence[Case], plan, 
     _report(f"reference segmenter: {len(fit_pairs)} + {len(cal_pairs)} model-made bad masks", fit_pairs,
             plan.labels, t0)
     return seg, fit_pairs, cal_pairs
+
+
+def _snapshot_pairs(masks: dict[str, list[tuple[str, np.ndarray]]], cases: Sequence[Case],
+                    source) -> list[TrainingPair]:
+    """A network's snapshot masks (``snapshot_masks_``: per case id, ``(tag, mask)``) of ``cases`` as pairs,
+    each named ``source(tag)``."""
+    return [TrainingPair(c, mask, source(tag)) for c in cases for tag, mask in masks.get(c.case_id, [])]
 
 
 def simulated_cases(cases: Sequence[Case], rng: np.random.Generator, n_sites: int) -> tuple[list, list[Case]]:
@@ -281,13 +285,11 @@ def outsider_pairs(seg, architectures: Sequence[str], data: list, fit_cases: Seq
 
         fit_out += [TrainingPair(c, final[c.case_id], f"outsider:{arch}_final") for c in fit_cases]
         cal_out += [TrainingPair(c, final[c.case_id], f"outsider:{arch}_final") for c in cal_cases]
-
-        def early(cases):  # the snapshots, one group per epoch over both networks (tag: fold<k>_ep<e>)
-            return [TrainingPair(c, mask, f"outsider:{arch}_{tag.rsplit('_', 1)[1]}")
-                    for c in cases for tag, mask in net.snapshot_masks_.get(c.case_id, [])]
-
-        fit_out += early(fit_cases)
-        cal_out += early(cal_cases)
+        # the snapshots: one group per epoch over both networks (a tag is fold<k>_ep<e>)
+        fit_early, cal_early = (_snapshot_pairs(net.snapshot_masks_, cases,
+                                                lambda tag: f"outsider:{arch}_{tag.rsplit('_', 1)[1]}")
+                                for cases in (fit_cases, cal_cases))
+        fit_out, cal_out = fit_out + fit_early, cal_out + cal_early
         net.snapshot_masks_ = {}
         if sites:
             fit_out += _outsider_at_sites(net, arch, sites, fit_cases, plan, rng)
