@@ -311,3 +311,17 @@ def test_a_fit_says_when_the_time_budget_cut_the_reference_segmenter_short(kvasi
     assert all(h["epochs"] < 3 for h in seg.history_)  # a budget this small ends before any epoch
     err = " ".join(capsys.readouterr().err.split())
     assert "cut 2 of 2 fold networks short of 3 epochs" in err and "segmenter.max_minutes" in err
+
+
+def test_snapshots_run_slices_in_batches_with_the_answers_of_one_image_at_a_time(rng):
+    """Batching the held-out images' slices changes no probability: the networks normalise each slice alone."""
+    from segqc.components.segmenter import _build, _unet_kwargs
+
+    for architecture in ("unet", "segresnet"):
+        net = _build(_unet_kwargs(1, 3, (8, 16)), architecture).eval()
+        images = [rng.normal(size=(1, z, 32, 32)).astype(np.float32) for z in (1, 5, 3)]  # volumes of 1–5 slices
+        batched = CrossFittedSegmenter._probas_with(net, images, batch=4)  # batches cut across the volumes
+        assert [p.shape for p in batched] == [(3, z, 32, 32) for z in (1, 5, 3)]
+        for image, p in zip(images, batched):
+            np.testing.assert_allclose(p, CrossFittedSegmenter._proba_with([net], image), atol=1e-5)
+    assert CrossFittedSegmenter._probas_with(net, []) == []

@@ -48,6 +48,8 @@ def _unet_kwargs(n_in: int, n_out: int, channels) -> dict:
 
 
 ARCHITECTURES = ("unet", "segresnet")
+# model-space slices per forward pass when a snapshot predicts the held-out images
+SNAPSHOT_BATCH = 32
 # the CPU default (README, "A reference segmenter trained twice as long"): at 40 epochs its loss was still
 # falling; 80 fit in 15 minutes on 2 idle cores. `features`' own segmenter takes the same defaults.
 EPOCHS, MAX_MINUTES = 80, 15.0
@@ -164,8 +166,7 @@ class CrossFittedSegmenter:
 
     def _snapshot(self, net, held: dict[str, np.ndarray], tag: str, render) -> None:
         net.eval()
-        for cid, image in held.items():
-            p = self._proba_with([net], image)
+        for cid, p in zip(held, self._probas_with(net, list(held.values()))):
             self.snapshot_masks_.setdefault(cid, []).append((tag, render(cid, p)))
         net.train()
 
@@ -253,6 +254,21 @@ class CrossFittedSegmenter:
         """Each fold network's softmax ``(L+1, Z, S, S)`` on its own: a new case is unseen by all of them,
         as a reference case is by its out-of-fold network while fitting."""
         return [self._proba_with([net], image_ms) for net in self.nets_]
+
+    @classmethod
+    def _probas_with(cls, net, images: list[np.ndarray], batch: int = SNAPSHOT_BATCH) -> list[np.ndarray]:
+        """`_proba_with` ``[net]`` of each image, their slices run through the network a batch at a time:
+        a snapshot predicts every held-out image, and one slice at a time costs the training budget several
+        times the forward passes' work. The networks' normalisation is per slice (instance norm in eval
+        mode, group norm), so a slice's answer does not depend on its batch."""
+        if len({im.shape[::2] for im in images}) > 1:  # (channels, slice size) differ: one image at a time
+            return [cls._proba_with([net], im) for im in images]
+        if not images:
+            return []
+        sizes = [im.shape[1] for im in images]
+        slices = np.concatenate(images, axis=1)  # (C, all slices, S, S)
+        done = [cls._proba_with([net], slices[:, i:i + batch]) for i in range(0, slices.shape[1], batch)]
+        return np.split(np.concatenate(done, axis=1), np.cumsum(sizes)[:-1], axis=1)
 
     @staticmethod
     def _proba_with(nets, image_ms: np.ndarray) -> np.ndarray:
