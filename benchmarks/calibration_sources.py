@@ -81,7 +81,8 @@ def main() -> None:
     print(f"| benchmark rows | {len(b_raw)} | {_by_bin(b_raw, b_true)} |")
     print(f"| benchmark, deployed | {deployed.sum()} | {_by_bin(b_raw[deployed], b_true[deployed])} |")
 
-    subsets = {"all (the bundle's)": np.ones(len(raw), bool)}
+    calibrated = np.asarray(rec.get("calibrated", {}).get(args.method, [True] * len(raw)), bool)
+    subsets = {"all pairs": np.ones(len(raw), bool), "the bundle's pool": calibrated}
     subsets.update({f"{k} only": kinds == k for k in sorted(set(kinds))})
     est = defaultdict(dict)
     for name, m in subsets.items():

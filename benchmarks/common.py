@@ -112,9 +112,11 @@ def intervals_holding_truth(groups: dict, key: str = "mean_dice_ci", widen: floa
 
 
 def calibration_pairs(bundle: Path, method: str = "features") -> tuple[np.ndarray, np.ndarray, list]:
-    """The held-out pairs a bundle's calibrator of ``method`` was fitted on (``info["calibration_pairs"]``):
+    """The held-out pairs a bundle's calibrator of ``method`` was fitted on (``info["calibration_pairs"]``,
+    those its ``calibrated`` mask keeps — every pair in bundles from before `segqc.calibration.pool`):
     raw scores, true Dice, and each pair's group as `segqc fit` forms them (its source; ``None`` for a
     corruption of the expert mask, which is no model's)."""
     pairs = json.loads((Path(bundle) / "bundle.json").read_text())["info"]["calibration_pairs"]
-    groups = [None if s == "corruption" else s for s in pairs["source"]]
-    return np.asarray(pairs["raw"][method], float), np.asarray(pairs["true_dice"], float), groups
+    keep = np.asarray(pairs.get("calibrated", {}).get(method, [True] * len(pairs["source"])), bool)
+    groups = [None if s == "corruption" else s for s, k in zip(pairs["source"], keep) if k]
+    return np.asarray(pairs["raw"][method], float)[keep], np.asarray(pairs["true_dice"], float)[keep], groups

@@ -41,6 +41,8 @@ def main() -> None:
     ap.add_argument("--refit", action="store_true", help="fit again even if the bundle exists")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--calibrate-on", choices=["all", "networks"], default="all",
+                    help="held-out pairs the calibrators are fitted on (`segqc fit --calibrate-on`)")
     args, params = parse_fit_args(ap)
 
     cases = cases_csv(args.dataset)
@@ -55,7 +57,7 @@ def main() -> None:
     if args.refit or not (bundle_dir / "bundle.json").exists():
         t0 = time.time()
         api.fit(reference=data_dir(args.dataset), out=bundle_dir, methods=args.methods, ids=reference_ids,
-                device=args.device, seed=args.seed, method_params=params)
+                device=args.device, seed=args.seed, method_params=params, calibrate_on=args.calibrate_on)
         timings["fit_total_s"] = round(time.time() - t0, 1)
     bundle = load_bundle(bundle_dir)
     timings["fit_per_method_s"] = {m: v["fit_seconds"] for m, v in bundle.info["fit"].items() if "fit_seconds" in v}

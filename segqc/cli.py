@@ -122,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--simulated-sites", type=int, default=4, metavar="N",
                    help="also calibrate on the held-out cases as N simulated acquisition sites see them, segmented "
                         "by segqc's own segmenter (0: none)")
+    p.add_argument("--calibrate-on", choices=["all", "networks"], default="all",
+                   help="held-out pairs the calibrators are fitted on: all, or the masks networks made "
+                        "(synthetic corruptions only beyond their scores; README: 'Calibrated on the masks models "
+                        "make')")
     p.add_argument("--no-fusion", action="store_true",
                    help="with several methods, do not fit their fusion (a weighted mean of their calibrated "
                         "Dice, recalibrated; offered as the method `fusion`)")
@@ -265,7 +269,8 @@ def _fit(args) -> int:
             coverage=args.coverage, calibration_fraction=args.calibration_fraction, seed=args.seed,
             device=args.device, max_slice_size=args.max_slice_size, method_params=method_params(args.params),
             extra_pairs=args.extra_pairs, ids=_read_ids(args.ids), models=_load_models(args),
-            fuse=not args.no_fusion, profile=args.profile, simulated_sites=args.simulated_sites)
+            fuse=not args.no_fusion, profile=args.profile, simulated_sites=args.simulated_sites,
+            calibrate_on=args.calibrate_on)
     return EXIT_OK
 
 

@@ -139,3 +139,47 @@ def test_case_interval_carries_the_systematic_error(rng):
     # without groups the error is unknown: the radius alone
     plain = DiceCalibrator(coverage=0.9).fit(raw, true)
     assert np.isnan(plain.systematic_) and plain.half_width_ == plain.radius_
+
+
+def test_calibration_pool_keeps_network_masks_and_corruptions_only_beyond_them():
+    """Corruptions calibrate only where no network-made pair says what a score means; with too few
+    network-made pairs every pair calibrates."""
+    from segqc.calibration.pool import MIN_MODEL_PAIRS, calibration_pool
+
+    n = MIN_MODEL_PAIRS
+    raw = np.r_[np.linspace(0.2, 0.9, n), [0.1, 0.5, 0.95, np.nan]]
+    sources = ["segmenter:fold0_ep1"] * (n // 2) + ["outsider:segresnet_final"] * (n - n // 2) + ["corruption"] * 4
+    keep, said = calibration_pool(sources, raw)
+    assert keep[:n].all() and keep[n:].tolist() == [True, False, True, False]
+    assert said == "network-made pairs, and 2 corruptions beyond their scores"
+    keep, said = calibration_pool(sources[1:], raw[1:])  # one network-made pair too few
+    assert keep.all() and said.startswith(f"all pairs (only {n - 1} network-made")
+    keep, said = calibration_pool(sources, raw, "all")  # the default of `segqc fit`
+    assert keep.all() and said == "all pairs"
+    with pytest.raises(ValueError, match="calibration pool must be one of"):
+        calibration_pool(sources, raw, "corruptions")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("calibrate_on", ["all", "networks"])
+def test_fit_records_which_pairs_calibrated(tiny_bundle, tmp_path, calibrate_on):
+    """The bundle says, pair by pair, which pairs its calibrator was fitted on, and in words."""
+    from conftest import SAMPLE, fit_tiny
+
+    from segqc.calibration.pool import calibration_pool
+    from segqc.data import load_dataset
+    from segqc.pipeline.bundle import load_bundle
+
+    if calibrate_on == "all":  # the default
+        path = tiny_bundle("kvasir")
+    else:
+        ref = SAMPLE / "kvasir" / "reference"
+        path = fit_tiny(ref, tmp_path / "bundle", ids=[r.case_id for r in load_dataset(ref)][:8],
+                        calibrate_on=calibrate_on)
+    bundle = load_bundle(path)
+    pairs = bundle.info["calibration_pairs"]
+    assert bundle.info["calibrate_on"] == calibrate_on
+    keep, said = calibration_pool(pairs["source"], np.asarray(pairs["raw"]["features"]), calibrate_on)
+    assert pairs["calibrated"]["features"] == keep.tolist()
+    assert bundle.info["fit"]["features"]["calibrated_on"] == said
+    assert bundle.calibrators["features"].n_ == bundle.info["fit"]["features"]["calibration_pairs"] == keep.sum()

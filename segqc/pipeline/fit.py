@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from segqc import ui
+from segqc.calibration.pool import POOLS, calibration_pool
 from segqc.data.case import Case
 from segqc.methods.base import FitContext, TrainingPair
 from segqc.pipeline.profiles import resolve_profile, with_profile
@@ -49,7 +50,8 @@ def fit(*, reference, out, methods: Sequence[str] = ("features",), layout: str =
         coverage: float = 0.9, calibration_fraction: float = 0.25, calibration_pairs: int = 8, seed: int = 0,
         device: str = "auto", max_slice_size: int = 128, method_params: dict | None = None,
         extra_pairs=None, ids: Sequence[str] | None = None, model_failures: bool = True, fuse: bool = True,
-        models: Sequence | None = None, profile: str = "auto", simulated_sites: int = 4):
+        models: Sequence | None = None, profile: str = "auto", simulated_sites: int = 4,
+        calibrate_on: str = "all"):
     """Reference cases (image + expert mask) → a QC bundle folder.
 
     Steps: fingerprint → plan; split the reference cases into a fitting part and a
@@ -76,6 +78,9 @@ def fit(*, reference, out, methods: Sequence[str] = ("features",), layout: str =
             simulated acquisition sites see them (`segqc.data.acquisition`), so that
             calibration, its intervals and the site-level error bound see how QC errs at an
             unfamiliar site (needs ``model_failures``; 0: none).
+        calibrate_on: which held-out pairs the calibrators are fitted on: ``all``, or ``networks``
+            (the masks models made; synthetic corruptions only beyond their scores:
+            `segqc.calibration.pool`).
         profile: ``cpu``, ``gpu`` or ``auto`` (``gpu`` on a CUDA device): settings sized for
             the hardware (`segqc.pipeline.profiles`), beneath ``method_params``.
         models: the user's segmentation model(s), `segqc.user_models.SegModel` (first = the one
@@ -91,6 +96,8 @@ def fit(*, reference, out, methods: Sequence[str] = ("features",), layout: str =
     started = time.time()
     out = Path(out)
     methods = [look_up_option(m, list(METHODS), "method") for m in methods]
+    if calibrate_on not in POOLS:
+        raise ValueError(f"calibrate_on must be one of {list(POOLS)}, got {calibrate_on!r}")
     if simulated_sites < 0:
         raise ValueError(f"simulated_sites must be 0 or more, got {simulated_sites}")
     device = resolve_device(device)
@@ -128,7 +135,7 @@ def fit(*, reference, out, methods: Sequence[str] = ("features",), layout: str =
     # the reference images' appearance: what a batch is compared with to say how far it moved
     bundle = QCBundle(plan=plan, fingerprint=fp, info={"fit": {}},
                       appearance=np.stack([appearance(c.image, c.spacing) for c in cases]))
-    raws = {}
+    raws, pools = {}, {}
     for name in methods:
         method = make_method(name, **params.get(name, {}))
         console.print(f"[bold]fitting {name}[/bold] {method!r}")
@@ -140,13 +147,20 @@ def fit(*, reference, out, methods: Sequence[str] = ("features",), layout: str =
         t_fit = time.time() - t0
         raws[name], described = described_scores(method, cal_pairs, f"calibrating {name} ({len(cal_pairs)} pairs)")
         bundle.methods[name] = method
-        _calibrate(bundle, name, raws[name], true_cal, groups, tau, coverage, t_fit, console, described)
+        # every pair, or the masks models made (`segqc.calibration.pool`)
+        pools[name], pooled = calibration_pool([p.source for p in cal_pairs], raws[name], calibrate_on)
+        keep = pools[name]
+        _calibrate(bundle, name, raws[name][keep], true_cal[keep], _kept(groups, keep), tau, coverage, t_fit,
+                   console, _kept(described, keep), pooled)
     if fuse and len(methods) >= 2:
-        _fuse(bundle, methods, raws, true_cal, groups, tau, coverage, console)
+        keep = np.logical_or.reduce([pools[m] for m in methods])
+        _fuse(bundle, methods, {m: r[keep] for m, r in raws.items()}, true_cal[keep], _kept(groups, keep), tau,
+              coverage, console)
     # what every calibrator was fitted on, pair by pair: to study calibration later without refitting
     bundle.info["calibration_pairs"] = {"reference_id": [p.reference_id for p in cal_pairs],
                                         "source": [p.source for p in cal_pairs], "true_dice": true_cal.tolist(),
-                                        "raw": {name: raws[name].tolist() for name in methods}}
+                                        "raw": {name: raws[name].tolist() for name in methods},
+                                        "calibrated": {name: pools[name].tolist() for name in methods}}
     # default: the answer whose raw score best follows true Dice on unseen reference cases
     # (Pearson r is scale-free, so methods with different raw scales compare fairly)
     bundle.default_method = max(bundle.info["fit"], key=lambda m: np.nan_to_num(
@@ -154,7 +168,7 @@ def fit(*, reference, out, methods: Sequence[str] = ("features",), layout: str =
     if segmenter is not None:
         bundle.info["segmenter"] = segmenter.report_
     bundle.info.update({"profile": profile, "device": device,
-                        "simulated_sites": simulated_sites if model_failures else 0,
+                        "simulated_sites": simulated_sites if model_failures else 0, "calibrate_on": calibrate_on,
                         "n_reference": len(cases), "n_failed": len(failed),
                         "tau": tau, "coverage": coverage, "seed": seed, "fit_ids": [c.case_id for c in fit_cases],
                         "calibration_ids": [c.case_id for c in cal_cases],
@@ -235,11 +249,16 @@ def refuse_rare_labels(cases: list[Case], fp: dict) -> None:
                      "calibrated; fix that mask or remap its labels")
 
 
+def _kept(items: list, keep: np.ndarray) -> list:
+    return [x for x, k in zip(items, keep) if k]
+
+
 def _calibrate(bundle, name: str, raw: np.ndarray, true_cal: np.ndarray, groups: list, tau: float,
-               coverage: float, t_fit: float, console, described: list[dict[str, float]] | None = None) -> None:
-    """Fit ``name``'s calibrator on its raw scores of the held-out pairs; record how well it did there.
-    When the method describes every pair (``described``), the calibrator can correct a batch's mean
-    for where its candidates lie among the pairs (`segqc.calibration.batch_correction`)."""
+               coverage: float, t_fit: float, console, described: list[dict[str, float]] | None = None,
+               pooled: str = "all pairs") -> None:
+    """Fit ``name``'s calibrator on its raw scores of the held-out pairs (those ``pooled`` says, in words);
+    record how well it did there. When the method describes every pair (``described``), the calibrator can
+    correct a batch's mean for where its candidates lie among the pairs (`segqc.calibration.batch_correction`)."""
     from segqc.calibration.calibrator import DiceCalibrator
     from segqc.evaluation.scores import mae, pearson
 
@@ -250,7 +269,7 @@ def _calibrate(bundle, name: str, raw: np.ndarray, true_cal: np.ndarray, groups:
     bundle.calibrators[name] = cal
     lo, hi = cal.interval(raw)
     bundle.info["fit"][name] = info = {
-        "fit_seconds": round(t_fit, 1), "calibration_pairs": len(raw),
+        "fit_seconds": round(t_fit, 1), "calibration_pairs": len(raw), "calibrated_on": pooled,
         # in-sample for the calibrator (it was fitted on these): a sanity check, not a benchmark
         "heldout_raw_pearson": pearson(true_cal, raw), "heldout_raw_mae": mae(true_cal, raw),
         "heldout_calibrated_mae": mae(true_cal, cal.predict_dice(raw)),
@@ -258,7 +277,7 @@ def _calibrate(bundle, name: str, raw: np.ndarray, true_cal: np.ndarray, groups:
         "systematic_error": cal.systematic_, "systematic_groups": cal.n_groups_,
         "interval_coverage_in_sample": float(np.mean((true_cal >= lo) & (true_cal <= hi))),
     }
-    console.print(f"  {name}: fitted in {t_fit:.0f} s; on held-out calibration pairs "
+    console.print(f"  {name}: fitted in {t_fit:.0f} s; calibrated on {len(raw)} {pooled}; on them "
                   f"r={info['heldout_raw_pearson']:.3f}, raw MAE={info['heldout_raw_mae']:.3f}")
 
 
