@@ -277,7 +277,7 @@ def _calibrate(bundle, name: str, raw: np.ndarray, true_cal: np.ndarray, groups:
         "systematic_error": cal.systematic_, "systematic_groups": cal.n_groups_,
         "interval_coverage_in_sample": float(np.mean((true_cal >= lo) & (true_cal <= hi))),
     }
-    console.print(f"  {name}: fitted in {t_fit:.0f} s; calibrated on {len(raw)} {pooled}; on them "
+    console.print(f"  {name}: fitted in {t_fit:.0f} s; calibrated on {len(raw)} pairs ({pooled}); on them "
                   f"r={info['heldout_raw_pearson']:.3f}, raw MAE={info['heldout_raw_mae']:.3f}")
 
 
