@@ -8,10 +8,13 @@ fit` fits it, and the left-out group is judged as a batch whose truth is hidden:
 calibrated Dice, then that mean corrected by the rest's pairs that look like it. How far is
 each from the group's true mean? The same for the share of cases with Dice ≥ τ (mean P(pass)), and
 what the same weighting of the pairs' pass residuals would make of it (segqc does not make it).
-No benchmark row is used, so a choice may rest on this.
+No benchmark row is used, so a choice may rest on this. With ``--calibrate-on networks`` a
+bundle calibrated on all pairs is judged as if it had been fitted with `segqc fit --calibrate-on
+networks` (`segqc.calibration.pool`): the same left-out groups, the calibrator and the correction
+fitted on the rest's network-made pairs only — a comparison of the two pools on the same pairs.
 
     python benchmarks/batch_correction.py runs/X/kvasir/bundle [--method features] [--strength 0.01 0.1 1]
-        [--groups]
+        [--groups] [--calibrate-on networks]
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from common import calibration_pairs
 
 from segqc.calibration.batch_correction import BatchCorrection
 from segqc.calibration.calibrator import MIN_GROUP, DiceCalibrator, cross_fitted_residuals
+from segqc.calibration.pool import SYNTHETIC, calibration_pool
 from segqc.pipeline.bundle import load_bundle
 
 
@@ -61,6 +65,9 @@ def main() -> None:
     ap.add_argument("--strength", type=float, nargs="+", default=[0.01, 0.1, 1.0],
                     help="the domain classifier's inverse regularisation (the shipped default: 0.1)")
     ap.add_argument("--groups", action="store_true", help="also each left-out group's estimates")
+    ap.add_argument("--calibrate-on", choices=["all", "networks"], default="all",
+                    help="networks: refit on the network-made pairs only, as `segqc fit --calibrate-on networks` "
+                         "(for a bundle calibrated on all pairs)")
     args = ap.parse_args()
     raw, true, groups = calibration_pairs(args.bundle, args.method)
     correction = load_bundle(args.bundle).calibrators[args.method].correction_
@@ -71,6 +78,11 @@ def main() -> None:
     raw, true, groups = raw[ok], true[ok], [x for x, keep in zip(groups, ok) if keep]
     descriptors = correction.descriptors_.astype(float)
     assert len(descriptors) == len(raw), "the bundle's descriptors do not match its calibration pairs"
+    if args.calibrate_on == "networks":
+        keep, pooled = calibration_pool([SYNTHETIC if g is None else g for g in groups], raw, "networks")
+        raw, true, descriptors = raw[keep], true[keep], descriptors[keep]
+        groups = [g for g, k in zip(groups, keep) if k]
+        print(f"calibrated on {int(keep.sum())} pairs ({pooled})")
     rows = left_out_errors(raw, true, groups, descriptors, correction.names_, args.strength)
     columns = ["uncorrected"] + args.strength
     if args.groups:
