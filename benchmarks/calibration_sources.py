@@ -27,6 +27,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from common import calibrated_mask
 
 from segqc.calibration.calibrator import DiceCalibrator
 
@@ -81,8 +82,7 @@ def main() -> None:
     print(f"| benchmark rows | {len(b_raw)} | {_by_bin(b_raw, b_true)} |")
     print(f"| benchmark, deployed | {deployed.sum()} | {_by_bin(b_raw[deployed], b_true[deployed])} |")
 
-    calibrated = np.asarray(rec.get("calibrated", {}).get(args.method, [True] * len(raw)), bool)
-    subsets = {"all pairs": np.ones(len(raw), bool), "the bundle's pool": calibrated}
+    subsets = {"all pairs": np.ones(len(raw), bool), "the bundle's pool": calibrated_mask(rec, args.method)}
     subsets.update({f"{k} only": kinds == k for k in sorted(set(kinds))})
     est = defaultdict(dict)
     for name, m in subsets.items():

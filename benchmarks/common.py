@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from segqc.calibration.pool import is_network_made
 from segqc.cli_options import method_params, parse_param
 
 __all__ = ["REPO", "SHARED", "DATA", "DATASETS", "data_dir", "bench_dir", "cases_csv", "read_split",
@@ -117,6 +118,12 @@ def calibration_pairs(bundle: Path, method: str = "features") -> tuple[np.ndarra
     raw scores, true Dice, and each pair's group as `segqc fit` forms them (its source; ``None`` for a
     corruption of the expert mask, which is no model's)."""
     pairs = json.loads((Path(bundle) / "bundle.json").read_text())["info"]["calibration_pairs"]
-    keep = np.asarray(pairs.get("calibrated", {}).get(method, [True] * len(pairs["source"])), bool)
-    groups = [None if s == "corruption" else s for s, k in zip(pairs["source"], keep) if k]
+    keep = calibrated_mask(pairs, method)
+    groups = [s if is_network_made(s) else None for s, k in zip(pairs["source"], keep) if k]
     return np.asarray(pairs["raw"][method], float)[keep], np.asarray(pairs["true_dice"], float)[keep], groups
+
+
+def calibrated_mask(pairs: dict, method: str) -> np.ndarray:
+    """Which stored calibration pairs (``info["calibration_pairs"]``) ``method``'s calibrator was fitted on:
+    its ``calibrated`` mask, or every pair in bundles from before `segqc.calibration.pool`."""
+    return np.asarray(pairs.get("calibrated", {}).get(method, [True] * len(pairs["source"])), bool)

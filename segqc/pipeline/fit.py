@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from segqc import ui
-from segqc.calibration.pool import POOLS, calibration_pool
+from segqc.calibration.pool import POOLS, calibration_pool, is_network_made
 from segqc.data.case import Case
 from segqc.methods.base import FitContext, TrainingPair
 from segqc.pipeline.profiles import resolve_profile, with_profile
@@ -129,7 +129,7 @@ def fit(*, reference, out, methods: Sequence[str] = ("features",), layout: str =
     true_cal = np.array([float(np.mean(p.true_dice(plan.labels))) for p in cal_pairs])
     # a model's (or a simulated site's) pairs form a group: how far QC's mean strays on a group it
     # was not calibrated on bounds a batch's mean Dice; corruptions are no model's, no group
-    groups = [None if p.source == "corruption" else p.source for p in cal_pairs]
+    groups = [p.source if is_network_made(p.source) else None for p in cal_pairs]
     from segqc.calibration.shift import appearance
 
     # the reference images' appearance: what a batch is compared with to say how far it moved
