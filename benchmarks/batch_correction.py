@@ -8,8 +8,10 @@ fit` fits it, and the left-out group is judged as a batch whose truth is hidden:
 calibrated Dice, then that mean corrected by the rest's pairs that look like it. How far is
 each from the group's true mean? The same for the share of cases with Dice ≥ τ (mean P(pass)), and
 what the same weighting of the pairs' pass residuals would make of it (segqc does not make it).
-No benchmark row is used, so a choice may rest on this. With ``--calibrate-on networks`` a
-bundle calibrated on all pairs is judged as if it had been fitted with `segqc fit --calibrate-on
+No benchmark row is used, so a choice may rest on this. For a bundle calibrated on all pairs it
+also says which pool `segqc fit --calibrate-on auto` would have chosen on these pairs
+(`segqc.calibration.pool.choose_pool`). With ``--calibrate-on networks`` a bundle calibrated on
+all pairs is judged as if it had been fitted with `segqc fit --calibrate-on
 networks` (`segqc.calibration.pool`): the same left-out groups, the calibrator and the correction
 fitted on the rest's network-made pairs only — a comparison of the two pools on the same pairs.
 
@@ -20,14 +22,15 @@ fitted on the rest's network-made pairs only — a comparison of the two pools o
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
-from common import calibration_pairs
+from common import calibrated_mask, calibration_pairs
 
 from segqc.calibration.batch_correction import BatchCorrection
 from segqc.calibration.calibrator import MIN_GROUP, DiceCalibrator, cross_fitted_residuals
-from segqc.calibration.pool import SYNTHETIC, calibration_pool
+from segqc.calibration.pool import SYNTHETIC, calibration_pool, choose_pool
 from segqc.pipeline.bundle import load_bundle
 
 
@@ -78,8 +81,13 @@ def main() -> None:
     raw, true, groups = raw[ok], true[ok], [x for x, keep in zip(groups, ok) if keep]
     descriptors = correction.descriptors_.astype(float)
     assert len(descriptors) == len(raw), "the bundle's descriptors do not match its calibration pairs"
+    sources = [SYNTHETIC if g is None else g for g in groups]
+    stored = json.loads((args.bundle / "bundle.json").read_text())["info"]["calibration_pairs"]
+    if calibrated_mask(stored, args.method).all():  # the bundle kept every pair: what auto would choose is known
+        chosen, evidence = choose_pool(sources, raw, true, descriptors, correction.names_)
+        print(f"`segqc fit --calibrate-on auto` would calibrate on {chosen}: {evidence['reason']}")
     if args.calibrate_on == "networks":
-        keep, pooled = calibration_pool([SYNTHETIC if g is None else g for g in groups], raw, "networks")
+        keep, pooled = calibration_pool(sources, raw, "networks")
         raw, true, descriptors = raw[keep], true[keep], descriptors[keep]
         groups = [g for g, k in zip(groups, keep) if k]
         print(f"calibrated on {int(keep.sum())} pairs ({pooled})")

@@ -25,6 +25,7 @@ import numpy as np
 from common import DATASETS, SHARED, cases_csv, data_dir, intervals_holding_truth, parse_fit_args, read_split
 
 from segqc import api
+from segqc.calibration.pool import CALIBRATE_ON
 from segqc.data import read_manifest
 from segqc.evaluation.tables import print_bench
 from segqc.pipeline.bundle import load_bundle
@@ -41,7 +42,7 @@ def main() -> None:
     ap.add_argument("--refit", action="store_true", help="fit again even if the bundle exists")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--calibrate-on", choices=["all", "networks"], default="all",
+    ap.add_argument("--calibrate-on", choices=list(CALIBRATE_ON), default="auto",
                     help="held-out pairs the calibrators are fitted on (`segqc fit --calibrate-on`)")
     args, params = parse_fit_args(ap)
 

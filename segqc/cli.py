@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from segqc import __version__
+from segqc.calibration.pool import CALIBRATE_ON
 from segqc.cli_options import method_params, parse_param
 from segqc.data.layouts import LAYOUTS
 from segqc.engines.batch import EXIT_ALL_FAILED, EXIT_INTERRUPTED, EXIT_OK
@@ -122,10 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--simulated-sites", type=int, default=4, metavar="N",
                    help="also calibrate on the held-out cases as N simulated acquisition sites see them, segmented "
                         "by segqc's own segmenter (0: none)")
-    p.add_argument("--calibrate-on", choices=["all", "networks"], default="all",
-                   help="held-out pairs the calibrators are fitted on: all, or the masks networks made "
-                        "(synthetic corruptions only beyond their scores; README: 'Calibrated on the masks models "
-                        "make')")
+    p.add_argument("--calibrate-on", choices=list(CALIBRATE_ON), default="auto",
+                   help="held-out pairs the calibrators are fitted on: all, the masks networks made "
+                        "(synthetic corruptions only beyond their scores), or auto (the default: whichever of the "
+                        "two judges a left-out network's batch better on the held-out pairs; README: 'The fit "
+                        "chooses the pool')")
     p.add_argument("--no-fusion", action="store_true",
                    help="with several methods, do not fit their fusion (a weighted mean of their calibrated "
                         "Dice, recalibrated; offered as the method `fusion`)")

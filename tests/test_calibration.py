@@ -154,14 +154,38 @@ def test_calibration_pool_keeps_network_masks_and_corruptions_only_beyond_them()
     assert said == "network-made pairs, and 2 corruptions beyond their scores"
     keep, said = calibration_pool(sources[1:], raw[1:])  # one network-made pair too few
     assert keep.all() and said.startswith(f"all pairs (only {n - 1} network-made")
-    keep, said = calibration_pool(sources, raw, "all")  # the default of `segqc fit`
+    keep, said = calibration_pool(sources, raw, "all")
     assert keep.all() and said == "all pairs"
     with pytest.raises(ValueError, match="calibration pool must be one of"):
         calibration_pool(sources, raw, "corruptions")
 
 
+def test_auto_pool_leaves_all_pairs_only_when_left_out_networks_say_so(rng):
+    """``auto`` calibrates on the network-made pairs when, each network's group left out in turn, its batch
+    mean is estimated better so (here the corruptions are easier than network masks at one raw score);
+    otherwise, and when there is nothing to compare, on every pair."""
+    from segqc.calibration.pool import choose_pool, left_out_batch_errors
+
+    raw_net = rng.uniform(0.3, 0.95, 240)
+    sources = [f"segmenter:fold{i % 8}" for i in range(240)] + ["corruption"] * 240
+    raw = np.r_[raw_net, rng.uniform(0.3, 0.95, 240)]
+    noise = rng.normal(0, 0.03, 480)
+    easier = np.clip(raw + np.r_[np.full(240, -0.05), np.full(240, 0.05)] + noise, 0, 1)
+    chosen, evidence = choose_pool(sources, raw, easier)
+    assert chosen == "networks" and evidence["p_value"] < 0.05 and evidence["groups"] == 8
+    assert evidence["networks"]["mean_abs_error"] < evidence["all"]["mean_abs_error"]
+    groups = [s if s != "corruption" else None for s in sources]
+    every = left_out_batch_errors(raw, easier, groups, np.ones(480, bool))
+    assert len(every) == 8 and np.mean(list(every.values())) > 0.03  # the corruptions pull every estimate up
+    alike = np.clip(raw - 0.05 + noise, 0, 1)  # corruptions no easier than network masks: nothing to gain
+    chosen, evidence = choose_pool(sources, raw, alike)
+    assert chosen == "all" and evidence["p_value"] >= 0.05 and "not better" in evidence["reason"]
+    chosen, evidence = choose_pool(sources[:240], raw[:240], easier[:240])  # no corruption: one pool
+    assert chosen == "all" and evidence["reason"] == "the pools are the same"
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("calibrate_on", ["all", "networks"])
+@pytest.mark.parametrize("calibrate_on", ["all", "networks", "auto"])
 def test_fit_records_which_pairs_calibrated(tiny_bundle, tmp_path, calibrate_on):
     """The bundle says, pair by pair, which pairs its calibrator was fitted on, and in words."""
     from conftest import SAMPLE, fit_tiny
@@ -170,7 +194,7 @@ def test_fit_records_which_pairs_calibrated(tiny_bundle, tmp_path, calibrate_on)
     from segqc.data import load_dataset
     from segqc.pipeline.bundle import load_bundle
 
-    if calibrate_on == "all":  # the default
+    if calibrate_on == "auto":  # the default
         path = tiny_bundle("kvasir")
     else:
         ref = SAMPLE / "kvasir" / "reference"
@@ -179,7 +203,12 @@ def test_fit_records_which_pairs_calibrated(tiny_bundle, tmp_path, calibrate_on)
     bundle = load_bundle(path)
     pairs = bundle.info["calibration_pairs"]
     assert bundle.info["calibrate_on"] == calibrate_on
-    keep, said = calibration_pool(pairs["source"], np.asarray(pairs["raw"]["features"]), calibrate_on)
+    pool = calibrate_on
+    if calibrate_on == "auto":  # the pool chosen, and why, beside the other's evidence
+        choice = bundle.info["fit"]["features"]["pool_choice"]
+        pool = choice["chosen"]
+        assert pool in ("all", "networks") and choice["reason"]
+    keep, said = calibration_pool(pairs["source"], np.asarray(pairs["raw"]["features"]), pool)
     assert pairs["calibrated"]["features"] == keep.tolist()
     assert bundle.info["fit"]["features"]["calibrated_on"] == said
     assert bundle.calibrators["features"].n_ == bundle.info["fit"]["features"]["calibration_pairs"] == keep.sum()

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from segqc import ui
-from segqc.calibration.pool import POOLS, calibration_pool, is_network_made
+from segqc.calibration.pool import CALIBRATE_ON, calibration_pool, choose_pool, is_network_made
 from segqc.data.case import Case
 from segqc.methods.base import FitContext, TrainingPair
 from segqc.pipeline.profiles import resolve_profile, with_profile
@@ -51,7 +51,7 @@ def fit(*, reference, out, methods: Sequence[str] = ("features",), layout: str =
         device: str = "auto", max_slice_size: int = 128, method_params: dict | None = None,
         extra_pairs=None, ids: Sequence[str] | None = None, model_failures: bool = True, fuse: bool = True,
         models: Sequence | None = None, profile: str = "auto", simulated_sites: int = 4,
-        calibrate_on: str = "all"):
+        calibrate_on: str = "auto"):
     """Reference cases (image + expert mask) → a QC bundle folder.
 
     Steps: fingerprint → plan; split the reference cases into a fitting part and a
@@ -78,9 +78,10 @@ def fit(*, reference, out, methods: Sequence[str] = ("features",), layout: str =
             simulated acquisition sites see them (`segqc.data.acquisition`), so that
             calibration, its intervals and the site-level error bound see how QC errs at an
             unfamiliar site (needs ``model_failures``; 0: none).
-        calibrate_on: which held-out pairs the calibrators are fitted on: ``all``, or ``networks``
-            (the masks models made; synthetic corruptions only beyond their scores:
-            `segqc.calibration.pool`).
+        calibrate_on: which held-out pairs the calibrators are fitted on: ``all``, ``networks``
+            (the masks models made; synthetic corruptions only beyond their scores), or ``auto``
+            (the default: each method's choice of the two on its own held-out pairs,
+            `segqc.calibration.pool.choose_pool`).
         profile: ``cpu``, ``gpu`` or ``auto`` (``gpu`` on a CUDA device): settings sized for
             the hardware (`segqc.pipeline.profiles`), beneath ``method_params``.
         models: the user's segmentation model(s), `segqc.user_models.SegModel` (first = the one
@@ -96,8 +97,8 @@ def fit(*, reference, out, methods: Sequence[str] = ("features",), layout: str =
     started = time.time()
     out = Path(out)
     methods = [look_up_option(m, list(METHODS), "method") for m in methods]
-    if calibrate_on not in POOLS:
-        raise ValueError(f"calibrate_on must be one of {list(POOLS)}, got {calibrate_on!r}")
+    if calibrate_on not in CALIBRATE_ON:
+        raise ValueError(f"calibrate_on must be one of {list(CALIBRATE_ON)}, got {calibrate_on!r}")
     if simulated_sites < 0:
         raise ValueError(f"simulated_sites must be 0 or more, got {simulated_sites}")
     device = resolve_device(device)
@@ -147,11 +148,17 @@ def fit(*, reference, out, methods: Sequence[str] = ("features",), layout: str =
         t_fit = time.time() - t0
         raws[name], described = described_scores(method, cal_pairs, f"calibrating {name} ({len(cal_pairs)} pairs)")
         bundle.methods[name] = method
-        # every pair, or the masks models made (`segqc.calibration.pool`)
-        pools[name], pooled = calibration_pool([p.source for p in cal_pairs], raws[name], calibrate_on)
+        # every pair, or the masks models made (`segqc.calibration.pool`), or the one the pairs say suits
+        sources, pool, choice = [p.source for p in cal_pairs], calibrate_on, None
+        if calibrate_on == "auto":
+            pool, choice = choose_pool(sources, raws[name], true_cal, *_descriptors(described))
+            console.print(f"  {name}: calibrated on {pool} ({choice['reason']})")
+        pools[name], pooled = calibration_pool(sources, raws[name], pool)
         keep = pools[name]
         _calibrate(bundle, name, raws[name][keep], true_cal[keep], _kept(groups, keep), tau, coverage, t_fit,
                    console, _kept(described, keep), pooled)
+        if choice is not None:
+            bundle.info["fit"][name]["pool_choice"] = choice | {"chosen": pool}
     if fuse and len(methods) >= 2:
         keep = np.logical_or.reduce([pools[m] for m in methods])
         _fuse(bundle, methods, {m: r[keep] for m, r in raws.items()}, true_cal[keep], _kept(groups, keep), tau,
@@ -253,6 +260,15 @@ def _kept(items: list, keep: np.ndarray) -> list:
     return [x for x, k in zip(items, keep) if k]
 
 
+def _descriptors(described: list[dict[str, float]] | None) -> tuple[np.ndarray | None, list[str]]:
+    """The pairs' descriptors as a matrix (one row per pair, NaN where a pair lacks one) and its column names;
+    None when some pair was not described (the method gives no numbers about its candidates)."""
+    names = sorted({k for d in described or () for k in d})
+    if not (names and all(described)):
+        return None, names
+    return np.array([[d.get(k, np.nan) for k in names] for d in described], float), names
+
+
 def _calibrate(bundle, name: str, raw: np.ndarray, true_cal: np.ndarray, groups: list, tau: float,
                coverage: float, t_fit: float, console, described: list[dict[str, float]] | None = None,
                pooled: str = "all pairs") -> None:
@@ -262,9 +278,7 @@ def _calibrate(bundle, name: str, raw: np.ndarray, true_cal: np.ndarray, groups:
     from segqc.calibration.calibrator import DiceCalibrator
     from segqc.evaluation.scores import mae, pearson
 
-    names = sorted({k for d in described or () for k in d})
-    descriptors = (np.array([[d.get(k, np.nan) for k in names] for d in described], float)
-                   if names and all(described) else None)
+    descriptors, names = _descriptors(described)
     cal = DiceCalibrator(tau=tau, coverage=coverage).fit(raw, true_cal, groups, descriptors, names)
     bundle.calibrators[name] = cal
     lo, hi = cal.interval(raw)
