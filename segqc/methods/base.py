@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from segqc.calibration.pool import SYNTHETIC
 from segqc.data.case import Case
 from segqc.data.labels import unknown_labels
 from segqc.methods.params import Param, fraction, non_negative, one_of, positive
@@ -62,7 +63,7 @@ class TrainingPair:
 
     reference: Case
     candidate: np.ndarray
-    source: str = "corruption"
+    source: str = SYNTHETIC
 
     @property
     def reference_id(self) -> str:
