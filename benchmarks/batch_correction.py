@@ -30,7 +30,7 @@ from common import calibrated_mask, calibration_pairs
 
 from segqc.calibration.batch_correction import BatchCorrection
 from segqc.calibration.calibrator import MIN_GROUP, DiceCalibrator, cross_fitted_residuals
-from segqc.calibration.pool import SYNTHETIC, calibration_pool, choose_pool
+from segqc.calibration.pool import POOLS, SYNTHETIC, calibration_pool, choose_pool
 from segqc.pipeline.bundle import load_bundle
 
 
@@ -68,7 +68,7 @@ def main() -> None:
     ap.add_argument("--strength", type=float, nargs="+", default=[0.01, 0.1, 1.0],
                     help="the domain classifier's inverse regularisation (the shipped default: 0.1)")
     ap.add_argument("--groups", action="store_true", help="also each left-out group's estimates")
-    ap.add_argument("--calibrate-on", choices=["all", "networks"], default="all",
+    ap.add_argument("--calibrate-on", choices=list(POOLS), default="all",
                     help="networks: refit on the network-made pairs only, as `segqc fit --calibrate-on networks` "
                          "(for a bundle calibrated on all pairs)")
     args = ap.parse_args()
