@@ -34,6 +34,20 @@ def test_appearance_jitter_blur_and_resolution_keep_a_flat_image_flat():
     assert edge_spread <= centre_spread * 1.5 + 0.35
 
 
+
+@pytest.mark.parametrize("sigma", [0.5, 1.0, 1.5])
+def test_appearance_blur_is_a_gaussian_with_edges_replicated(sigma):
+    from scipy import ndimage
+
+    from segqc.nets.augment import _blur
+
+    x = torch.randn(2, 3, 20, 24, generator=torch.Generator().manual_seed(0))
+    radius = max(1, int(round(2.5 * sigma)))
+    # scipy's Gaussian of the same radius ("nearest" = replicated edges), per sample and channel
+    want = ndimage.gaussian_filter(x.numpy(), sigma=(0, 0, sigma, sigma), mode="nearest",
+                                   radius=(0, 0, radius, radius))
+    np.testing.assert_allclose(_blur(x, sigma).numpy(), want, atol=1e-5)
+
 @pytest.fixture(scope="module")
 def trained(kvasir_cases):
     from segqc.plan.fingerprint import compute_fingerprint

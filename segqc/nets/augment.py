@@ -14,21 +14,28 @@ which the callers seed.
 
 from __future__ import annotations
 
+import math
+
 __all__ = ["appearance_jitter"]
 
 
 def _blur(x, sigma: float):
-    import torch
+    """Gaussian blur of ``x`` (B, C, H, W), separable, edges replicated.
+
+    As a weighted sum of shifted copies, one axis then the other: on a CPU torch's grouped
+    (depthwise) convolution of a training batch cost ~26 ms, an eighth of a segmenter step,
+    and these sums ~8 ms."""
     import torch.nn.functional as F
 
     radius = max(1, int(round(2.5 * sigma)))
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
-    c = x.shape[1]
-    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
-    return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), k.view(1, 1, -1, 1).repeat(c, 1, 1, 1),
-                    groups=c)
+    t = [i - radius for i in range(2 * radius + 1)]
+    k = [math.exp(-0.5 * (i / sigma) ** 2) for i in t]
+    k = [v / sum(k) for v in k]
+    h, w = x.shape[-2:]
+    x = F.pad(x, (radius, radius, 0, 0), mode="replicate")
+    x = sum(v * x[..., i:i + w] for i, v in enumerate(k))
+    x = F.pad(x, (0, 0, radius, radius), mode="replicate")
+    return sum(v * x[..., i:i + h, :] for i, v in enumerate(k))
 
 
 def appearance_jitter(x, p: float = 0.5):
@@ -53,8 +60,9 @@ def appearance_jitter(x, p: float = 0.5):
     span = x.amax(dim=(-1, -2), keepdim=True) - lo + 1e-6
     gamma = torch.exp(0.35 * torch.randn(b, 1, 1, 1)).to(dev)
     x = torch.where(on[1], ((x - lo) / span).clamp(0, 1) ** gamma * span + lo, x)
-    if use[2].any():  # softer optics
-        x = torch.where(on[2], _blur(x, float(0.5 + 1.0 * torch.rand(1))), x)
+    if use[2].any():  # softer optics, on the samples that get it only
+        blurred = use[2].view(-1).nonzero().view(-1).to(dev)
+        x = x.index_copy(0, blurred, _blur(x[blurred], float(0.5 + 1.0 * torch.rand(1))))
     # sensor noise
     x = torch.where(on[3], x + (0.1 * torch.rand(b, 1, 1, 1)).to(dev) * torch.randn_like(x), x)
     if use[4].any():  # a lower-resolution camera, brought back to the plan's grid
