@@ -311,6 +311,53 @@ def test_an_unknown_outsider_architecture_is_refused_before_any_training(kvasir_
                         {"epochs": 1, "outsider_architectures": ["vit"]})
 
 
+def test_a_volumetric_outsider_is_refused_on_2d_images_before_any_training(kvasir_cases, rng):
+    from segqc.pipeline.training_pairs import segmenter_pairs
+    from segqc.plan.fingerprint import compute_fingerprint
+    from segqc.plan.plan import plan_from_fingerprint
+
+    plan = plan_from_fingerprint(compute_fingerprint(kvasir_cases[:4]), max_slice_size=32)
+    with pytest.raises(ValueError, match="need a 3D plan"):
+        segmenter_pairs(kvasir_cases[:3], kvasir_cases[3:4], plan, rng, "cpu",
+                        {"epochs": 1, "outsider_architectures": ["unet3d"]})
+
+
+def test_volumetric_networks_see_whole_volumes_of_any_depth(hippo_cases, monkeypatch):
+    """A ``unet3d`` fold network trains on whole volumes (cropped at a random depth when deeper than the
+    crop), makes snapshots of the volumes it never trained on, and predicts a volume of any depth."""
+    from segqc.nets import samples
+    from segqc.pipeline.training_pairs import default_outsiders
+    from segqc.plan.fingerprint import compute_fingerprint
+    from segqc.plan.plan import plan_from_fingerprint
+
+    assert "unet3d" in default_outsiders(3) and "unet3d" not in default_outsiders(2)
+    monkeypatch.setattr(samples, "MAX_DEPTH", 4)  # shallower than the volumes: crops are drawn
+    cases = hippo_cases[:4]
+    plan = plan_from_fingerprint(compute_fingerprint(cases), max_slice_size=16)
+    data = [(im, to_index(mk, plan.labels)) for im, mk, _ in (preprocess(c, plan) for c in cases)]
+    assert min(mk.shape[0] for _, mk in data) > 4
+    ids = [c.case_id for c in cases]
+    seg = CrossFittedSegmenter(n_folds=2, epochs=2, channels=(4, 8, 16), architectures=("unet3d",), device="cpu",
+                               appearance=True)
+    seg.fit(data, len(plan.labels), np.random.default_rng(0), case_ids=ids, snapshot_epochs=(1,))
+    assert all(n.dimensions == 3 for n in seg.nets_) and [h["epochs"] for h in seg.history_] == [2, 2]
+    assert sorted(seg.snapshot_masks_) == sorted(ids)  # each volume by the network that never trained on it
+    for (image, _), cid in zip(data, ids):
+        tag, mask = seg.snapshot_masks_[cid][0]
+        assert tag == f"fold{seg.fold_of(cid)}_ep1" and mask.shape == image.shape[1:]
+        p = seg.predict_proba(image)
+        assert p.shape == (len(plan.labels) + 1, *image.shape[1:]) and np.allclose(p.sum(0), 1, atol=1e-5)
+    odd = data[0][0][:, :5]  # a depth its strides do not divide: padded, then cut back
+    assert seg.predict_proba(odd).shape[1] == 5
+    arrays, config = seg.state()
+    again = CrossFittedSegmenter.from_state(arrays, config, device="cpu")
+    np.testing.assert_allclose(again.predict_proba(data[0][0]), seg.predict_proba(data[0][0]), atol=1e-6)
+    flat = [(im[:, :1], mk[:1]) for im, mk in data]  # 2D images: nothing for a volume to see
+    with pytest.raises(ValueError, match="need 3D images"):
+        CrossFittedSegmenter(n_folds=2, epochs=1, channels=(4, 8), architectures=("unet3d",), device="cpu").fit(
+            flat, len(plan.labels), np.random.default_rng(0))
+
+
 def test_a_fit_says_when_the_time_budget_cut_the_reference_segmenter_short(kvasir_cases, rng, capsys):
     """The segmenter's schedule is fitted to a time budget: when that budget stops it early, the user is told
     that the judge is weaker than planned and how to give it its full schedule."""

@@ -16,9 +16,11 @@ cases they have not seen, taken at early epochs ("snapshots") and at the end, ar
 kind of failures real segmentation models make (blobby early masks, missed lesions,
 false positives on look-alikes), which synthetic corruptions alone do not cover.
 Networks of different architectures fail differently — a residual encoder-decoder
-(SegResNet) makes smooth, plausible blobs where a UNet leaves ragged edges and specks — so
-the folds can be of several architectures (``architectures``, cycled over the folds): QC
-then sees both kinds of failure, and the pseudo ground truth is a heterogeneous ensemble.
+(SegResNet) makes smooth, plausible blobs where a UNet leaves ragged edges and specks, and
+a volumetric UNet (``unet3d``, 3D images only) sees the whole volume, so its mistakes hold
+from slice to slice where a 2D network's come and go — so the folds can be of several
+architectures (``architectures``, cycled over the folds): QC then sees each kind of
+failure, and the pseudo ground truth is a heterogeneous ensemble.
 `snapshot_masks_` keeps them for use as training and calibration pairs: by default the
 model-space argmax; with a ``render`` callback (what `segqc.pipeline.training_pairs` gives),
 the mask on the case's own grid made from the network's *probabilities* resampled there —
@@ -35,6 +37,7 @@ import time
 import numpy as np
 
 from segqc.nets.augment import appearance_jitter
+from segqc.nets.samples import SliceSamples, VolumeSamples, depth_multiple
 from segqc.nets.schedule import BudgetedSchedule
 from segqc.nets.weights import load_net_arrays, net_to_arrays
 from segqc.utils import resolve_device
@@ -47,7 +50,9 @@ def _unet_kwargs(n_in: int, n_out: int, channels) -> dict:
             "channels": [int(c) for c in channels], "strides": [2] * (len(channels) - 1), "num_res_units": 1}
 
 
-ARCHITECTURES = ("unet", "segresnet")
+ARCHITECTURES = ("unet", "segresnet", "unet3d")
+# architectures that see a whole volume at once (3D plans only); the others see one axial slice
+VOLUMETRIC = ("unet3d",)
 # model-space slices per forward pass when a snapshot predicts the held-out images
 SNAPSHOT_BATCH = 32
 # the CPU default (README, "A reference segmenter trained twice as long"): at 40 epochs its loss was still
@@ -56,11 +61,16 @@ EPOCHS, MAX_MINUTES = 80, 15.0
 
 
 def _build(kwargs: dict, architecture: str = "unet"):
-    """A 2D network from the UNet-style ``kwargs`` (in/out channels, widths per level)."""
+    """A network from the UNet-style ``kwargs`` (in/out channels, widths per level): 2D, or 3D for a
+    `VOLUMETRIC` architecture."""
     from monai.networks.nets import SegResNet, UNet
 
     if architecture == "unet":
         return UNet(**kwargs)
+    if architecture == "unet3d":
+        # a volumetric UNet at half the 2D widths: a 3D convolution costs ~3× a 2D one per voxel, and an
+        # outsider must train for some epochs in one fold network's share of the time
+        return UNet(**{**kwargs, "spatial_dims": 3, "channels": [max(4, c // 2) for c in kwargs["channels"]]})
     if architecture == "segresnet":
         # as many levels as the UNet, at half its first width: SegResNet's residual blocks at full
         # resolution cost 5× a UNet step at equal width (2.3× at half), and a fold network must
@@ -72,8 +82,36 @@ def _build(kwargs: dict, architecture: str = "unet"):
     raise ValueError(f"unknown segmenter architecture {architecture!r}; choose from {list(ARCHITECTURES)}")
 
 
+def _volumetric(net) -> bool:
+    """Whether ``net`` sees a whole volume (MONAI's 3D networks), not one slice."""
+    return getattr(net, "dimensions", getattr(net, "spatial_dims", 2)) == 3
+
+
+def _flipped_softmax(nets, x):
+    """The mean softmax of ``nets`` on the batch ``x`` over the in-plane flips, each undone before averaging
+    (test-time augmentation); ``x`` is (B, C, S, S) for 2D networks, (B, C, Z, S, S) for volumetric ones."""
+    import torch
+
+    flips = ((), (-1,), (-2,), (-1, -2))
+    with torch.no_grad():
+        return sum(torch.softmax(net(x.flip(f) if f else x), 1).flip(f) if f else torch.softmax(net(x), 1)
+                   for net in nets for f in flips) / (len(nets) * len(flips))
+
+
+def _volume_proba(net, image_ms: np.ndarray) -> np.ndarray:
+    """A volumetric network's softmax ``(L+1, Z, S, S)`` of a whole volume ``(C, Z, S, S)``; the depth is padded
+    to what its strides divide, then cut back."""
+    import torch
+
+    z = image_ms.shape[1]
+    m = depth_multiple(net.channels)
+    x = np.pad(image_ms, ((0, 0), (0, -(-z // m) * m - z), (0, 0), (0, 0)))[None]
+    p = _flipped_softmax([net], torch.from_numpy(x).float().to(next(net.parameters()).device))
+    return p[0, :, :z].cpu().numpy()
+
+
 class CrossFittedSegmenter:
-    """Cross-fitted 2D networks on model-space slices.
+    """Cross-fitted networks on model-space slices (2D), or whole volumes (`VOLUMETRIC` architectures).
 
     Args:
         n_folds: networks (each trained without one fold of the cases).
@@ -83,7 +121,8 @@ class CrossFittedSegmenter:
             short by the clock still ends annealed.
         channels: widths per level (a SegResNet starts from the first).
         architectures: the fold networks' architectures, cycled over the folds
-            (``unet``, ``segresnet``).
+            (``unet``, ``segresnet``; ``unet3d`` for 3D images: whole volumes, a few per batch, cropped or
+            padded to one depth: `segqc.nets.samples.VolumeSamples`).
         batch_size, lr: optimiser settings.
         appearance: augment each batch's appearance as a new site would change it
             (`segqc.nets.augment.appearance_jitter`: colour, gamma, blur, noise, resolution).
@@ -136,6 +175,9 @@ class CrossFittedSegmenter:
         """
         import torch
 
+        if set(self.architectures) & set(VOLUMETRIC) and all(mk.shape[0] == 1 for _, mk in data):
+            raise ValueError(f"segmenter architectures {[a for a in self.architectures if a in VOLUMETRIC]} see whole "
+                             "volumes: they need 3D images, and these are 2D")
         dev = resolve_device(self.device)
         n = len(data)
         folds = np.arange(n) % self.n_folds
@@ -175,19 +217,13 @@ class CrossFittedSegmenter:
         import torch
         from monai.losses import DiceCELoss
 
-        # every axial slice is a sample; keep empty slices of 3D volumes but fewer of them
-        xs, ys = [], []
-        for image, mask in data:
-            for z in range(mask.shape[0]):
-                if mask[z].any() or rng.random() < 0.3:
-                    xs.append(image[:, z])
-                    ys.append(mask[z])
-        # on a GPU the slices stay there: batches, flips and appearance changes are made on it
-        X = torch.from_numpy(np.stack(xs)).float().to(dev)
-        Y = torch.from_numpy(np.stack(ys).astype(np.int64))[:, None].to(dev)
+        volumetric = self.architecture_of(fold) in VOLUMETRIC
+        samples = VolumeSamples(data, rng, self.channels, dev) if volumetric else SliceSamples(data, rng, dev)
         net = _build(self.kwargs_, self.architecture_of(fold)).to(dev)
         opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=1e-4)
-        steps_per_epoch = max(1, len(X) // self.batch_size)
+        # a volume is a batch's worth of slices: volumetric batches hold a few
+        batch_size = max(1, self.batch_size // 8) if volumetric else self.batch_size
+        steps_per_epoch = max(1, len(samples) // batch_size)
         # the schedule spans the steps the fold's time budget affords, re-fitted after every
         # epoch (never lengthened): a OneCycle sized for `epochs` and cut by the clock stopped at
         # a third of its peak learning rate, with the last steps' noise left in the network
@@ -198,23 +234,24 @@ class CrossFittedSegmenter:
         n_snaps = epoch = 0
         net.train()
         while sched.go_on():
-            order = torch.from_numpy(rng.permutation(len(X))).to(dev)
+            order = torch.from_numpy(rng.permutation(len(samples))).to(dev)
             t, first = time.perf_counter(), sched.step
             for s in range(steps_per_epoch):
                 if not sched.go_on():
                     break
                 for g in opt.param_groups:
                     g["lr"], g["betas"] = sched.lr_now(), (sched.momentum_now(), g["betas"][1])
-                idx = order[s * self.batch_size:(s + 1) * self.batch_size]
-                x, y = X[idx], Y[idx]
+                x, y = samples.batch(order[s * batch_size:(s + 1) * batch_size])
                 if rng.random() < 0.5:
                     x, y = x.flip(-1), y.flip(-1)
                 if rng.random() < 0.5:
                     x, y = x.flip(-2), y.flip(-2)
                 if self.appearance:
-                    x = appearance_jitter(x)
+                    # a volume's slices side by side in one image: each sample and channel gets one look
+                    x = appearance_jitter(x.flatten(-3, -2)).reshape(x.shape) if volumetric else appearance_jitter(x)
                 else:
-                    gain, offset = 1 + 0.1 * torch.randn(len(x), 1, 1, 1), 0.1 * torch.randn(len(x), 1, 1, 1)
+                    ones = (1,) * (x.dim() - 1)
+                    gain, offset = 1 + 0.1 * torch.randn(len(x), *ones), 0.1 * torch.randn(len(x), *ones)
                     x = x * gain.to(dev) + offset.to(dev)
                 loss = loss_fn(net(x), y)
                 opt.zero_grad()
@@ -260,8 +297,9 @@ class CrossFittedSegmenter:
         """`_proba_with` ``[net]`` of each image, their slices run through the network a batch at a time:
         a snapshot predicts every held-out image, and one slice at a time costs the training budget several
         times the forward passes' work. The networks' normalisation is per slice (instance norm in eval
-        mode, group norm), so a slice's answer does not depend on its batch."""
-        if len({im.shape[::2] for im in images}) > 1:  # (channels, slice size) differ: one image at a time
+        mode, group norm), so a slice's answer does not depend on its batch. A volumetric network sees each
+        volume whole."""
+        if _volumetric(net) or len({im.shape[::2] for im in images}) > 1:  # one image at a time
             return [cls._proba_with([net], im) for im in images]
         if not images:
             return []
@@ -272,16 +310,16 @@ class CrossFittedSegmenter:
 
     @staticmethod
     def _proba_with(nets, image_ms: np.ndarray) -> np.ndarray:
+        """The mean softmax ``(L+1, Z, S, S)`` of ``nets`` on ``image_ms`` ``(C, Z, S, S)``, each with flip
+        test-time augmentation (each flip undone before averaging)."""
         import torch
 
-        dev = next(nets[0].parameters()).device
-        x = torch.from_numpy(np.moveaxis(image_ms, 1, 0)).float().to(dev)  # (Z, C, S, S)
-        # flip test-time augmentation: each flip is undone before averaging
-        flips = ((), (-1,), (-2,), (-1, -2))
-        with torch.no_grad():
-            p = sum(torch.softmax(net(x.flip(f) if f else x), 1).flip(f) if f else torch.softmax(net(x), 1)
-                    for net in nets for f in flips) / (len(nets) * len(flips))
-        return np.moveaxis(p.cpu().numpy(), 0, 1).astype(np.float32)
+        flat = [net for net in nets if not _volumetric(net)]
+        total = sum(_volume_proba(net, image_ms) for net in nets if _volumetric(net))
+        if flat:  # the slices as one batch (Z, C, S, S)
+            x = torch.from_numpy(np.moveaxis(image_ms, 1, 0)).float().to(next(flat[0].parameters()).device)
+            total = total + len(flat) * np.moveaxis(_flipped_softmax(flat, x).cpu().numpy(), 0, 1)
+        return (total / len(nets)).astype(np.float32)
 
     def state(self) -> tuple[dict[str, np.ndarray], dict]:
         arrays = {n: a for k, net in enumerate(self.nets_) for n, a in net_to_arrays(net, f"fold{k}.").items()}

@@ -27,7 +27,8 @@ from segqc import ui
 from segqc.data.case import Case
 from segqc.methods.base import TrainingPair
 
-__all__ = ["manifest_pairs", "model_pairs", "outsider_pairs", "segmenter_pairs", "simulated_cases", "site_pairs"]
+__all__ = ["default_outsiders", "manifest_pairs", "model_pairs", "outsider_pairs", "segmenter_pairs", "simulated_cases",
+           "site_pairs"]
 
 Split = tuple[list[TrainingPair], list[TrainingPair]]
 
@@ -36,6 +37,14 @@ OUTSIDER_FOLDS = 2
 # epochs after which each outsider network also segments the cases it does not train on: an unfamiliar
 # architecture's early failures (smooth, plausible blobs), not only its trained network's
 OUTSIDER_SNAPSHOTS = (3, 8)
+
+
+def default_outsiders(ndim: int) -> tuple[str, ...]:
+    """The outsider architectures of a fit whose plan has ``ndim`` dimensions: a SegResNet (2D, slice by slice,
+    unlike segqc's UNets), and for 3D images also a volumetric UNet. Volumetric data is mostly segmented by 3D
+    networks (nnU-Net's default configuration for it is 3D), whose mistakes hold from slice to slice; every
+    other network of the fit sees one slice at a time, and QC would otherwise never see such failures."""
+    return ("segresnet", "unet3d") if ndim == 3 else ("segresnet",)
 
 
 def _by_part(pairs: list[TrainingPair], cal_ids: set[str]) -> Split:
@@ -92,10 +101,10 @@ def segmenter_pairs(fit_cases: Sequence[Case], cal_cases: Sequence[Case], plan, 
     With ``simulated_sites``, the trained segmenter also predicts every held-out case as
     each of that many simulated sites acquires it (`site_pairs`): calibration pairs only,
     since no method may train on an image whose original a segmenter fold has seen. The
-    networks of ``params["outsider_architectures"]`` (default: a SegResNet; ``[]``: none)
+    networks of ``params["outsider_architectures"]`` (default: `default_outsiders`; ``[]``: none)
     add their masks of the cases they never trained on (`outsider_pairs`).
     """
-    from segqc.components.segmenter import ARCHITECTURES, CrossFittedSegmenter
+    from segqc.components.segmenter import ARCHITECTURES, VOLUMETRIC, CrossFittedSegmenter
     from segqc.data.labels import to_index
     from segqc.plan.preprocess import preprocess
 
@@ -105,12 +114,16 @@ def segmenter_pairs(fit_cases: Sequence[Case], cal_cases: Sequence[Case], plan, 
     ms_cal = {c.case_id: preprocess(c, plan) for c in cal_cases}
     params = dict(params)
     snapshots = tuple(params.pop("snapshot_epochs", (1, 2, 3, 5, 8, 13, 21, 34, 55)))
-    outsiders = params.pop("outsider_architectures", ("segresnet",))
+    outsiders = params.pop("outsider_architectures", default_outsiders(plan.ndim))
     outsiders = (outsiders,) if isinstance(outsiders, str) else tuple(outsiders)
     outsider_appearance = bool(params.pop("outsider_appearance", False))
     if set(outsiders) - set(ARCHITECTURES):  # said now, not after the segmenter's ten minutes
         raise ValueError(f"segmenter.outsider_architectures must be among {list(ARCHITECTURES)}, "
                          f"got {list(outsiders)}")
+    volumetric = [a for a in (*outsiders, *params.get("architectures", ())) if a in VOLUMETRIC]
+    if volumetric and plan.ndim != 3:
+        raise ValueError(f"segmenter architectures {volumetric} see whole volumes: they need a 3D plan, and this "
+                         "one is 2D")
     seg = CrossFittedSegmenter(**{"device": device, **params})
     props = {c.case_id: p for c, (_, _, p) in zip(fit_cases, ms_fit)} | {k: v[2] for k, v in ms_cal.items()}
 
