@@ -257,7 +257,7 @@ def outsider_pairs(seg, architectures: Sequence[str], data: list, fit_cases: Seq
     ``seg``'s eight, on 2 CPU cores, the snapshots' predictions took three quarters of the
     outsiders' time and left them 3 epochs of training.
 
-    They are trained as a user often trains a model: flips and rotations, no appearance
+    They are trained as a user often trains a model: flips and a small gain and offset, no appearance
     changes (``appearance=False``). segqc's own segmenter learns with colour, gamma, blur,
     noise and resolution changes, so at a simulated site it hardly degrades, and its site
     pairs teach the calibration that a new site costs nothing. A deployed model may not have
