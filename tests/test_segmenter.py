@@ -320,6 +320,9 @@ def test_a_volumetric_outsider_is_refused_on_2d_images_before_any_training(kvasi
     with pytest.raises(ValueError, match="need a 3D plan"):
         segmenter_pairs(kvasir_cases[:3], kvasir_cases[3:4], plan, rng, "cpu",
                         {"epochs": 1, "outsider_architectures": ["unet3d"]})
+    with pytest.raises(ValueError, match="need a 3D plan"):  # the judge's own architectures, one named alone
+        segmenter_pairs(kvasir_cases[:3], kvasir_cases[3:4], plan, rng, "cpu",
+                        {"epochs": 1, "architectures": "unet3d", "outsider_architectures": []})
 
 
 def test_volumetric_networks_see_whole_volumes_of_any_depth(hippo_cases, monkeypatch):

@@ -37,7 +37,7 @@ import time
 import numpy as np
 
 from segqc.nets.augment import appearance_jitter
-from segqc.nets.samples import SliceSamples, VolumeSamples, depth_multiple
+from segqc.nets.samples import SliceSamples, VolumeSamples, padded_depth
 from segqc.nets.schedule import BudgetedSchedule
 from segqc.nets.weights import load_net_arrays, net_to_arrays
 from segqc.utils import resolve_device
@@ -104,8 +104,7 @@ def _volume_proba(net, image_ms: np.ndarray) -> np.ndarray:
     import torch
 
     z = image_ms.shape[1]
-    m = depth_multiple(net.channels)
-    x = np.pad(image_ms, ((0, 0), (0, -(-z // m) * m - z), (0, 0), (0, 0)))[None]
+    x = np.pad(image_ms, ((0, 0), (0, padded_depth(z, net.channels) - z), (0, 0), (0, 0)))[None]
     p = _flipped_softmax([net], torch.from_numpy(x).float().to(next(net.parameters()).device))
     return p[0, :, :z].cpu().numpy()
 

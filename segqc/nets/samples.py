@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["MAX_DEPTH", "SliceSamples", "VolumeSamples", "depth_multiple"]
+__all__ = ["MAX_DEPTH", "SliceSamples", "VolumeSamples", "padded_depth"]
 
 # a volumetric network's training crop is at most this many slices deep
 MAX_DEPTH = 64
 
 
-def depth_multiple(channels) -> int:
-    """A volumetric UNet halves the depth at each of its strides: its input depth must divide by this."""
-    return 2 ** (len(channels) - 1)
+def padded_depth(depth: int, channels) -> int:
+    """``depth`` rounded up to what a volumetric UNet of these widths divides: it halves the depth at each of
+    its strides."""
+    m = 2 ** (len(channels) - 1)
+    return -(-depth // m) * m
 
 
 class SliceSamples:
@@ -47,8 +49,7 @@ class VolumeSamples:
     def __init__(self, data, rng: np.random.Generator, channels, dev: str):
         import torch
 
-        m = depth_multiple(channels)
-        self.depth = min(-(-MAX_DEPTH // m) * m, -(-max(mk.shape[0] for _, mk in data) // m) * m)
+        self.depth = padded_depth(min(MAX_DEPTH, max(mk.shape[0] for _, mk in data)), channels)
         self.rng = rng
         self.x, self.y = [], []
         for image, mask in data:

@@ -120,7 +120,9 @@ def segmenter_pairs(fit_cases: Sequence[Case], cal_cases: Sequence[Case], plan, 
     if set(outsiders) - set(ARCHITECTURES):  # said now, not after the segmenter's ten minutes
         raise ValueError(f"segmenter.outsider_architectures must be among {list(ARCHITECTURES)}, "
                          f"got {list(outsiders)}")
-    volumetric = [a for a in (*outsiders, *params.get("architectures", ())) if a in VOLUMETRIC]
+    architectures = params.get("architectures", ())
+    architectures = (architectures,) if isinstance(architectures, str) else tuple(architectures)
+    volumetric = [a for a in (*outsiders, *architectures) if a in VOLUMETRIC]
     if volumetric and plan.ndim != 3:
         raise ValueError(f"segmenter architectures {volumetric} see whole volumes: they need a 3D plan, and this "
                          "one is 2D")
