@@ -68,7 +68,7 @@ def left_out(raw: np.ndarray, true: np.ndarray, source: np.ndarray, families: bo
             o["n"].append(int(held.sum()))
             o["error"].append(float(np.mean(pred - true[held])))
             o["abs"].extend(np.abs(pred - true[held]).tolist())
-            o["covered"].extend((np.abs(pred - true[held]) <= cal.half_width_).tolist())
+            o["covered"].extend((np.abs(pred - true[held]) <= cal.half_width(raw[held])).tolist())
             o["brier"].extend(((p - passed) ** 2).tolist())
             o["p_pass"].extend(p.tolist())
             o["true"].extend(true[held].tolist())

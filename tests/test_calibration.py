@@ -132,13 +132,52 @@ def test_case_interval_carries_the_systematic_error(rng):
     # each model's masks are judged with its own offset: an error that pooling the groups fits away
     raw = true + np.array([0.01 * (i % 20 - 10) for i in range(400)]) + rng.normal(0, 0.05, 400)
     cal = DiceCalibrator(coverage=0.9).fit(raw, true, groups)
-    assert cal.systematic_ > 0 and cal.half_width_ == pytest.approx(cal.radius_ + cal.systematic_)
+    # 400 pairs: one bin of calibrated Dice, one radius
+    assert cal.bin_edges_.size == 0 and cal.bin_radii_.tolist() == [cal.radius_]
+    assert cal.systematic_ > 0 and cal.half_widths_[0] == pytest.approx(cal.radius_ + cal.systematic_)
     lo, hi = cal.interval(np.array([0.5]))
     d = cal.predict_dice(np.array([0.5]))
-    assert (hi - d)[0] == pytest.approx(cal.half_width_) and (d - lo)[0] == pytest.approx(cal.half_width_)
+    assert (hi - d)[0] == pytest.approx(cal.half_widths_[0]) and (d - lo)[0] == pytest.approx(cal.half_widths_[0])
     # without groups the error is unknown: the radius alone
     plain = DiceCalibrator(coverage=0.9).fit(raw, true)
-    assert np.isnan(plain.systematic_) and plain.half_width_ == plain.radius_
+    assert np.isnan(plain.systematic_) and plain.half_width(np.array([0.5]))[0] == plain.radius_
+
+
+def test_case_interval_is_as_wide_as_the_errors_at_its_level(rng):
+    """Mondrian conformal: QC errs more on masks it judges middling than on masks it judges good, so each bin
+    of calibrated Dice has its own radius, and covers its own cases at the stated level."""
+    from segqc.calibration.calibrator import MIN_BIN_PAIRS, dice_bins
+
+    n = 4000
+    true = rng.uniform(0, 1, n)
+    raw = true + rng.normal(0, 1, n) * (0.01 + 0.5 * true * (1 - true))  # noisy in the middle, sure at the ends
+    cal = DiceCalibrator(coverage=0.9).fit(raw[:3000], true[:3000])
+    assert cal.bin_edges_.size >= 2 and np.all(np.diff(cal.bin_edges_) > 0)
+    bins = np.digitize(cal.predict_dice(raw[:3000]), cal.bin_edges_)
+    assert np.bincount(bins).min() >= MIN_BIN_PAIRS
+    assert cal.bin_radii_.max() > 1.5 * cal.bin_radii_.min()  # wider in the middle than at the ends
+    # on new cases every bin holds about 90 % of its cases; one radius for all over-covers some, under-covers others
+    new_raw, new_true = raw[3000:], true[3000:]
+    lo, hi = cal.interval(new_raw)
+    new_bins = np.digitize(cal.predict_dice(new_raw), cal.bin_edges_)
+
+    def per_bin(inside):
+        return [inside[new_bins == b].mean() for b in range(cal.bin_edges_.size + 1)]
+
+    binned = per_bin((new_true >= lo) & (new_true <= hi))
+    one = per_bin(np.abs(new_true - cal.predict_dice(new_raw)) <= cal.radius_)
+    assert min(binned) >= 0.8 and max(binned) - min(binned) < max(one) - min(one), (binned, one)
+    # the bins travel with the bundle; a bundle fitted before them has one radius
+    arrays, config = cal.state()
+    back = DiceCalibrator.from_state(arrays, json.loads(json.dumps(config)))
+    assert np.array_equal(back.interval(new_raw)[0], lo) and np.array_equal(back.interval(new_raw)[1], hi)
+    old = DiceCalibrator.from_state({k: v for k, v in arrays.items() if not k.startswith("bin_")}, config)
+    assert np.all(old.half_width(new_raw) == cal.radius_)
+    with pytest.raises(ValueError, match="bins"):
+        DiceCalibrator.from_state({**arrays, "bin_radii_": arrays["bin_radii_"][:-1]}, config)
+    # plateaus of an isotonic map never straddle an edge; too few values make one bin
+    assert dice_bins(np.r_[np.zeros(700), np.ones(500)]).tolist() == [1.0]
+    assert dice_bins(np.linspace(0, 1, 2 * MIN_BIN_PAIRS - 1)).size == 0
 
 
 def test_calibration_pool_keeps_network_masks_and_corruptions_only_beyond_them():

@@ -21,6 +21,11 @@ Fitted on held-out reference cases (never on the cases being judged):
   case is missed only if its noise exceeds the radius (probability 1 − coverage) or its
   group's error exceeds the bound (5 %), so coverage stays above `coverage` − 0.05 for
   a new group, and above `coverage` for exchangeable cases.
+  The radius is conformal within bins of the calibrated Dice (Mondrian conformal
+  prediction), each of at least `MIN_BIN_PAIRS` pairs: QC's errors are not the same size
+  at every level (a mask judged 0.95 is rarely 0.5, one judged 0.5 may be anything), and
+  one radius for all would be too wide for the first and too narrow for the second. Each
+  bin's radius covers its own cases at the stated level; fewer pairs make one bin.
 
 State is a few arrays (isotonic breakpoints) rebuilt into interpolators on load.
 """
@@ -29,12 +34,16 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["DiceCalibrator", "conformal_quantile", "cross_fitted_residuals", "group_bound", "group_errors"]
+__all__ = ["DiceCalibrator", "conformal_quantile", "cross_fitted_residuals", "dice_bins", "group_bound",
+           "group_errors"]
 
 # a batch's mean Dice interval is at 95 %: the systematic bound is the same level over groups
 GROUP_COVERAGE = 0.95
 # groups smaller than this are too noisy to say what a group's mean error is
 MIN_GROUP = 10
+# a bin of the interval's radius holds at least this many pairs: the coverage of a 90 % conformal radius from
+# n pairs spreads by sqrt(0.9 × 0.1 / n), 0.017 at 300
+MIN_BIN_PAIRS = 300
 
 
 def conformal_quantile(residuals: np.ndarray, coverage: float) -> float:
@@ -93,6 +102,22 @@ def cross_fitted_residuals(raw: np.ndarray, y: np.ndarray) -> np.ndarray:
     return y - out_of_fold(iso, raw, y, n_folds=5, seed=0)
 
 
+def dice_bins(dice: np.ndarray, min_pairs: int = MIN_BIN_PAIRS) -> np.ndarray:
+    """Inner edges of bins of equal counts of ``dice``, each of at least ``min_pairs`` values (none: one bin).
+    Tied values (isotonic plateaus) never straddle an edge, so a bin may hold more."""
+    dice = np.asarray(dice, float)
+    k = len(dice) // min_pairs
+    if k < 2:
+        return np.empty(0)
+    edges = np.unique(np.quantile(dice, np.arange(1, k) / k))
+    # a plateau can pile values on one edge: drop edges that leave a bin short
+    while edges.size and np.bincount(np.digitize(dice, edges), minlength=edges.size + 1).min() < min_pairs:
+        counts = np.bincount(np.digitize(dice, edges), minlength=edges.size + 1)
+        low = int(np.argmin(counts))
+        edges = np.delete(edges, min(low, edges.size - 1))
+    return edges
+
+
 def _isotonic(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     from sklearn.isotonic import IsotonicRegression
 
@@ -131,6 +156,11 @@ class DiceCalibrator:
         self.pass_x_, self.pass_y_ = _isotonic(raw, (true_dice >= self.tau).astype(float))
         resid = cross_fitted_residuals(raw, true_dice)
         self.radius_ = conformal_quantile(resid, self.coverage)
+        dice = self.predict_dice(raw)
+        self.bin_edges_ = dice_bins(dice)
+        bins = np.digitize(dice, self.bin_edges_)
+        self.bin_radii_ = np.array([conformal_quantile(resid[bins == b], self.coverage)
+                                    for b in range(self.bin_edges_.size + 1)])
         self.correction_ = None
         if described is not None:
             from segqc.calibration.batch_correction import BatchCorrection
@@ -149,17 +179,22 @@ class DiceCalibrator:
         return np.interp(np.asarray(raw, float), self.pass_x_, self.pass_y_)
 
     @property
-    def half_width_(self) -> float:
-        """The interval's half width: the conformal radius plus the systematic error (when known)."""
-        return self.radius_ + (0.0 if np.isnan(self.systematic_) else self.systematic_)
+    def half_widths_(self) -> np.ndarray:
+        """The interval's half width in each bin of calibrated Dice (`bin_edges_`): that bin's conformal radius
+        plus the systematic error (when known)."""
+        return self.bin_radii_ + (0.0 if np.isnan(self.systematic_) else self.systematic_)
+
+    def half_width(self, raw) -> np.ndarray:
+        """Each case's interval half width, from the bin its calibrated Dice falls in."""
+        return self.half_widths_[np.digitize(self.predict_dice(raw), self.bin_edges_)]
 
     def interval(self, raw) -> tuple[np.ndarray, np.ndarray]:
-        """Calibrated Dice ± `half_width_`, within [0, 1]."""
-        d = self.predict_dice(raw)
-        return np.clip(d - self.half_width_, 0, 1), np.clip(d + self.half_width_, 0, 1)
+        """Calibrated Dice ± `half_width`, within [0, 1]."""
+        d, h = self.predict_dice(raw), self.half_width(raw)
+        return np.clip(d - h, 0, 1), np.clip(d + h, 0, 1)
 
     def state(self) -> tuple[dict[str, np.ndarray], dict]:
-        arrays = {k: getattr(self, k) for k in ("dice_x_", "dice_y_", "pass_x_", "pass_y_")}
+        arrays = {k: getattr(self, k) for k in ("dice_x_", "dice_y_", "pass_x_", "pass_y_", "bin_edges_", "bin_radii_")}
         correction = None
         if getattr(self, "correction_", None) is not None:
             more, correction = self.correction_.state()
@@ -190,6 +225,12 @@ class DiceCalibrator:
                                  "and finite, with values in [0, 1]")
             setattr(cal, x, xs)
             setattr(cal, y, ys)
+        # bundles fitted before the bins have one radius
+        cal.bin_edges_ = np.asarray(arrays.get("bin_edges_", np.empty(0)), float)
+        cal.bin_radii_ = np.asarray(arrays.get("bin_radii_", [cal.radius_]), float)
+        if not (cal.bin_edges_.ndim == cal.bin_radii_.ndim == 1 and cal.bin_radii_.size == cal.bin_edges_.size + 1
+                and np.all(np.diff(cal.bin_edges_) > 0) and np.all((cal.bin_radii_ >= 0) & (cal.bin_radii_ <= 1))):
+            raise ValueError("calibrator interval bins must be increasing edges and one radius in [0, 1] per bin")
         cal.correction_ = None  # absent in bundles fitted before it, or by a method that does not describe
         if config.get("correction") is not None:
             from segqc.calibration.batch_correction import BatchCorrection

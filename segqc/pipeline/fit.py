@@ -287,7 +287,9 @@ def _calibrate(bundle, name: str, raw: np.ndarray, true_cal: np.ndarray, groups:
         # in-sample for the calibrator (it was fitted on these): a sanity check, not a benchmark
         "heldout_raw_pearson": pearson(true_cal, raw), "heldout_raw_mae": mae(true_cal, raw),
         "heldout_calibrated_mae": mae(true_cal, cal.predict_dice(raw)),
-        "interval_radius": cal.radius_, "interval_half_width": cal.half_width_,
+        # the interval's half width per bin of calibrated Dice: below the first edge, between edges, above the last
+        "interval_radius": cal.radius_, "interval_bin_edges": cal.bin_edges_.tolist(),
+        "interval_half_widths": cal.half_widths_.tolist(),
         "systematic_error": cal.systematic_, "systematic_groups": cal.n_groups_,
         "interval_coverage_in_sample": float(np.mean((true_cal >= lo) & (true_cal <= hi))),
     }
