@@ -77,7 +77,7 @@ def left_out_coverage(raw: np.ndarray, true: np.ndarray, groups: list) -> tuple[
     """Each left-out group's cases judged by the calibrator fitted without the group."""
     g = np.asarray([x if x is not None else "" for x in groups], dtype=object)
     ok = np.isfinite(raw) & np.isfinite(true)
-    tally, per_group = Tally(), {"group": [], "n": [], "error": [], "coverage": []}
+    tally, per_group = Tally(), {"group": [], "n": [], "error": [], "coverage": [], "half_width": []}
     for name in sorted(set(g[ok].tolist()) - {""}):
         held = ok & (g == name)
         if held.sum() < MIN_GROUP:
@@ -88,6 +88,7 @@ def left_out_coverage(raw: np.ndarray, true: np.ndarray, groups: list) -> tuple[
         per_group["group"].append(str(name))
         per_group["n"].append(int(held.sum()))
         per_group["error"].append(float(np.mean(cal.predict_dice(raw[held]) - true[held])))
+        per_group["half_width"].append((cal.radius_, cal.radius_ + np.nan_to_num(cal.systematic_)))
     return tally, per_group
 
 
@@ -116,12 +117,21 @@ def main() -> None:
     args = ap.parse_args()
     if args.bench and len(args.bench) != len(args.bundles):
         ap.error("--bench needs one bench.csv per bundle")
+    found = [(bundle, *left_out_coverage(*calibration_pairs(bundle, args.method))) for bundle in args.bundles]
+    print("| bundle | groups | cases | coverage, radius alone: pooled / worst group | one radius + bound: pooled / "
+          "worst group | half width: radius / radius + bound (median) |\n|---|---|---|---|---|---|")
+    for bundle, tally, per_group in found:
+        n = np.asarray(per_group["n"])
+        cover = {r: np.array([c[r] for c in per_group["coverage"]]) for r in RULES}
+        width = np.median(np.asarray(per_group["half_width"]), axis=0)
+        print(f"| {bundle} | {len(n)} | {n.sum()} | {np.average(cover['radius alone'], weights=n):.3f} / "
+              f"{cover['radius alone'].min():.2f} | {np.average(cover['one radius + bound'], weights=n):.3f} / "
+              f"{cover['one radius + bound'].min():.2f} | {width[0]:.3f} / {width[1]:.3f} |")
     bands = " | ".join(f"Dice {a:.1f}–{min(b, 1):.1f}" for a, b in BANDS)
-    print(f"coverage / mean width of the 90 % interval; {len(RULES)} rules\n\n"
+    print(f"\ncoverage / mean width of the 90 % interval, by calibrated Dice\n\n"
           f"| bundle: cases | groups | interval | all | {bands} |\n|---|---|---|---|---|---|---|")
-    for i, bundle in enumerate(args.bundles):
+    for i, (bundle, tally, per_group) in enumerate(found):
         raw, true, groups = calibration_pairs(bundle, args.method)
-        tally, per_group = left_out_coverage(raw, true, groups)
         for rule in RULES:
             print(f"| {bundle}: left-out groups | {len(per_group['n'])} | {rule} | {tally.row(rule)} |")
         if args.groups:
