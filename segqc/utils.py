@@ -7,7 +7,7 @@ import hashlib
 from collections.abc import Sequence
 from contextlib import contextmanager
 
-__all__ = ["look_up_option", "resolve_device", "torch_threads", "sha256_file"]
+__all__ = ["look_up_option", "resolve_device", "round_up", "torch_threads", "sha256_file"]
 
 
 def look_up_option(value: str, options: Sequence[str], what: str = "option") -> str:
@@ -17,6 +17,11 @@ def look_up_option(value: str, options: Sequence[str], what: str = "option") -> 
     close = difflib.get_close_matches(str(value), list(options), n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     raise ValueError(f"unknown {what} {value!r}; choose from {', '.join(options)}.{hint}")
+
+
+def round_up(n: int, multiple: int) -> int:
+    """``n`` rounded up to a multiple of ``multiple``: a side or depth that a network's strides all divide."""
+    return -(-int(n) // int(multiple)) * int(multiple)
 
 
 def resolve_device(device: str = "auto") -> str:

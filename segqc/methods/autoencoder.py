@@ -34,7 +34,7 @@ import numpy as np
 from segqc.data.case import Case
 from segqc.data.labels import to_index, to_labels
 from segqc.methods.base import FitContext, Param, QCMethod, RawScore, check_is_fitted, check_labels, fraction, positive
-from segqc.utils import torch_threads
+from segqc.utils import round_up, torch_threads
 
 __all__ = ["MaskAutoencoder", "build_mask_autoencoder"]
 
@@ -258,8 +258,8 @@ class MaskAutoencoder(QCMethod):
         net_args = {"n_classes": n_classes, "channels": [int(c) for c in self.channels],
                     "latent_channels": int(self.latent_channels), "norm": "batch", "head_channels": 8}
         if self.latent_dim is not None:
-            factor = 2 ** (len(self.channels) + 1)
-            net_args.update(latent_dim=int(self.latent_dim), size=-(-int(plan.slice_size) // factor) * factor)
+            net_args.update(latent_dim=int(self.latent_dim),
+                            size=round_up(plan.slice_size, 2 ** (len(self.channels) + 1)))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             net = build_mask_autoencoder(**net_args).to(device)

@@ -32,7 +32,7 @@ from segqc.data.labels import to_index, to_labels
 from segqc.methods.base import FitContext, Param, QCMethod, RawScore, check_is_fitted, non_negative, one_of, positive
 from segqc.nets import nnqc_training as training
 from segqc.nets.nnqc_training import INFER_BATCH, encode, relative_positions
-from segqc.utils import torch_threads
+from segqc.utils import round_up, torch_threads
 
 __all__ = ["NNQC", "CONFIGS"]
 
@@ -137,8 +137,7 @@ class NNQC(QCMethod):
 
     def _pad_side(self, s: int) -> int:
         """Model-space side padded so that VAE and UNet downsampling divide it."""
-        f = 2 ** (len(self.cfg_["ae_channels"]) - 1) * 2 ** (len(self.cfg_["unet_channels"]) - 1)
-        return -(-int(s) // f) * f
+        return round_up(s, 2 ** (len(self.cfg_["ae_channels"]) - 1) * 2 ** (len(self.cfg_["unet_channels"]) - 1))
 
     def _work_image(self, img: np.ndarray) -> np.ndarray:
         """Model-space image ``(C, Z, S, S)`` → network input ``(C, Z, P, P)`` float16 (resized to W, padded)."""

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from segqc.utils import round_up
+
 __all__ = ["MAX_DEPTH", "SliceSamples", "VolumeSamples", "padded_depth"]
 
 # a volumetric network's training crop is at most this many slices deep
@@ -15,8 +17,7 @@ MAX_DEPTH = 64
 def padded_depth(depth: int, channels) -> int:
     """``depth`` rounded up to what a volumetric UNet of these widths divides: it halves the depth at each of
     its strides."""
-    m = 2 ** (len(channels) - 1)
-    return -(-depth // m) * m
+    return round_up(depth, 2 ** (len(channels) - 1))
 
 
 class SliceSamples:
