@@ -163,9 +163,9 @@ def test_image_cache_serves_one_image_once_and_never_a_changed_one():
     assert len(calls) == 6
 
 
-def test_budgeted_schedule_ends_annealed_and_never_lengthens():
+def test_budgeted_schedule_ends_annealed_and_never_lengthens_after_the_warm_up():
     """A run the clock cuts short still ends at a learning rate of (nearly) zero: the schedule is fitted
-    to the steps the budget affords, and a later, faster pace never lengthens it again."""
+    to the steps the budget affords, and once past its warm-up a faster pace never lengthens it again."""
     from segqc.nets.schedule import BudgetedSchedule
 
     sched = BudgetedSchedule(1000, seconds=100.0, lr=1.0, warmup=2, timing_steps=None)
@@ -177,6 +177,27 @@ def test_budgeted_schedule_ends_annealed_and_never_lengthens():
     assert sched.total == total
     sched.step = sched.total - 1
     assert sched.lr_now() < 0.01
+
+
+def test_a_slow_start_does_not_cut_the_run():
+    """Steps timed while another job held the cores shorten the run; while the learning rate is still
+    climbing, the pace of later steps lengthens it again, never beyond the steps it was given, and the
+    climb only slows (the learning rate does not jump up)."""
+    from segqc.nets.schedule import BudgetedSchedule
+
+    sched = BudgetedSchedule(1000, seconds=100.0, lr=1.0, timing_steps=None, shape="one_cycle")
+    sched.step = 20
+    sched.refit(seconds_per_step=0.3)  # a slow first epoch: 20 + ~300 steps
+    assert sched.capped and sched.total < 400 and sched.warming_up()
+    lr = sched.lr_now()
+    sched.refit(seconds_per_step=0.05)  # the cores are free again: the run gets its steps back
+    assert sched.total == 1000 and not sched.capped and sched.lr_now() <= lr
+    sched.step = 400  # past the peak: a faster pace keeps the length, a slower one still shortens
+    assert not sched.warming_up()
+    sched.refit(seconds_per_step=1e-6)
+    assert sched.total == 1000
+    sched.refit(seconds_per_step=10.0)
+    assert sched.capped and sched.total < 1000
 
 
 def test_final_network_makes_no_snapshot_and_training_is_recorded(kvasir_cases):

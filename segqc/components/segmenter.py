@@ -224,8 +224,9 @@ class CrossFittedSegmenter:
         batch_size = max(1, self.batch_size // 8) if volumetric else self.batch_size
         steps_per_epoch = max(1, len(samples) // batch_size)
         # the schedule spans the steps the fold's time budget affords, re-fitted after every
-        # epoch (never lengthened): a OneCycle sized for `epochs` and cut by the clock stopped at
-        # a third of its peak learning rate, with the last steps' noise left in the network
+        # epoch (lengthened again only while warming up): a OneCycle sized for `epochs` and cut by
+        # the clock stopped at a third of its peak learning rate, with the last steps' noise left in
+        # the network
         sched = BudgetedSchedule(self.epochs * steps_per_epoch, budget_s, self.lr, warmup=steps_per_epoch,
                                  timing_steps=None, shape=self.schedule)
         loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)

@@ -6,8 +6,12 @@ OneCycle cut at 80 % of its steps ends near a third of its peak), and the networ
 the noise of its last steps. `BudgetedSchedule` times the first steps, then shortens
 the run to what the budget affords, so that the cosine always reaches zero at the last
 step the budget allows. Callers may re-fit it later with their own pace (e.g. training
-steps only, with time set aside for other work such as predictions between epochs);
-a re-fit only ever shortens the run, so the learning rate never climbs back.
+steps only, with time set aside for other work such as predictions between epochs).
+After the warm-up a re-fit only shortens the run, so the learning rate never climbs back.
+During the warm-up it may also lengthen it again, up to the steps it was given: a slow
+start (another job on the cores for a few seconds while the first steps were timed) cut
+a Kvasir fold network from 80 epochs to 32, and the run never recovered. Lengthening
+there only slows the climb to the peak.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ class BudgetedSchedule:
                  timing_steps: int | None = TIMING_STEPS, shape: str = "cosine", pct_start: float = 0.3):
         if shape not in ("cosine", "one_cycle"):
             raise ValueError(f"schedule shape must be cosine or one_cycle, got {shape!r}")
-        self.total = max(1, int(max_steps))
+        self.total = self.max_total = max(1, int(max_steps))
         self.budget = float(seconds)
         self.lr = float(lr)
         self.warmup = max(1, int(warmup))
@@ -79,8 +83,15 @@ class BudgetedSchedule:
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0
 
+    def warming_up(self) -> bool:
+        """Whether the learning rate is still climbing to its peak."""
+        if self.shape == "one_cycle":
+            return self.step < self.pct_start * self.total - 1
+        return self.step < self.warmup
+
     def refit(self, seconds_per_step: float | None = None, reserve: float = 0.0) -> None:
-        """Shorten the run (never lengthen it) to the steps the rest of the budget affords.
+        """Fit the run to the steps the rest of the budget affords: shorter whenever the budget says so,
+        longer (up to the steps it was given) only while `warming_up`.
 
         Args:
             seconds_per_step: the pace of a step; default: the elapsed time over the steps so far.
@@ -93,6 +104,9 @@ class BudgetedSchedule:
         afford = self.step + int(max(0.0, self.budget - elapsed - reserve) / max(pace, 1e-9))
         if afford < self.total:
             self.total, self.capped = max(self.step + 1, afford), True
+        elif afford > self.total and self.warming_up():
+            self.total = min(self.max_total, afford)
+            self.capped = self.total < self.max_total
 
     def go_on(self) -> bool:
         if self.timing_steps is not None and self.step == self.timing_steps and self.total > self.step:
