@@ -117,7 +117,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.bench and len(args.bench) != len(args.bundles):
         ap.error("--bench needs one bench.csv per bundle")
-    found = [(bundle, *left_out_coverage(*calibration_pairs(bundle, args.method))) for bundle in args.bundles]
+    pairs = {bundle: calibration_pairs(bundle, args.method) for bundle in args.bundles}
+    found = [(bundle, *left_out_coverage(*pairs[bundle])) for bundle in args.bundles]
     print("| bundle | groups | cases | coverage, radius alone: pooled / worst group | one radius + bound: pooled / "
           "worst group | half width: radius / radius + bound (median) |\n|---|---|---|---|---|---|")
     for bundle, tally, per_group in found:
@@ -131,7 +132,7 @@ def main() -> None:
     print(f"\ncoverage / mean width of the 90 % interval, by calibrated Dice\n\n"
           f"| bundle: cases | groups | interval | all | {bands} |\n|---|---|---|---|---|---|---|")
     for i, (bundle, tally, per_group) in enumerate(found):
-        raw, true, groups = calibration_pairs(bundle, args.method)
+        raw, true, groups = pairs[bundle]
         for rule in RULES:
             print(f"| {bundle}: left-out groups | {len(per_group['n'])} | {rule} | {tally.row(rule)} |")
         if args.groups:

@@ -110,11 +110,13 @@ def dice_bins(dice: np.ndarray, min_pairs: int = MIN_BIN_PAIRS) -> np.ndarray:
     if k < 2:
         return np.empty(0)
     edges = np.unique(np.quantile(dice, np.arange(1, k) / k))
-    # a plateau can pile values on one edge: drop edges that leave a bin short
-    while edges.size and np.bincount(np.digitize(dice, edges), minlength=edges.size + 1).min() < min_pairs:
+    # a plateau can pile values on one edge: merge the shortest bin into its upper neighbour (the last into its
+    # lower one) until none is short
+    while edges.size:
         counts = np.bincount(np.digitize(dice, edges), minlength=edges.size + 1)
-        low = int(np.argmin(counts))
-        edges = np.delete(edges, min(low, edges.size - 1))
+        if counts.min() >= min_pairs:
+            break
+        edges = np.delete(edges, min(int(np.argmin(counts)), edges.size - 1))
     return edges
 
 
@@ -186,11 +188,15 @@ class DiceCalibrator:
 
     def half_width(self, raw) -> np.ndarray:
         """Each case's interval half width, from the bin its calibrated Dice falls in."""
-        return self.half_widths_[np.digitize(self.predict_dice(raw), self.bin_edges_)]
+        return self._half_width_at(self.predict_dice(raw))
+
+    def _half_width_at(self, dice: np.ndarray) -> np.ndarray:
+        return self.half_widths_[np.digitize(dice, self.bin_edges_)]
 
     def interval(self, raw) -> tuple[np.ndarray, np.ndarray]:
         """Calibrated Dice ± `half_width`, within [0, 1]."""
-        d, h = self.predict_dice(raw), self.half_width(raw)
+        d = self.predict_dice(raw)
+        h = self._half_width_at(d)
         return np.clip(d - h, 0, 1), np.clip(d + h, 0, 1)
 
     def state(self) -> tuple[dict[str, np.ndarray], dict]:
