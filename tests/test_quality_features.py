@@ -38,3 +38,54 @@ def test_statistics_of_an_older_bundle_keep_the_raw_intensities_its_booster_lear
     brighter = Case(case.case_id, case.image * 1.3, case.mask, case.geometry)
     assert mask_features(brighter, 1, old)["c0_in_mean"] != mask_features(case, 1, old)["c0_in_mean"]
     assert abs(mask_features(brighter, 1, stats)["c0_in_mean"] - mask_features(case, 1, stats)["c0_in_mean"]) < 1e-4
+
+
+def _blobs(rng, shape, n=12):
+    """Random masks of ``shape``: blobs anywhere (on the array's edges too), single voxels, nothing."""
+    from scipy import ndimage
+
+    out = [np.zeros(shape, bool), np.ones(shape, bool)]
+    for _ in range(n):
+        out.append(ndimage.gaussian_filter(rng.random(shape), 2) > rng.uniform(0.5, 0.56))
+    dot = np.zeros(shape, bool)
+    dot[(0,) * len(shape)] = dot[tuple(s - 1 for s in shape)] = True
+    return out + [dot]
+
+
+def test_morphology_on_a_masks_box_equals_it_on_the_whole_array():
+    """Rings, boundaries and filled holes are computed on the mask's bounding box for speed: the very same
+    voxels as on the whole image, wherever the mask lies (on the edges too), in 2D and 3D."""
+    from scipy import ndimage
+
+    import segqc.components.quality_features as qf
+
+    rng = np.random.default_rng(0)
+    for shape in ((40, 52), (9, 30, 26)):
+        for m in _blobs(rng, shape):
+            for width in (1, 3, 7):
+                np.testing.assert_array_equal(qf._ring(m, width), ndimage.binary_dilation(m, iterations=width) & ~m)
+            np.testing.assert_array_equal(qf._edge(m), m ^ ndimage.binary_erosion(m))
+            fill = qf._on_box(m, 1, ndimage.binary_fill_holes)
+            np.testing.assert_array_equal(fill, ndimage.binary_fill_holes(m))
+
+
+def test_an_images_measures_shared_by_its_candidates_give_each_the_rows_of_its_own():
+    """`measure_candidates` measures an image once for all its candidates; each row is the row
+    `mask_features` gives that candidate alone."""
+    from scipy import ndimage
+
+    from segqc.components.quality_features import measure_candidates
+
+    cases = _kvasir(4)
+    stats = reference_stats(cases, [1], np.random.default_rng(0))
+    rng = np.random.default_rng(1)
+    jobs = []
+    for c in cases:
+        p = ndimage.gaussian_filter((c.mask == 1).astype(np.float32), 3)
+        proba = np.stack([1 - p, p])
+        jobs += [(c.with_mask(m.astype(np.uint8)), proba) for m in _blobs(rng, c.mask.shape, 3)]
+    rows = measure_candidates(jobs, [1], stats)
+    for (case, proba), (row,) in zip(jobs, rows):
+        alone = mask_features(case, 1, stats, proba)
+        assert alone.keys() == row.keys()
+        np.testing.assert_array_equal([alone[k] for k in row], [row[k] for k in row])

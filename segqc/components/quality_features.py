@@ -17,10 +17,15 @@ For each foreground label of the candidate mask, in physical units:
 * agreement with segqc's own reference segmenter's probabilities: Dice and soft Dice,
   probability inside / just outside the candidate, missed and extra volume, HD95 in mm.
 
-`measure_candidates` measures many candidates at once, on worker processes when they are many.
+`measure_candidates` measures many candidates at once, on worker processes when they are many;
+what depends on the image alone (its gradient, intensity range, the segmenter's argmax) is
+measured once per image (`ImageMeasures`), and the morphology of a mask (rings, boundaries,
+filled holes) runs on its bounding box, not on the whole image: the same values, found faster.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
@@ -28,7 +33,7 @@ from scipy import ndimage
 from segqc.data.case import Case
 from segqc.metrics import binary_dice
 
-__all__ = ["MIN_PARALLEL", "image_units", "mask_features", "measure_candidates", "reference_stats"]
+__all__ = ["MIN_PARALLEL", "ImageMeasures", "image_units", "mask_features", "measure_candidates", "reference_stats"]
 
 # below this many candidates, starting worker processes costs more than it saves
 MIN_PARALLEL = 64
@@ -48,8 +53,58 @@ def _intensities(image: np.ndarray, ref_stats: dict) -> np.ndarray:
     return image_units(image) if ref_stats.get("intensity_units") == "image" else image
 
 
+@dataclass(frozen=True)
+class ImageMeasures:
+    """What the features read from the image (and the segmenter's opinion of it) whatever the mask: measured
+    once for all the candidates of one image (`ImageMeasures.of`)."""
+
+    channels: dict  # per channel index (-1: grey), its pixels in the reference statistics' units
+    # (`_intensities`) and their 1st / 99th percentiles
+    grad: np.ndarray  # gradient magnitude of the grey image (σ = 1 voxel)
+    grad_mean: float
+    seg: np.ndarray | None  # the segmenter's argmax, None without a segmenter
+
+    @classmethod
+    def of(cls, image: np.ndarray, ref_stats: dict, proba: np.ndarray | None = None) -> "ImageMeasures":
+        x = _intensities(image, ref_stats)
+        grey = x.mean(0)
+        chans = list(range(x.shape[0])) + ([-1] if x.shape[0] > 1 else [])
+        pixels = {c: grey if c == -1 else x[c] for c in chans}
+        grad = ndimage.gaussian_gradient_magnitude(grey, sigma=1.0)
+        return cls({c: (v, np.percentile(v, [1, 99])) for c, v in pixels.items()}, grad, grad.mean(),
+                   None if proba is None else proba.argmax(0))
+
+
+def _box(m: np.ndarray, margin: int) -> tuple[slice, ...] | None:
+    """The bounding box of ``m``, widened by ``margin`` voxels a side within the array; None for an empty mask."""
+    box = []
+    for axis, n in enumerate(m.shape):
+        hit = np.flatnonzero(m.any(axis=tuple(a for a in range(m.ndim) if a != axis)))
+        if not hit.size:
+            return None
+        box.append(slice(max(int(hit[0]) - margin, 0), min(int(hit[-1]) + 1 + margin, n)))
+    return tuple(box)
+
+
+def _on_box(m: np.ndarray, margin: int, op) -> np.ndarray:
+    """``op(m)`` computed on ``m``'s bounding box widened by ``margin`` and pasted back on zeros: equal to ``op``
+    on the whole array for an ``op`` that reaches at most ``margin`` voxels beyond the mask and leaves empty
+    space empty (a dilation of up to ``margin`` voxels, an erosion, filling holes): beyond the box all is
+    background, as the box's widened edge is, and where the box meets the array's edge it is that edge."""
+    out = np.zeros(m.shape, bool)
+    box = _box(m, margin)
+    if box is not None:
+        out[box] = op(m[box])
+    return out
+
+
 def _ring(m: np.ndarray, width: int) -> np.ndarray:
-    return ndimage.binary_dilation(m, iterations=width) & ~m
+    return _on_box(m, width + 1, lambda b: ndimage.binary_dilation(b, iterations=width) & ~b)
+
+
+def _edge(m: np.ndarray) -> np.ndarray:
+    """The voxels of ``m`` on its boundary (beside background, or on the array's edge)."""
+    return _on_box(m, 1, lambda b: b ^ ndimage.binary_erosion(b))
 
 
 def _solidity_2d(m: np.ndarray) -> float:
@@ -66,7 +121,7 @@ def _solidity_2d(m: np.ndarray) -> float:
 
 
 def _boundary_count(m: np.ndarray) -> int:
-    return int((m ^ ndimage.binary_erosion(m)).sum())
+    return int(_edge(m).sum())
 
 
 def _shape_features(m: np.ndarray, spacing: tuple[float, ...], ref_volume: float) -> dict[str, float]:
@@ -83,7 +138,8 @@ def _shape_features(m: np.ndarray, spacing: tuple[float, ...], ref_volume: float
     sizes = np.bincount(lab.ravel())[1:]
     f["n_components"] = float(ncomp)
     f["largest_component_fraction"] = float(sizes.max() / n)
-    filled = ndimage.binary_fill_holes(m) if ndim == 2 else np.stack([ndimage.binary_fill_holes(s) for s in m])
+    filled = _on_box(m, 1, lambda b: ndimage.binary_fill_holes(b) if ndim == 2
+                     else np.stack([ndimage.binary_fill_holes(s) for s in b]))
     f["hole_fraction"] = float((filled.sum() - n) / max(filled.sum(), 1))
     boundary = _boundary_count(m)
     mean_sp = float(np.mean(spacing))
@@ -121,8 +177,8 @@ def _shape_features(m: np.ndarray, spacing: tuple[float, ...], ref_volume: float
     return f
 
 
-def _image_features(img: np.ndarray, m: np.ndarray, spacing, ref_stats: dict) -> dict[str, float]:
-    """img (C, ...) float; m bool; ref_stats per channel: mean/std of reference foreground and image."""
+def _image_features(measures: ImageMeasures, m: np.ndarray, spacing, ref_stats: dict) -> dict[str, float]:
+    """``measures`` of the image; m bool; ref_stats per channel: mean/std of reference foreground and image."""
     f: dict[str, float] = {}
     n = int(m.sum())
     if n == 0:
@@ -130,12 +186,9 @@ def _image_features(img: np.ndarray, m: np.ndarray, spacing, ref_stats: dict) ->
     # ring width ~15 % of the structure's equivalent radius, in voxels, at least 2
     radius = (n / np.pi) ** 0.5 if m.ndim == 2 else (3 * n / (4 * np.pi)) ** (1 / 3)
     ring = _ring(m, max(2, int(round(0.15 * radius))))
-    edge = m ^ ndimage.binary_erosion(m)
-    channels = list(range(img.shape[0]))
-    if img.shape[0] > 1:
-        channels.append(-1)  # grey (channel mean) too
-    for c in channels:
-        x = img.mean(0) if c == -1 else img[c]
+    edge = _edge(m)
+    # every channel, and grey (the channels' mean) when there are several
+    for c, (x, (lo, hi)) in measures.channels.items():
         name = "grey" if c == -1 else f"c{c}"
         st = ref_stats[str(c)]
         scale = st["img_std"] + 1e-6
@@ -152,26 +205,26 @@ def _image_features(img: np.ndarray, m: np.ndarray, spacing, ref_stats: dict) ->
         f[f"{name}_ring_vs_ref_bg"] = (mo - st["ring_mean"]) / (st["ring_std"] + 1e-6)
         # histogram overlap of inside vs ring: well separated = a real edge was followed
         if outside.size:
-            lo, hi = np.percentile(x, [1, 99])
             bins = np.linspace(lo, hi + 1e-6, 17)
             hi_, _ = np.histogram(inside, bins)
             ho_, _ = np.histogram(outside, bins)
             f[f"{name}_hist_overlap"] = float(np.minimum(hi_ / max(hi_.sum(), 1), ho_ / max(ho_.sum(), 1)).sum())
-    grey = img.mean(0)
-    grad = ndimage.gaussian_gradient_magnitude(grey, sigma=1.0)
+    grad = measures.grad
     ref_grad = ref_stats["grad_mean"] + 1e-6
     f["edge_gradient"] = float(grad[edge].mean() / ref_grad)
-    f["edge_gradient_vs_image"] = float(grad[edge].mean() / (grad.mean() + 1e-6))
+    f["edge_gradient_vs_image"] = float(grad[edge].mean() / (measures.grad_mean + 1e-6))
     f["edge_gradient_vs_ref_edges"] = float(grad[edge].mean() / (ref_stats["edge_grad_mean"] + 1e-6))
     return f
 
 
-def _agreement_features(m: np.ndarray, proba: np.ndarray, channel: int, spacing) -> dict[str, float]:
-    """Candidate label mask ``m`` vs the segmenter's probabilities ``proba`` (L+1, ...) of its ``channel``."""
+def _agreement_features(m: np.ndarray, proba: np.ndarray, argmax: np.ndarray, channel: int,
+                        spacing) -> dict[str, float]:
+    """Candidate label mask ``m`` vs the segmenter's probabilities ``proba`` (L+1, ...) of its ``channel``
+    (``argmax``: ``proba.argmax(0)``)."""
     from segqc.metrics import binary_hd95
 
     p = proba[channel]
-    seg = proba.argmax(0) == channel
+    seg = argmax == channel
     n, ps = int(m.sum()), float(p.sum())
     f = {"seg_dice": binary_dice(m, seg),
          "seg_soft_dice": float(2 * (p * m).sum() / max(n + ps, 1e-6)) if n + ps > 0 else 1.0,
@@ -195,19 +248,19 @@ def _agreement_features(m: np.ndarray, proba: np.ndarray, channel: int, spacing)
 
 
 def mask_features(case: Case, label: int, ref_stats: dict, proba: np.ndarray | None = None,
-                  intensities: np.ndarray | None = None) -> dict[str, float]:
+                  measures: ImageMeasures | None = None) -> dict[str, float]:
     """All features of one label of ``case.mask`` (a dict of floats; missing = NaN for the booster).
-    ``intensities``: the image in ``ref_stats``' units (`_intensities`), when the caller measures several
-    masks or labels of one image and normalises it once."""
+    ``measures``: `ImageMeasures.of` the case's image and ``proba``, when the caller measures several
+    masks or labels of one image and measures the image once."""
     m = case.mask == label
     f = {"label": float(label), "n_labels": float(len(ref_stats["labels"]))}
     lbl = ref_stats["labels"][str(label)]
     f.update(_shape_features(m, case.spacing, lbl["volume_median"]))
     f["log_volume_vs_ref_iqr"] = float(
         (np.log(m.sum() * np.prod(case.spacing) + 1) - lbl["log_volume_mean"]) / (lbl["log_volume_std"] + 1e-3))
-    if intensities is None:
-        intensities = _intensities(case.image, ref_stats)
-    f.update(_image_features(intensities, m, case.spacing, ref_stats["channels"][str(label)]))
+    if measures is None:
+        measures = ImageMeasures.of(case.image, ref_stats, proba)
+    f.update(_image_features(measures, m, case.spacing, ref_stats["channels"][str(label)]))
     if len(ref_stats["labels"]) > 1:
         # multi-label: how much of this label touches the other labels, relative to the references
         others = (case.mask > 0) & ~m
@@ -215,7 +268,7 @@ def mask_features(case: Case, label: int, ref_stats: dict, proba: np.ndarray | N
     if proba is not None:
         # the segmenter's channels follow the plan's label order, as ref_stats["labels"] does
         channel = 1 + list(ref_stats["labels"]).index(str(label))
-        f.update(_agreement_features(m, proba, channel, case.spacing))
+        f.update(_agreement_features(m, proba, measures.seg, channel, case.spacing))
     return f
 
 
@@ -245,7 +298,7 @@ def reference_stats(cases: list[Case], labels: list[int], rng: np.random.Generat
             g = ndimage.gaussian_gradient_magnitude(image.mean(0), sigma=1.0)
             grads.append(float(g.mean()))
             if m.any():
-                edge_grads.append(float(g[m ^ ndimage.binary_erosion(m)].mean()))
+                edge_grads.append(float(g[_edge(m)].mean()))
         for c in chans:
             st = {}
             for key in ("fg", "ring", "img"):
@@ -261,8 +314,8 @@ def reference_stats(cases: list[Case], labels: list[int], rng: np.random.Generat
 def _rows_of_image(case: Case, masks: list[np.ndarray], labels, ref_stats: dict,
                    proba: np.ndarray | None) -> list[list[dict[str, float]]]:
     """The feature rows (one per label) of several candidate masks of one image."""
-    intensities = _intensities(case.image, ref_stats)  # once per image, not per mask and label
-    return [[mask_features(case.with_mask(m), k, ref_stats, proba, intensities) for k in labels] for m in masks]
+    measures = ImageMeasures.of(case.image, ref_stats, proba)  # once per image, not per mask and label
+    return [[mask_features(case.with_mask(m), k, ref_stats, proba, measures) for k in labels] for m in masks]
 
 
 def measure_candidates(jobs: list[tuple[Case, np.ndarray | None]], labels, ref_stats: dict, n_jobs: int = 1,
