@@ -1,11 +1,13 @@
 """How fast `features` measures many candidates, in one process and on worker processes.
 
-`segqc fit` measures every training pair (~15,000 on Kvasir) and scores every calibration
+`segqc fit` measures every training pair (~11,000 on Kvasir) and scores every calibration
 pair (~4,000) with `features`; both go through `segqc.components.quality_features.measure_candidates`,
 which shares the candidates of one image out to ``n_jobs`` worker processes. This script
 times that on real reference cases with a fitted bundle's segmenter and regressor, for each
 ``--jobs``, and checks that every setting gives the very same rows and answers:
 
+* making the candidates: `sample_corruptions` of each case's expert mask, timed as well (the fit makes its
+  corrupted training pairs this way, in one process);
 * ``measure``: the feature rows of ``--cases`` reference cases × ``--per-case`` bad masks
   (`segqc.data.corrupt`, the fit's training pairs), the segmenter's probabilities computed
   once beforehand (as the fit has them);
@@ -55,14 +57,17 @@ def main() -> None:
     fit_ids = bundle.info["fit_ids"][:args.cases]
     cases, _, _, _ = reference_cases(data_dir(args.dataset), ids=fit_ids)
     rng = np.random.default_rng(0)
+    t0 = time.perf_counter()
     pairs = [TrainingPair(c, bad) for c in cases
              for bad, _ in sample_corruptions(c.mask, c.spacing, rng, args.per_case)]
+    t_corrupt = time.perf_counter() - t0
     t0 = time.perf_counter()
     probas = {c.case_id: method.segmenter_proba(c) for c in cases}
     t_seg = time.perf_counter() - t0
     jobs = [(p.case, probas[p.reference_id]) for p in pairs]
-    print(f"{args.dataset}: {len(cases)} reference cases, {len(pairs)} candidates; segmenter probabilities "
-          f"{t_seg:.1f} s (once per image)")
+    print(f"{args.dataset}: {len(cases)} reference cases, {len(pairs)} candidates; making them (corruptions of the "
+          f"expert masks, one process, as the fit does) {1000 * t_corrupt / len(pairs):.1f} ms each; segmenter "
+          f"probabilities {t_seg:.1f} s (once per image)")
 
     first_rows = first_raw = None
     print("| n_jobs | measure (s) | per candidate (ms) | score by 256 (s) | speed-up measure / score |\n"
