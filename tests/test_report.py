@@ -277,3 +277,31 @@ def test_batch_like_the_reference_has_no_shift_warning(kvasir_qc):
     print("batch like the reference:", dataset["shift"])
     assert dataset["shift"]["score"] < 0.5 and dataset["shift"]["warning"] is None
     assert "shift-warning" not in (kvasir_qc / "report.html").read_text()
+
+
+@pytest.mark.slow
+def test_the_summary_says_how_strong_qcs_own_segmenter_is(kvasir_qc, tiny_bundle):
+    """Most of a QC answer rests on segqc's own segmenter: dataset.json and the report's summary say its
+    held-out Dice and its epochs, from the bundle the batch was judged with."""
+    from segqc.pipeline.bundle import load_bundle
+
+    info = load_bundle(tiny_bundle("kvasir")).info["segmenter"]
+    judge = json.loads((kvasir_qc / "dataset.json").read_text())["judge"]
+    assert judge["heldout_dice"] == pytest.approx(info["heldout_dice_mean"])
+    assert judge["epochs"] == [h["epochs"] for h in info["training"]] and judge["planned_epochs"] >= 1
+    text = (kvasir_qc / "report.html").read_text()
+    assert "QC&#x27;s own segmenter" in text or "QC's own segmenter" in text
+    assert f"Dice on {info['heldout_cases']} held-out reference cases" in text
+
+
+def test_a_judge_cut_short_by_the_budget_is_said_and_a_whole_one_is_not():
+    from segqc.pipeline.outputs import judge_summary
+
+    run = {"architecture": "unet", "planned_epochs": 80}
+    cut = judge_summary({"heldout_dice_mean": 0.71, "heldout_cases": 150,
+                         "training": [{**run, "epochs": 52}, {**run, "epochs": 80}, {**run, "epochs": 55}]})
+    assert cut["epochs"] == [52, 80, 55] and cut["planned_epochs"] == 80
+    assert "cut 2 of its 3 networks short of 80 epochs" in cut["note"]
+    whole = judge_summary({"heldout_dice_mean": 0.74, "heldout_cases": 150, "training": [{**run, "epochs": 80}] * 3})
+    assert whole["note"] is None and whole["heldout_dice"] == 0.74
+    assert judge_summary(None) is None and judge_summary({"heldout_dice_mean": float("nan")}) is None

@@ -14,7 +14,8 @@ from segqc.calibration.fusion import FUSION
 from segqc.engines.batch import read_rows
 from segqc.pipeline.answering import Answer
 
-__all__ = ["answer_row", "batch_shift", "columns", "described", "descriptors", "file_stem", "number", "write_dataset"]
+__all__ = ["answer_row", "batch_shift", "columns", "described", "descriptors", "file_stem", "judge_summary", "number",
+           "write_dataset"]
 
 
 def columns(labels: Sequence[int], methods: Sequence[str], with_truth: bool, appearance: bool = False,
@@ -110,13 +111,15 @@ def number(value) -> float:
 
 
 def write_dataset(out: Path, tau: float, with_truth: bool, reference_appearance: np.ndarray | None = None,
-                  calibrators: dict | None = None) -> dict:
+                  calibrators: dict | None = None, segmenter: dict | None = None) -> dict:
     """``dataset.json`` from every ok row of ``out/predictions.csv``: the model's estimated performance.
 
     Its ``groups`` are the estimates (``all`` and one per group), their intervals widened by
     the answering method's systematic error bound when ``calibrators`` has it; ``shift``
     says how far the batch's images are from the reference images
-    (`segqc.calibration.shift`), when the bundle holds their appearance.
+    (`segqc.calibration.shift`), when the bundle holds their appearance; ``judge`` how
+    strong segqc's own reference segmenter is (`judge_summary` of the bundle's
+    ``info["segmenter"]``, given as ``segmenter``), when the fit trained one.
     """
     from segqc.calibration.population import estimate_groups
 
@@ -130,7 +133,7 @@ def write_dataset(out: Path, tau: float, with_truth: bool, reference_appearance:
                              systematic=getattr(cal, "systematic_", float("nan")),
                              correction=getattr(cal, "correction_", None),
                              descriptors=descriptors(rows, method) if method else None)
-    dataset = {"groups": groups, "shift": batch_shift(rows, reference_appearance)}
+    dataset = {"groups": groups, "shift": batch_shift(rows, reference_appearance), "judge": judge_summary(segmenter)}
     (out / "dataset.json").write_text(json.dumps(dataset, indent=1))
     return dataset
 
@@ -155,3 +158,24 @@ def batch_shift(rows: list[dict], reference_appearance: np.ndarray | None) -> di
     if len(readable) < len(values):
         out["unreadable"] = len(values) - len(readable)
     return out
+
+
+def judge_summary(segmenter: dict | None) -> dict | None:
+    """How strong segqc's own reference segmenter is, from a bundle's ``info["segmenter"]``: its Dice on the
+    held-out reference cases and the epochs its fold networks got of those planned; None without one.
+
+    Most of a QC answer rests on agreement with this segmenter, and the fit trains it for a time
+    budget: on a slower or busier machine it gets fewer epochs and is weaker, and so is QC. The
+    report shows it beside the estimates, with a note when the budget cut it short."""
+    dice = (segmenter or {}).get("heldout_dice_mean")
+    if not isinstance(dice, (int, float)) or not np.isfinite(dice):  # no segmenter, or no held-out case
+        return None
+    training = segmenter.get("training") or []
+    epochs = [int(h["epochs"]) for h in training]
+    planned = max((int(h.get("planned_epochs", 0)) for h in training), default=0)
+    cut = sum(e < planned for e in epochs)
+    return {"heldout_dice": float(dice), "heldout_cases": segmenter.get("heldout_cases"),
+            "epochs": epochs, "planned_epochs": planned,
+            "note": (f"the fit's time budget cut {cut} of its {len(epochs)} networks short of {planned} epochs: "
+                     "on this machine segqc's own segmenter, and QC with it, is weaker than its settings allow "
+                     "(refit with a larger segmenter.max_minutes)") if cut else None}

@@ -152,7 +152,8 @@ def merge_parts(parts: Sequence[str | Path], out: str | Path) -> tuple[dict, dic
     write_identity(out / "predictions.csv", identity)
     run = read[0]["run"]
     bundle = _bundle(run)
-    dataset = write_dataset(out, bundle.tau, "dice_true" in header, bundle.appearance, bundle.calibrators)
+    dataset = write_dataset(out, bundle.tau, "dice_true" in header, bundle.appearance, bundle.calibrators,
+                            bundle.info.get("segmenter"))
     n_ok = sum(r["status"] == "ok" for _, r, _ in rows)
     counts = {"n_ok": n_ok, "n_failed": len(rows) - n_ok, "n_skipped": 0}
     write_run_record(out, "predict", {**run.get("options", {}), "num_parts": 1, "part_id": 0,

@@ -123,7 +123,7 @@ def predict(*, bundle, data, out, methods: Sequence[str] | None = None, masks=No
     summary = run_batch(refs, None, out / "predictions.csv", columns=cols,
                         resume=resume, description="QC", quiet=quiet, identity=identity, make_scorer=make_scorer,
                         engine=_engine(engine, batch_size, workers, address, gpus_per_worker))
-    dataset = write_dataset(out, b.tau, with_truth, b.appearance, b.calibrators)
+    dataset = write_dataset(out, b.tau, with_truth, b.appearance, b.calibrators, b.info.get("segmenter"))
     # absolute paths, so that `segqc report` finds the images from anywhere
     write_run_record(out, "predict", {"bundle": str(Path(bundle).resolve()), "data": where(data),
                                       "masks": where(masks), "layout": layout, "methods": methods,

@@ -300,6 +300,7 @@ def write_report(qc_dir, *, out=None, data=None, layout: str = "auto", masks=Non
         "n_review": sum(r["flag"] == "review" for r in records),
         "has_truth": any(r.get("dice_true") is not None for r in records),
         "shift": dataset.get("shift"),
+        "judge": dataset.get("judge"),
         "has_hd95": any(r.get("hd95") is not None for r in records),
         "has_mosaic": any(r.get("mosaic") for r in records), **shown,
         "note": note or "",

@@ -71,7 +71,16 @@ def _summary(info: dict, groups: dict) -> str:
         cards.append(("shift score", _f(shift["score"]), "share of images unlike the reference images "
                       f"(≈ {shift.get('expected_in_distribution', 0.05):g} for images like them)"
                       + (f"; {left_out} edited appearance cells left out" if left_out else "")))
+    judge = info.get("judge") or {}
+    if isinstance(judge.get("heldout_dice"), (int, float)):  # what most of each answer rests on
+        epochs = judge.get("epochs") or []
+        span = f"{min(epochs)}" if len(set(epochs)) == 1 else f"{min(epochs, default=0)}–{max(epochs, default=0)}"
+        cards.append(("QC's own segmenter", _f(judge["heldout_dice"]),
+                      f"Dice on {judge.get('heldout_cases', '?')} held-out reference cases"
+                      + (f"; trained {span} of {judge.get('planned_epochs')} epochs" if epochs else "")))
     out = [f"<div class='note shift-warning'>{_e(shift['warning'])}</div>"] if shift.get("warning") else []
+    if judge.get("note"):
+        out.append(f"<div class='note judge-note'>{_e('QC may be weaker here: ' + judge['note'])}</div>")
     out.append("<div class=cards>")
     for title, value, sub in cards:
         out.append(f"<div class=card><div class=ct>{_e(title)}</div><div class=cv>{value}</div>"
