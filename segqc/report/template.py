@@ -73,11 +73,12 @@ def _summary(info: dict, groups: dict) -> str:
                       + (f"; {left_out} edited appearance cells left out" if left_out else "")))
     judge = info.get("judge") or {}
     if isinstance(judge.get("heldout_dice"), (int, float)):  # what most of each answer rests on
-        epochs = judge.get("epochs") or []
-        span = f"{min(epochs)}" if len(set(epochs)) == 1 else f"{min(epochs, default=0)}–{max(epochs, default=0)}"
+        epochs, trained = judge.get("epochs") or [], ""
+        if epochs:
+            span = f"{min(epochs)}" if min(epochs) == max(epochs) else f"{min(epochs)}–{max(epochs)}"
+            trained = f"; trained {span} of {judge.get('planned_epochs')} epochs"
         cards.append(("QC's own segmenter", _f(judge["heldout_dice"]),
-                      f"Dice on {judge.get('heldout_cases', '?')} held-out reference cases"
-                      + (f"; trained {span} of {judge.get('planned_epochs')} epochs" if epochs else "")))
+                      f"Dice on {judge.get('heldout_cases', '?')} held-out reference cases{trained}"))
     out = [f"<div class='note shift-warning'>{_e(shift['warning'])}</div>"] if shift.get("warning") else []
     if judge.get("note"):
         out.append(f"<div class='note judge-note'>{_e('QC may be weaker here: ' + judge['note'])}</div>")
