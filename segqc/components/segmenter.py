@@ -122,7 +122,12 @@ class CrossFittedSegmenter:
         architectures: the fold networks' architectures, cycled over the folds
             (``unet``, ``segresnet``; ``unet3d`` for 3D images: whole volumes, a few per batch, cropped or
             padded to one depth: `segqc.nets.samples.VolumeSamples`).
-        batch_size, lr: optimiser settings.
+        batch_size: slices per training step (a volumetric network takes one volume per 8 of them). 8 on a
+            CPU: a fold network's budget there buys a few dozen passes over a few hundred slices, and a
+            half batch doubles its updates at the same cost per slice (held-out Dice 0.662 instead of
+            0.619 when the budget gave ~30 epochs, 0.734 instead of 0.727 at ~55: README, "A judge
+            that gets twice the updates"). The ``gpu`` profile sets 32.
+        lr: the peak learning rate of the schedule.
         appearance: augment each batch's appearance as a new site would change it
             (`segqc.nets.augment.appearance_jitter`: colour, gamma, blur, noise, resolution).
         schedule: learning-rate shape, ``one_cycle`` (torch's OneCycleLR, β₁ cycled) or
@@ -131,7 +136,7 @@ class CrossFittedSegmenter:
     """
 
     def __init__(self, *, n_folds: int = 3, epochs: int = EPOCHS, max_minutes: float = MAX_MINUTES,
-                 channels: tuple[int, ...] = (16, 32, 64, 128), batch_size: int = 16, lr: float = 2e-3,
+                 channels: tuple[int, ...] = (16, 32, 64, 128), batch_size: int = 8, lr: float = 2e-3,
                  appearance: bool = True, schedule: str = "one_cycle", architectures: tuple[str, ...] = ("unet",),
                  device: str = "auto"):
         architectures = (architectures,) if isinstance(architectures, str) else tuple(architectures)
