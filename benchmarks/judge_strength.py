@@ -12,9 +12,10 @@ and no calibration, on every test row of ``--checkpoint`` (by default the deploy
 
 For each opinion it reports its own Dice with the expert mask on these images (how strong it is), the
 correlation of that Dice with the candidate's (whether the two fail on the same images), and how the
-agreement predicts the candidate's true Dice: Pearson r, AUROC of failures (true Dice < ``--tau``), and how
-many of the candidate's failures it passes (agreement ≥ ``--tau``: failures it shares).
-README: "How strong a judge the per-case targets need (issue 15)".
+agreement predicts the candidate's true Dice: Pearson r, AUROC of failures (true Dice < ``--tau``), how many
+of the candidate's failures it passes (agreement ≥ ``--tau``: failures it shares) and how many of its good
+masks it flags (agreement < ``--tau``: false alarms).
+README: "A judge that gets twice the updates; how strong a judge the per-case targets need".
 
     python benchmarks/judge_strength.py runs/boxes/kvasir/bundle --checkpoint unet_s0_ep100 \\
         --siblings unet_s1_ep100 unet_s2_ep100
@@ -44,7 +45,8 @@ def _signal(name: str, own: list[float], agreement: list[float], true: np.ndarra
     return {"signal": name, "own_dice": round(float(own_a.mean()), 3) if len(own_a) else None,
             "r_own_vs_candidate": round(pearson(true, own_a), 3) if len(own_a) else None,
             "r": round(pearson(true, agree), 3), "auroc": round(auroc_fail(true, agree, tau), 3),
-            "failures_passed": int((agree[failures] >= tau).sum()), "failures": int(failures.sum())}
+            "failures_passed": int((agree[failures] >= tau).sum()), "failures": int(failures.sum()),
+            "good_flagged": int((agree[~failures] < tau).sum()), "good": int((~failures).sum())}
 
 
 def main() -> None:
@@ -92,13 +94,13 @@ def main() -> None:
                             true_a, args.tau))
     print(f"{args.checkpoint}: {len(true)} test images, true mean Dice {true_a.mean():.3f}, "
           f"{int((true_a < args.tau).sum())} below {args.tau}")
-    print("| signal | its own Dice | r (own Dice, candidate's) | r | AUROC | failures passed |")
-    print("|---|---|---|---|---|---|")
+    print("| signal | its own Dice | r (own Dice, candidate's) | r | AUROC | failures passed | good masks flagged |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         own = "–" if r["own_dice"] is None else f"{r['own_dice']:.3f}"
         shared = "–" if r["r_own_vs_candidate"] is None else f"{r['r_own_vs_candidate']:.3f}"
         print(f"| {r['signal']} | {own} | {shared} | {r['r']:.3f} | {r['auroc']:.3f} | "
-              f"{r['failures_passed']} of {r['failures']} |")
+              f"{r['failures_passed']} of {r['failures']} | {r['good_flagged']} of {r['good']} |")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"bundle": str(args.bundle), "checkpoint": args.checkpoint, "n": len(true),
