@@ -123,10 +123,12 @@ class CrossFittedSegmenter:
             (``unet``, ``segresnet``; ``unet3d`` for 3D images: whole volumes, a few per batch, cropped or
             padded to one depth: `segqc.nets.samples.VolumeSamples`).
         batch_size: slices per training step (a volumetric network takes one volume per 8 of them). 8 on a
-            CPU: a fold network's budget there buys a few dozen passes over a few hundred slices, and a
-            half batch doubles its updates at the same cost per slice (held-out Dice 0.662 instead of
-            0.619 when the budget gave ~30 epochs, 0.734 instead of 0.727 at ~55: README, "A judge
-            that gets twice the updates"). The ``gpu`` profile sets 32.
+            CPU: a fold network's budget there buys a few dozen passes over a few hundred slices, and on
+            Kvasir's 128² slices a half batch doubles its updates at about the same cost per slice
+            (held-out Dice 0.662 instead of 0.619 when the budget gave ~30 epochs, 0.734 instead of 0.727
+            at ~55). On the hippocampus's small slices a step's fixed cost weighs more and its judge got
+            fewer epochs; that cost is not yet separated from a slower machine (README, "A judge that
+            gets twice the updates"). The ``gpu`` profile sets 32.
         lr: the peak learning rate of the schedule.
         appearance: augment each batch's appearance as a new site would change it
             (`segqc.nets.augment.appearance_jitter`: colour, gamma, blur, noise, resolution).
