@@ -105,16 +105,14 @@ def main() -> None:
 
 def by_segmenter(bundle_dir: Path, rows: list[dict]) -> None:
     """`features`' estimate − truth by the Dice of segqc's reference segmenter on the same image."""
-    from common import SHARED, cases_csv
+    from common import benchmark_rows
 
-    from segqc.data import read_manifest
     from segqc.metrics import dice
     from segqc.pipeline.bundle import load_bundle
 
     method = load_bundle(bundle_dir).methods["features"]
     by_id = {r["case_id"]: r for r in rows}
-    refs = [r for r in read_manifest(cases_csv("kvasir"), root=SHARED, mask_col="prediction",
-                                     truth_col="ground_truth", group_col="checkpoint") if r.case_id in by_id]
+    refs = [r for r in benchmark_rows("kvasir", group_col="checkpoint") if r.case_id in by_id]
     seg, out = {}, []
     for ref in refs:
         case = ref.load()

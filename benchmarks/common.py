@@ -21,9 +21,9 @@ from segqc.calibration.pool import is_network_made
 from segqc.cli_options import method_params, parse_param
 
 __all__ = ["REPO", "SHARED", "DATA", "DATASETS", "data_dir", "bench_dir", "cases_csv", "read_split",
-           "shipped_weights", "sample_data_dir", "bench_image_id", "add_set_option", "add_threads_option",
-           "set_threads", "method_params", "parse_param", "parse_fit_args", "intervals_holding_truth",
-           "calibration_pairs"]
+           "benchmark_rows", "rows_by_image", "shipped_weights", "sample_data_dir", "bench_image_id",
+           "add_set_option", "add_threads_option", "set_threads", "method_params", "parse_param", "parse_fit_args",
+           "intervals_holding_truth", "calibration_pairs"]
 
 REPO = Path(__file__).resolve().parents[1]
 #: the shared folder beside the repository
@@ -51,6 +51,25 @@ def cases_csv(dataset: str) -> Path:
 def read_split(dataset: str) -> dict[str, list[str]]:
     """``split.json``: the ``reference`` ids (to fit and calibrate on) and the ``test`` ids (rows of cases.csv)."""
     return json.loads((bench_dir(dataset) / "split.json").read_text())
+
+
+def benchmark_rows(dataset: str, **columns) -> list:
+    """The rows of `cases_csv` as `segqc.data.CaseRef`: a trained network's mask (``prediction``) as the candidate,
+    its expert mask (``ground_truth``) as the truth; ``columns`` override `segqc.data.read_manifest`'s."""
+    from segqc.data import read_manifest
+
+    return read_manifest(cases_csv(dataset), root=SHARED, **{"mask_col": "prediction", "truth_col": "ground_truth",
+                                                               **columns})
+
+
+def rows_by_image(dataset: str, ids=None) -> dict[str, dict[str, object]]:
+    """`benchmark_rows` as ``{image id: {checkpoint: row}}``, for the images in ``ids`` (default: all)."""
+    by_image: dict[str, dict[str, object]] = {}
+    for row in benchmark_rows(dataset):
+        image_id = row.extra.get("source_id")
+        if ids is None or image_id in ids:
+            by_image.setdefault(image_id, {})[row.extra.get("checkpoint")] = row
+    return by_image
 
 
 def shipped_weights(checkpoint: str, dataset: str = "kvasir") -> Path:

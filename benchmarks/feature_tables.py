@@ -27,10 +27,9 @@ from pathlib import Path
 
 import numpy as np
 from common import (
-    SHARED,
     add_set_option,
     add_threads_option,
-    cases_csv,
+    benchmark_rows,
     data_dir,
     method_params,
     read_split,
@@ -40,7 +39,6 @@ from common import (
 import segqc.methods.base as base
 from segqc import api
 from segqc.components.quality_features import mask_features
-from segqc.data import read_manifest
 from segqc.data.labels import to_index
 from segqc.methods.features import FeatureRegressor
 from segqc.metrics import binary_dice, dice
@@ -119,8 +117,7 @@ def main() -> None:
         if (i + 1) % 200 == 0:
             print(f"calibration pairs: {i + 1}/{len(cal_pairs)}", flush=True)
 
-    rows = read_manifest(cases_csv(args.dataset), root=SHARED, mask_col="prediction", truth_col="ground_truth",
-                         group_col="checkpoint")
+    rows = benchmark_rows(args.dataset, group_col="checkpoint")
     pick = np.random.default_rng(args.seed).choice(len(rows), min(args.limit, len(rows)), replace=False)
     bench = {"true": [], "group": [], "deployed": [], "image": [], "rows": []}
     by_image: dict = {}

@@ -14,9 +14,8 @@ import argparse
 import csv
 from pathlib import Path
 
-from common import SHARED
+from common import bench_image_id, rows_by_image
 
-from segqc.data import read_manifest
 from segqc.metrics import binary_dice
 from segqc.pipeline.bundle import load_bundle
 
@@ -32,18 +31,13 @@ def main() -> None:
     with open(args.bench_csv, newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["group"] == args.checkpoint and r["dice_true"]]
     rows = sorted(rows, key=lambda r: float(r["dice_true"]))[:args.worst]
-    wanted = {r["source_id"]: r for r in rows}
-    refs = read_manifest(SHARED / "benchmarks" / args.dataset / "cases.csv", root=SHARED, mask_col="prediction",
-                         truth_col="ground_truth")
+    by_image = rows_by_image(args.dataset, {bench_image_id(r) for r in rows})
     method = load_bundle(args.bundle).methods["features"]
     print("| case | true Dice | predicted | judge vs candidate | judge vs expert |\n|---|---|---|---|---|")
-    for ref in refs:
-        r = wanted.get(ref.extra.get("source_id"))
-        if r is None or ref.extra.get("checkpoint") != args.checkpoint:
-            continue
-        case = ref.load()
+    for r in rows:
+        case = by_image[bench_image_id(r)][args.checkpoint].load()
         judge = method.segmenter_proba(case).argmax(0) > 0
-        print(f"| {r['source_id']} | {float(r['dice_true']):.3f} | {float(r['dice_pred']):.3f} | "
+        print(f"| {bench_image_id(r)} | {float(r['dice_true']):.3f} | {float(r['dice_pred']):.3f} | "
               f"{binary_dice(judge, case.mask > 0):.2f} | {binary_dice(judge, case.truth > 0):.2f} |")
 
 

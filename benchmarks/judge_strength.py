@@ -8,17 +8,24 @@ and no calibration, on every test row of ``--checkpoint`` (by default the deploy
 * the judge: the candidate's Dice with the judge's mask (fold networks averaged, as at scoring), and the
   judge's fold networks' mean pairwise Dice (its own disagreement);
 * the siblings: the candidate's mean Dice with the masks of ``--siblings`` (other checkpoints of the
-  benchmark: networks trained as the deployed one, other seeds or architectures).
+  benchmark: networks trained as the deployed one, other seeds or architectures);
+* stand-in judges (``--stand-ins``): each checkpoint's masks on their own, as a one-network judge of that
+  checkpoint's strength would draw them: weaker and stronger judges than segqc's, of the same or another
+  architecture than the model, to see how strong a judge has to be for a given r and AUROC. Without a
+  bundle only the checkpoints' signals are measured (no network is run).
 
 For each opinion it reports its own Dice with the expert mask on these images (how strong it is), the
 correlation of that Dice with the candidate's (whether the two fail on the same images), and how the
 agreement predicts the candidate's true Dice: Pearson r, AUROC of failures (true Dice < ``--tau``), how many
 of the candidate's failures it passes (agreement ≥ ``--tau``: failures it shares) and how many of its good
-masks it flags (agreement < ``--tau``: false alarms).
+masks it flags (agreement < ``--tau``: false alarms). Every Dice here is of the foreground as one label
+(Kvasir's); on a dataset of several labels it is the Dice of their union, not the benchmark's mean over labels.
 README: "A judge that gets twice the updates; how strong a judge the per-case targets need".
 
     python benchmarks/judge_strength.py runs/boxes/kvasir/bundle --checkpoint unet_s0_ep100 \\
         --siblings unet_s1_ep100 unet_s2_ep100
+    python benchmarks/judge_strength.py --stand-ins unet_s0_ep3 unet_s0_ep8 segresnet_s0_ep8 \\
+        segresnet_s0_ep30 unet_s1_ep100
 """
 
 from __future__ import annotations
@@ -30,9 +37,9 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from common import SHARED, read_split
+from common import read_split, rows_by_image
 
-from segqc.data import read_manifest
+from segqc.data.images import read_mask
 from segqc.evaluation.scores import auroc_fail, pearson
 from segqc.metrics import binary_dice
 from segqc.pipeline.bundle import load_bundle
@@ -51,55 +58,60 @@ def _signal(name: str, own: list[float], agreement: list[float], true: np.ndarra
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("bundle", type=Path)
+    ap.add_argument("bundle", type=Path, nargs="?", default=None,
+                    help="a bundle with `features`: its judge's signals (left out: the checkpoints' alone)")
     ap.add_argument("--dataset", default="kvasir")
     ap.add_argument("--checkpoint", default="unet_s0_ep100", help="the candidates: this checkpoint's test rows")
     ap.add_argument("--siblings", nargs="*", default=["unet_s1_ep100", "unet_s2_ep100"],
                     help="checkpoints whose masks stand for the model's ensemble members")
+    ap.add_argument("--stand-ins", nargs="*", default=[],
+                    help="checkpoints each standing for a one-network judge of its own strength")
     ap.add_argument("--tau", type=float, default=0.8)
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here too")
     args = ap.parse_args()
 
-    test = set(read_split(args.dataset)["test"])
-    refs = read_manifest(SHARED / "benchmarks" / args.dataset / "cases.csv", root=SHARED, mask_col="prediction",
-                         truth_col="ground_truth")
-    by_image: dict[str, dict[str, object]] = defaultdict(dict)
-    for ref in refs:
-        if ref.extra.get("source_id") in test:
-            by_image[ref.extra["source_id"]][ref.extra.get("checkpoint")] = ref
+    by_image = rows_by_image(args.dataset, set(read_split(args.dataset)["test"]))
     images = sorted(i for i, rows in by_image.items() if args.checkpoint in rows)
     if not images:
         raise SystemExit(f"no test rows of checkpoint {args.checkpoint!r} in {args.dataset}")
-    method = load_bundle(args.bundle, methods=["features"]).methods["features"]
+    method = load_bundle(args.bundle, methods=["features"]).methods["features"] if args.bundle else None
 
-    true, judge_own, judge_agree, members_agree, sib_own, sib_agree = [], [], [], [], [], []
+    # per signal: its own Dice with the expert mask, and its agreement with the candidate, image by image
+    own: dict[str, list[float]] = defaultdict(list)
+    agree: dict[str, list[float]] = defaultdict(list)
+    true = []
+    judge, members = "judge agrees with the candidate", "judge's fold networks agree with each other"
+    siblings = f"siblings ({', '.join(args.siblings)}) agree with the candidate"
     for image_id in track(images, f"judging {args.checkpoint}'s masks"):
-        case = by_image[image_id][args.checkpoint].load()
+        rows = by_image[image_id]
+        case = rows[args.checkpoint].load()
         candidate, expert = case.mask > 0, case.truth > 0
         true.append(binary_dice(candidate, expert))
-        judge = method.segmenter_proba(case).argmax(0) > 0
-        judge_own.append(binary_dice(judge, expert))
-        judge_agree.append(binary_dice(candidate, judge))
-        members = [p.argmax(0) > 0 for p in method.segmenter_members(case)]
-        members_agree.append(float(np.mean([binary_dice(a, b) for a, b in itertools.combinations(members, 2)])))
-        siblings = [by_image[image_id][s].load().mask > 0 for s in args.siblings if s in by_image[image_id]]
-        if siblings:
-            sib_own.append(float(np.mean([binary_dice(s, expert) for s in siblings])))
-            sib_agree.append(float(np.mean([binary_dice(candidate, s) for s in siblings])))
+        if method is not None:
+            mask = method.segmenter_proba(case).argmax(0) > 0
+            own[judge].append(binary_dice(mask, expert))
+            agree[judge].append(binary_dice(candidate, mask))
+            folds = [p.argmax(0) > 0 for p in method.segmenter_members(case)]
+            agree[members].append(float(np.mean([binary_dice(a, b) for a, b in itertools.combinations(folds, 2)])))
+        other = {c: read_mask(rows[c].mask)[0] > 0 for c in {*args.siblings, *args.stand_ins} if c in rows}
+        if all(c in other for c in args.siblings) and args.siblings:
+            own[siblings].append(float(np.mean([binary_dice(other[c], expert) for c in args.siblings])))
+            agree[siblings].append(float(np.mean([binary_dice(candidate, other[c]) for c in args.siblings])))
+        for c in args.stand_ins:
+            if c in other:
+                own[f"{c} alone agrees with the candidate"].append(binary_dice(other[c], expert))
+                agree[f"{c} alone agrees with the candidate"].append(binary_dice(candidate, other[c]))
     true_a = np.asarray(true)
-    rows = [_signal("judge agrees with the candidate", judge_own, judge_agree, true_a, args.tau),
-            _signal("judge's fold networks agree with each other", [], members_agree, true_a, args.tau)]
-    if len(sib_agree) == len(true):
-        rows.append(_signal(f"siblings ({', '.join(args.siblings)}) agree with the candidate", sib_own, sib_agree,
-                            true_a, args.tau))
+    rows = [_signal(name, own.get(name, []), values, true_a, args.tau) for name, values in agree.items()
+            if len(values) == len(true)]
     print(f"{args.checkpoint}: {len(true)} test images, true mean Dice {true_a.mean():.3f}, "
           f"{int((true_a < args.tau).sum())} below {args.tau}")
     print("| signal | its own Dice | r (own Dice, candidate's) | r | AUROC | failures passed | good masks flagged |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        own = "–" if r["own_dice"] is None else f"{r['own_dice']:.3f}"
+        own_dice = "–" if r["own_dice"] is None else f"{r['own_dice']:.3f}"
         shared = "–" if r["r_own_vs_candidate"] is None else f"{r['r_own_vs_candidate']:.3f}"
-        print(f"| {r['signal']} | {own} | {shared} | {r['r']:.3f} | {r['auroc']:.3f} | "
+        print(f"| {r['signal']} | {own_dice} | {shared} | {r['r']:.3f} | {r['auroc']:.3f} | "
               f"{r['failures_passed']} of {r['failures']} | {r['good_flagged']} of {r['good']} |")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

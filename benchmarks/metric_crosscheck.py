@@ -10,7 +10,7 @@ import argparse
 import time
 
 import numpy as np
-from common import DATASETS, SHARED, cases_csv
+from common import DATASETS, benchmark_rows
 
 
 def crosscheck(dataset: str) -> None:
@@ -18,9 +18,8 @@ def crosscheck(dataset: str) -> None:
     from monai.metrics import compute_dice, compute_hausdorff_distance
 
     from segqc import metrics
-    from segqc.data import read_manifest
 
-    refs = read_manifest(cases_csv(dataset), root=SHARED, mask_col="prediction", truth_col="ground_truth")
+    refs = benchmark_rows(dataset)
     labels = [1, 2] if dataset == "hippocampus" else [1]
     n = len(labels) + 1
     worst_d = worst_h = 0.0

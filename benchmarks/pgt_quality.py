@@ -17,11 +17,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import DATASETS, SHARED, add_threads_option, cases_csv, set_threads
+from common import DATASETS, add_threads_option, benchmark_rows, set_threads
 
 
 def main() -> None:
-    from segqc.data import read_manifest
     from segqc.metrics import dice
     from segqc.pipeline.bundle import load_bundle
 
@@ -36,7 +35,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="also write the results as JSON")
     args = ap.parse_args()
     set_threads(args.threads)
-    refs = read_manifest(cases_csv(args.dataset), root=SHARED, mask_col="prediction", truth_col="ground_truth")
+    refs = benchmark_rows(args.dataset)
     pick = [i for i, r in enumerate(refs) if (r.extra["checkpoint"] == args.checkpoint if args.checkpoint
                                               else r.extra["is_deployed"] == "True")]
     if not pick:

@@ -126,9 +126,9 @@ class CrossFittedSegmenter:
             CPU: a fold network's budget there buys a few dozen passes over a few hundred slices, and on
             Kvasir's 128² slices a half batch doubles its updates at about the same cost per slice
             (held-out Dice 0.662 instead of 0.619 when the budget gave ~30 epochs, 0.734 instead of 0.727
-            at ~55). On the hippocampus's small slices a step's fixed cost weighs more and its judge got
-            fewer epochs; that cost is not yet separated from a slower machine (README, "A judge that
-            gets twice the updates"). The ``gpu`` profile sets 32.
+            at ~55). On the hippocampus's 64² slices a slice costs ~1.2× more in a step of 8 than of 16:
+            its networks got 32 / 28 / 28 epochs instead of 33 / 35 / 38, for the same held-out Dice
+            (0.850 and 0.848; README, "A judge that gets twice the updates"). The ``gpu`` profile sets 32.
         lr: the peak learning rate of the schedule.
         appearance: augment each batch's appearance as a new site would change it
             (`segqc.nets.augment.appearance_jitter`: colour, gamma, blur, noise, resolution).
