@@ -83,8 +83,8 @@ def main() -> None:
     judge, members = "judge agrees with the candidate", "judge's fold networks agree with each other"
     siblings = f"siblings ({', '.join(args.siblings)}) agree with the candidate"
     for image_id in track(images, f"judging {args.checkpoint}'s masks"):
-        rows = by_image[image_id]
-        case = rows[args.checkpoint].load()
+        masks_of = by_image[image_id]  # this image's row of each checkpoint
+        case = masks_of[args.checkpoint].load()
         candidate, expert = case.mask > 0, case.truth > 0
         true.append(binary_dice(candidate, expert))
         if method is not None:
@@ -93,8 +93,8 @@ def main() -> None:
             agree[judge].append(binary_dice(candidate, mask))
             folds = [p.argmax(0) > 0 for p in method.segmenter_members(case)]
             agree[members].append(float(np.mean([binary_dice(a, b) for a, b in itertools.combinations(folds, 2)])))
-        other = {c: read_mask(rows[c].mask)[0] > 0 for c in {*args.siblings, *args.stand_ins} if c in rows}
-        if all(c in other for c in args.siblings) and args.siblings:
+        other = {c: read_mask(masks_of[c].mask)[0] > 0 for c in {*args.siblings, *args.stand_ins} if c in masks_of}
+        if args.siblings and all(c in other for c in args.siblings):
             own[siblings].append(float(np.mean([binary_dice(other[c], expert) for c in args.siblings])))
             agree[siblings].append(float(np.mean([binary_dice(candidate, other[c]) for c in args.siblings])))
         for c in args.stand_ins:
