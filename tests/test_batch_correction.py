@@ -28,6 +28,9 @@ def test_a_batch_inherits_the_error_of_the_pairs_it_looks_like():
     assert like_a["correction"] > 0.06 and like_b["correction"] < -0.06
     assert abs(like_all["correction"]) < 0.03
     assert 1 <= like_a["effective_pairs"] <= len(x) and like_a["n"] == 60 and like_a["calibration_pairs"] == len(x)
+    # the weights it rests on: a share per pair, most of it on the family the batch looks like
+    w = bc.weights(rng.normal(0, 1, (60, 3)))
+    assert w.shape == (len(x),) and w.min() >= 0 and w.sum() == pytest.approx(1.0) and w[: len(x) // 2].sum() > 0.8
 
 
 def test_a_map_right_everywhere_is_not_corrected_whatever_the_batch():

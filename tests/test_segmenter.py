@@ -93,6 +93,12 @@ def test_fold_scoring_averages_the_members_predictions(kvasir_cases):
     m.fold_scoring = False  # the averaged segmenter instead: another answer, from the same fit
     averaged = m.score(case).dice[1]
     assert averaged == pytest.approx(m._predict(case, m.segmenter_proba(case))[0])
+    # another judge in the segmenter's place: the same score against the same probabilities, and a member's
+    # own answer against the others' (a sibling pair, benchmarks/sibling_pairs.py) is another number
+    same = m.score_against(case, m.segmenter_proba(case))
+    assert same.dice[1] == pytest.approx(averaged) and same.features == m.score(case).features
+    first = m.segmenter_members(case)[0]
+    assert m.score_against(case, first).dice[1] == pytest.approx(by_member[0])
     # a bundle saved before fold scoring existed keeps answering as it did (the averaged segmenter)
     m.fold_scoring = True
     arrays, config = m.state()
@@ -261,7 +267,7 @@ def test_outsider_networks_make_pairs_of_cases_they_never_trained_on(kvasir_case
     """Networks of another architecture, cross-fitted on the fitting cases, segment each case they did not train
     on once trained and after epoch 3 (an unfamiliar architecture's early failures); the pairs name them, one
     group per epoch, and the fit's global torch randomness is left alone."""
-    from segqc.pipeline.training_pairs import OUTSIDER_FOLDS, _mask_on_grid, outsider_pairs
+    from segqc.pipeline.training_pairs import OUTSIDER_FOLDS, mask_on_grid, outsider_pairs
     from segqc.plan.fingerprint import compute_fingerprint
     from segqc.plan.plan import plan_from_fingerprint
 
@@ -276,7 +282,7 @@ def test_outsider_networks_make_pairs_of_cases_they_never_trained_on(kvasir_case
     torch.manual_seed(7)
     fit_pairs, cal_pairs, history = outsider_pairs(
         seg, ["segresnet"], data, fit_cases, cal_images, cal_cases, plan, np.random.default_rng(0),
-        lambda cid, proba: _mask_on_grid(proba, ms[cid][2], plan))
+        lambda cid, proba: mask_on_grid(proba, ms[cid][2], plan))
     assert torch.equal(torch.rand(3), expected)
     assert [h["architecture"] for h in history] == ["segresnet"] * OUTSIDER_FOLDS
     assert all(h["epochs"] == 4 and h["snapshots"] == 1 for h in history)  # epoch 8 is never reached
@@ -293,7 +299,7 @@ def test_outsiders_trained_without_appearance_changes_segment_the_simulated_site
     """A network that never learned a new camera's look degrades there: the outsiders train with flips only and
     segment every held-out case at every site (one calibration group per site) and every fitting case at one site
     (training pairs, on the changed image, by the network that did not train on it)."""
-    from segqc.pipeline.training_pairs import _mask_on_grid, outsider_pairs, simulated_cases
+    from segqc.pipeline.training_pairs import mask_on_grid, outsider_pairs, simulated_cases
     from segqc.plan.fingerprint import compute_fingerprint
     from segqc.plan.plan import plan_from_fingerprint
 
@@ -307,7 +313,7 @@ def test_outsiders_trained_without_appearance_changes_segment_the_simulated_site
     sites, moved_cal = simulated_cases(cal_cases, rng, 2)
     fit_pairs, cal_pairs, history = outsider_pairs(
         seg, ["segresnet"], data, fit_cases, cal_images, cal_cases, plan, rng,
-        lambda cid, proba: _mask_on_grid(proba, ms[cid][2], plan), sites=sites, moved_cal=moved_cal)
+        lambda cid, proba: mask_on_grid(proba, ms[cid][2], plan), sites=sites, moved_cal=moved_cal)
     assert all(h["appearance"] is False for h in history)
     at_sites = [p for p in fit_pairs if p.source != "outsider:segresnet_final"]
     assert sorted(p.reference_id for p in at_sites) == sorted(c.case_id for c in fit_cases)

@@ -86,14 +86,21 @@ class BatchCorrection:
         """The correction for a batch's descriptors (m, d): ``correction`` (add it to the batch's mean
         calibrated Dice) and ``effective_pairs`` (how many calibration pairs it effectively rests on).
         None for a batch smaller than ``min_batch``."""
-        from sklearn.linear_model import LogisticRegression
-
         b = np.asarray(batch, float)
         if b.ndim != 2 or b.shape[1] != len(self.names_):
             raise ValueError(f"batch correction needs {len(self.names_)} descriptors per case, got {b.shape}")
         if len(b) < self.min_batch:
             return None
-        ref, bat = self._reference, self._standardised(b)
+        w = self.weights(b)
+        return _shrunk(w, self.residuals_) | {"effective_pairs": float(1.0 / np.sum(w ** 2)),
+                                              "calibration_pairs": int(len(w)), "n": int(len(b))}
+
+    def weights(self, batch: np.ndarray) -> np.ndarray:
+        """Each calibration pair's share (summing to 1) in the correction of a batch's descriptors (m, d): which
+        pairs the batch is taken to look like (`benchmarks/checkpoint_bias.py` shows them by source)."""
+        from sklearn.linear_model import LogisticRegression
+
+        ref, bat = self._reference, self._standardised(np.asarray(batch, float))
         x = np.vstack([ref, bat])
         y = np.r_[np.zeros(len(ref)), np.ones(len(bat))]
         # balanced classes: the odds are the density ratio batch / calibration, up to a constant that cancels
@@ -101,9 +108,7 @@ class BatchCorrection:
         p = np.clip(clf.predict_proba(ref)[:, 1], 1e-6, 1 - 1e-6)
         w = p / (1 - p)
         w = np.minimum(w, self.max_weight * w.mean())
-        w /= w.sum()
-        return _shrunk(w, self.residuals_) | {"effective_pairs": float(1.0 / np.sum(w ** 2)),
-                                              "calibration_pairs": int(len(w)), "n": int(len(b))}
+        return w / w.sum()
 
     def vector(self, features: dict[str, float]) -> np.ndarray:
         """A candidate's descriptors in the fitted order (NaN where the method did not give one)."""

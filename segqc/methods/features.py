@@ -165,6 +165,13 @@ class FeatureRegressor(QCMethod):
         preds = self._predict_rows([r for case_rows in rows for r in case_rows]).reshape(len(cases), n)
         return [self._raw_score(c, p, pred, _described(r)) for c, p, pred, r in zip(cases, probas, preds, rows)]
 
+    def score_against(self, case: Case, proba: np.ndarray) -> RawScore:
+        """The candidate's raw score and descriptors against a judge given as class probabilities on the case's
+        grid, in place of the segmenter's: e.g. one fold network's mask judged by the other folds
+        (`benchmarks/sibling_pairs.py`)."""
+        rows = [mask_features(case, k, self.ref_stats_, proba) for k in self.labels_]
+        return self._raw_score(case, proba, self._predict_rows(rows), _described(rows))
+
     def _score_by_folds(self, case: Case) -> RawScore:
         # each fold network is, for a new case, what a training pair's out-of-fold network was for it
         members = self.segmenter_members(case)

@@ -27,8 +27,8 @@ from segqc import ui
 from segqc.data.case import Case
 from segqc.methods.base import TrainingPair
 
-__all__ = ["default_outsiders", "manifest_pairs", "model_pairs", "outsider_pairs", "segmenter_pairs", "simulated_cases",
-           "site_pairs"]
+__all__ = ["default_outsiders", "manifest_pairs", "mask_on_grid", "model_pairs", "outsider_pairs", "segmenter_pairs",
+           "simulated_cases", "site_pairs"]
 
 Split = tuple[list[TrainingPair], list[TrainingPair]]
 
@@ -83,7 +83,7 @@ def model_pairs(model, fit_cases: Sequence[Case], cal_cases: Sequence[Case], pla
     return fit, cal
 
 
-def _mask_on_grid(proba_ms: np.ndarray, props: dict, plan) -> np.ndarray:
+def mask_on_grid(proba_ms: np.ndarray, props: dict, plan) -> np.ndarray:
     """A network's model-space probabilities resampled to the case's grid, then argmax (as nnU-Net exports
     its predictions): smooth edges like a user's model's, not the model grid's staircase."""
     from segqc.data.labels import to_labels
@@ -130,7 +130,7 @@ def segmenter_pairs(fit_cases: Sequence[Case], cal_cases: Sequence[Case], plan, 
     props = {c.case_id: p for c, (_, _, p) in zip(fit_cases, ms_fit)} | {k: v[2] for k, v in ms_cal.items()}
 
     def render(case_id: str, proba_ms: np.ndarray) -> np.ndarray:
-        return _mask_on_grid(proba_ms, props[case_id], plan)
+        return mask_on_grid(proba_ms, props[case_id], plan)
 
     # the segmenter's classes are label indices 0..L, whatever the label values
     data = [(im, to_index(mk, plan.labels)) for im, mk, _ in ms_fit]
@@ -212,7 +212,7 @@ def _predict_moved(net, moved: Sequence[Case], plan, description: str, fold_of) 
     masks = []
     for c in ui.track(list(moved), description):
         image_ms, _, props = preprocess(c.with_mask(None), plan)
-        masks.append(_mask_on_grid(net.predict_proba(image_ms, fold=fold_of(c)), props, plan))
+        masks.append(mask_on_grid(net.predict_proba(image_ms, fold=fold_of(c)), props, plan))
     return masks
 
 
