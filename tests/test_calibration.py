@@ -110,6 +110,26 @@ def test_systematic_error_is_a_bound_over_left_out_groups():
         DiceCalibrator.from_state(*cal.state()[:1], {**cal.state()[1], "systematic_": 2.0})
 
 
+def test_a_group_is_judged_without_the_other_groups_of_its_network():
+    """A snapshot of a fold network is not calibrated by that network's other snapshots: a model segqc judges
+    is none of its networks, and its error must be measured that way."""
+    from segqc.calibration.calibrator import group_errors, source_family
+
+    assert source_family("segmenter:fold1_ep34") == "segmenter:fold1" == source_family("segmenter:fold1_ep2")
+    assert source_family("segmenter:site3") == "segmenter:sites"
+    assert source_family("outsider:segresnet_site1") == "outsider:segresnet" == source_family("outsider:segresnet_ep3")
+    assert source_family("user_model") == "user_model" and source_family("manifest") == "manifest"
+    rng = np.random.default_rng(1)
+    raw = rng.uniform(0, 1, 900)
+    true = np.clip(raw + rng.normal(0, 0.05, 900), 0, 1)
+    groups = [None] * 300 + [f"segmenter:fold{k}_ep{e}" for k in range(3) for e in (3, 8, 13, 21) for _ in range(50)]
+    true[300:500] = np.clip(true[300:500] - 0.15, 0, 1)  # every snapshot of fold 0 is 0.15 worse than it scores
+    errors = group_errors(raw, true, groups)
+    # left out alone, fold 0's other snapshots would pull the map down for it (its error would look smaller)
+    assert all(errors[f"segmenter:fold0_ep{e}"] > 0.12 for e in (3, 8, 13, 21))
+    assert all(abs(errors[f"segmenter:fold{k}_ep8"]) < 0.05 for k in (1, 2))
+
+
 def test_batch_interval_carries_the_systematic_error():
     from segqc.calibration.population import estimate_groups
 
