@@ -21,12 +21,11 @@ Reads tables only (no network is run).
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from pathlib import Path
 
 import numpy as np
-from common import calibrated_mask
+from common import kept_pairs
 
 from segqc.engines.batch import read_rows
 from segqc.pipeline.bundle import load_bundle
@@ -36,11 +35,7 @@ from segqc.pipeline.outputs import descriptors
 def pair_families(bundle_dir: Path, method: str, n_kept: int) -> np.ndarray:
     """The source family of each calibration pair the method's correction keeps (in its order): a snapshot's or a
     simulated site's network of segqc's segmenter, an outsider architecture, a corruption of an expert mask."""
-    pairs = json.loads((bundle_dir / "bundle.json").read_text())["info"]["calibration_pairs"]
-    keep = calibrated_mask(pairs, method)
-    raw = np.asarray(pairs["raw"][method], float)[keep]
-    ok = np.isfinite(raw) & np.isfinite(np.asarray(pairs["true_dice"], float)[keep])
-    source = np.asarray(pairs["source"], object)[keep][ok]
+    source = kept_pairs(bundle_dir, method)["source"]
     if len(source) != n_kept:
         raise SystemExit(f"{bundle_dir}: its calibration pairs ({len(source)}) are not its correction's ({n_kept}); "
                          "a calibrator refitted outside `segqc fit` (e.g. benchmarks/sibling_pairs.py --write)?")
@@ -62,6 +57,8 @@ def main() -> None:
         raise SystemExit(f"{args.bundle}: {args.method} has no batch correction")
     rows = [r for r in read_rows(args.bench / "bench.csv") if r["status"] == "ok"]
     described = descriptors(rows, args.method)
+    if described is None:
+        raise SystemExit(f"{args.bench / 'bench.csv'}: rows without {args.method}'s descriptors (an edited table?)")
     families = pair_families(args.bundle, args.method, len(cal.correction_.residuals_)) if args.sources else None
     residuals = cal.correction_.residuals_.astype(float)
     print("| group | n | true | uncorrected | correction | corrected | error | top tenth's share of the uncorrected "

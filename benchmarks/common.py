@@ -142,6 +142,20 @@ def calibration_pairs(bundle: Path, method: str = "features") -> tuple[np.ndarra
     return np.asarray(pairs["raw"][method], float)[keep], np.asarray(pairs["true_dice"], float)[keep], groups
 
 
+def kept_pairs(bundle: Path, method: str = "features") -> dict[str, np.ndarray]:
+    """The pairs ``method``'s calibrator kept, in the order of its batch correction's descriptors: those of
+    `calibration_pairs` with a finite score and truth (the calibrator's own filter). ``raw``, ``true``,
+    ``group`` (as `calibration_pairs`), ``source`` and ``image`` (the reference case's id), one entry per pair."""
+    pairs = json.loads((Path(bundle) / "bundle.json").read_text())["info"]["calibration_pairs"]
+    keep = calibrated_mask(pairs, method)
+    raw, true = np.asarray(pairs["raw"][method], float)[keep], np.asarray(pairs["true_dice"], float)[keep]
+    ok = np.isfinite(raw) & np.isfinite(true)
+    source = np.asarray(pairs["source"], object)[keep][ok]
+    return {"raw": raw[ok], "true": true[ok], "source": source,
+            "group": np.array([s if is_network_made(s) else None for s in source], dtype=object),
+            "image": np.asarray(pairs["reference_id"], object)[keep][ok]}
+
+
 def calibrated_mask(pairs: dict, method: str) -> np.ndarray:
     """Which stored calibration pairs (``info["calibration_pairs"]``) ``method``'s calibrator was fitted on:
     its ``calibrated`` mask, or every pair in bundles from before `segqc.calibration.pool`."""

@@ -17,7 +17,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from common import calibration_pairs
+from common import kept_pairs
 
 from segqc.calibration.calibrator import DiceCalibrator
 from segqc.pipeline.bundle import load_bundle, save_bundle
@@ -34,15 +34,14 @@ def main() -> None:
     if "calibration_pairs" not in bundle.info:
         raise SystemExit(f"{args.bundle}: keeps no calibration pairs (fitted before they were stored)")
     for name, old in bundle.calibrators.items():
-        raw, true, groups = calibration_pairs(args.bundle, name)
-        ok = np.isfinite(raw) & np.isfinite(true)  # the calibrator's own filter, so descriptors line up
+        kept = kept_pairs(args.bundle, name)  # in the order of the correction's descriptors
         correction = old.correction_
         described = None if correction is None else correction.descriptors_.astype(float)
-        if described is not None and len(described) != int(ok.sum()):
+        if described is not None and len(described) != len(kept["raw"]):
             raise SystemExit(f"{args.bundle}: {name}'s descriptors ({len(described)}) are not its calibration "
-                             f"pairs ({int(ok.sum())})")
+                             f"pairs ({len(kept['raw'])})")
         new = DiceCalibrator(tau=old.tau, coverage=old.coverage).fit(
-            raw[ok], true[ok], [g for g, k in zip(groups, ok) if k], described,
+            kept["raw"], kept["true"], list(kept["group"]), described,
             None if correction is None else correction.names_)
         if correction is not None:  # keep the correction's own settings
             for key in ("strength", "max_weight", "min_batch"):

@@ -30,15 +30,13 @@ prints
 from __future__ import annotations
 
 import argparse
-import json
-import re
 import zlib
 from pathlib import Path
 
 import numpy as np
-from common import calibrated_mask, data_dir
+from common import data_dir, kept_pairs
 
-from segqc.calibration.calibrator import MIN_GROUP, DiceCalibrator, group_errors
+from segqc.calibration.calibrator import MIN_GROUP, DiceCalibrator, group_errors, source_family
 from segqc.metrics import binary_dice
 from segqc.pipeline.bundle import load_bundle, save_bundle
 from segqc.pipeline.fit import reference_cases
@@ -65,30 +63,10 @@ def sibling_pairs(bundle, method_name: str, cases) -> list[dict]:
     return out
 
 
-def stored_pairs(bundle_dir: Path, method: str, n_kept: int) -> tuple[np.ndarray, np.ndarray, list, np.ndarray]:
-    """The pairs the calibrator of ``method`` kept, in the order of its descriptors: raw score, true Dice, group
-    (the source; None for a corruption of the expert mask) and image id."""
-    pairs = json.loads((bundle_dir / "bundle.json").read_text())["info"]["calibration_pairs"]
-    keep = calibrated_mask(pairs, method)
-    raw, true = np.asarray(pairs["raw"][method], float)[keep], np.asarray(pairs["true_dice"], float)[keep]
-    source = np.asarray(pairs["source"], object)[keep]
-    image = np.asarray(pairs["reference_id"], object)[keep]
-    ok = np.isfinite(raw) & np.isfinite(true)
-    assert ok.sum() == n_kept, "the bundle's descriptors do not match its calibration pairs"
-    groups = [None if s == "corruption" else s for s in source[ok]]
-    return raw[ok], true[ok], groups, image[ok]
-
-
 def family(group: str) -> str:
-    """What a deployed model is not: one of segqc's fold networks (all its snapshots), its simulated sites, the
-    outsiders (every network of another architecture) or the siblings."""
-    fold = re.match(r"segmenter:(fold\d+)_", group)
-    if fold:
-        return f"snapshots of {fold.group(1)}"
-    for prefix, name in (("segmenter:site", "simulated sites"), ("outsider:", "outsiders"), ("sibling:", "siblings")):
-        if group.startswith(prefix):
-            return name
-    return group
+    """What a deployed model is not: a group's network(s) as the systematic bound leaves them out
+    (`segqc.calibration.calibrator.source_family`), all sibling pairs counted as one."""
+    return "siblings" if group.startswith("sibling:") else source_family(group)
 
 
 def held_out_errors(raw, true, groups, images, descriptors, names, scheme: str) -> dict[str, tuple]:
@@ -134,7 +112,10 @@ def main() -> None:
         raise SystemExit(f"{args.bundle}: {args.method} keeps no descriptors of its calibration pairs")
     cases, *_ = reference_cases(data_dir(args.dataset), ids=bundle.info["calibration_ids"])
     sib = sibling_pairs(bundle, args.method, cases)
-    raw, true, groups, images = stored_pairs(args.bundle, args.method, cal.n_)
+    kept = kept_pairs(args.bundle, args.method)
+    if len(kept["raw"]) != cal.n_:
+        raise SystemExit(f"{args.bundle}: its stored pairs ({len(kept['raw'])}) are not its calibrator's ({cal.n_})")
+    raw, true, groups, images = kept["raw"], kept["true"], list(kept["group"]), kept["image"]
     print(f"{args.bundle}: {len(cases)} calibration cases; judge (all folds) held-out Dice "
           f"{bundle.info['segmenter']['heldout_dice_mean']:.3f}")
     print("| group | n | true | calibrated | error |\n|---|---|---|---|---|")
