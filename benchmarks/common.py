@@ -131,6 +131,19 @@ def intervals_holding_truth(groups: dict, key: str = "mean_dice_ci", widen: floa
     return sum(inside(g) for g in groups.values())
 
 
+def noise_floor(case_errors: dict[str, list[float]], within: float = 0.03) -> str:
+    """How close groups' means can come to the truth from their cases' own noise alone: with each group's
+    per-case errors (estimate − truth) spread as they are and no bias, how many groups would land within
+    ``within`` (a group's mean carries its cases' noise as a standard error of SD / √n). One sentence."""
+    from scipy.special import ndtr
+
+    sd = np.array([np.std(e, ddof=1) for e in case_errors.values()])
+    se = sd / np.sqrt([len(e) for e in case_errors.values()])
+    return (f"noise floor: per-case errors spread {sd.mean():.3f} (mean SD within a group), so a group's mean "
+            f"carries ±{np.median(se):.3f} (median standard error) of its cases' noise; unbiased, "
+            f"{float(np.sum(2 * ndtr(within / se) - 1)):.1f} of {len(se)} groups would be expected within {within:g}")
+
+
 def calibration_pairs(bundle: Path, method: str = "features") -> tuple[np.ndarray, np.ndarray, list]:
     """The held-out pairs a bundle's calibrator of ``method`` was fitted on (``info["calibration_pairs"]``,
     those its ``calibrated`` mask keeps — every pair in bundles from before `segqc.calibration.pool`):

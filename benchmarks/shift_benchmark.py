@@ -42,12 +42,12 @@ from common import (
     calibration_pairs,
     data_dir,
     intervals_holding_truth,
+    noise_floor,
     read_split,
     set_threads,
     shipped_weights,
 )
 from PIL import Image, ImageDraw, ImageFilter
-from scipy.special import ndtr
 
 DEFAULT_CHECKPOINTS = ["unet_s0_ep100", "unet_s1_ep100", "segresnet_s0_ep30", "unet_s0_ep8"]
 
@@ -220,11 +220,7 @@ def analyse(bench_dir: Path, method: str, bundle: Path | None = None) -> None:
     case_err: dict[str, list[float]] = {}
     for r in rows:
         case_err.setdefault(r["group"], []).append(float(r["dice_pred"]) - float(r["dice_true"]))
-    se = np.array([np.std(case_err[g], ddof=1) / np.sqrt(len(case_err[g])) for g in groups])
-    print(f"noise floor: per-case errors spread {np.mean([np.std(case_err[g], ddof=1) for g in groups]):.3f} "
-          f"(mean SD within a group), so a group's mean carries ±{np.median(se):.3f} (median standard error) "
-          f"of its cases' noise; unbiased, {float(np.sum(2 * ndtr(0.03 / se) - 1)):.1f} of {len(se)} groups "
-          f"would be expected within 0.03")
+    print(noise_floor({g: case_err[g] for g in groups}))
     if bundle is not None:
         # the bootstrap interval widened by the bound (a bundle with the term has it widened already)
         bound = _stored_bound(bundle, method)
