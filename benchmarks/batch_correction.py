@@ -26,7 +26,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from common import calibrated_mask, calibration_pairs
+from common import calibrated_mask, kept_pairs
 
 from segqc.calibration.batch_correction import BatchCorrection
 from segqc.calibration.calibrator import MIN_GROUP, DiceCalibrator, cross_fitted_residuals
@@ -72,13 +72,12 @@ def main() -> None:
                     help="networks: refit on the network-made pairs only, as `segqc fit --calibrate-on networks` "
                          "(for a bundle calibrated on all pairs)")
     args = ap.parse_args()
-    raw, true, groups = calibration_pairs(args.bundle, args.method)
     correction = load_bundle(args.bundle).calibrators[args.method].correction_
     if correction is None:
         raise SystemExit(f"{args.bundle}: the calibrator of {args.method} has no batch correction (fitted before "
                          "it existed, or the method does not describe its candidates)")
-    ok = np.isfinite(raw) & np.isfinite(true)  # the pairs the calibrator kept, in their order
-    raw, true, groups = raw[ok], true[ok], [x for x, keep in zip(groups, ok) if keep]
+    kept = kept_pairs(args.bundle, args.method)  # the pairs the calibrator kept, in their order
+    raw, true, groups = kept["raw"], kept["true"], list(kept["group"])
     descriptors = correction.descriptors_.astype(float)
     assert len(descriptors) == len(raw), "the bundle's descriptors do not match its calibration pairs"
     sources = [SYNTHETIC if g is None else g for g in groups]

@@ -63,7 +63,8 @@ def main() -> None:
     described = descriptors(rows, args.method)
     if described is None:
         raise SystemExit(f"{args.bench / 'bench.csv'}: rows without {args.method}'s descriptors (an edited table?)")
-    families = pair_families(args.bundle, args.method, len(cal.correction_.residuals_)) if args.sources else None
+    families = (pair_families(args.bundle, args.method, len(cal.correction_.residuals_))
+                if args.sources or args.describe else None)
     residuals = cal.correction_.residuals_.astype(float)
     print("| group | n | true | uncorrected | correction | corrected | error (± its cases' noise) | top tenth's share "
           "of the uncorrected error | rest's mean residual |\n|---|---|---|---|---|---|---|---|---|")
@@ -86,7 +87,7 @@ def main() -> None:
               f"{corrected:.3f} | {corrected - true.mean():+.3f} (± {noise:.3f}) | {share:.0%}: calibrated "
               f"{pred[worst].min():.2f}–{pred[worst].max():.2f}, true {true[worst].min():.2f}–"
               f"{true[worst].max():.2f} | {resid[top:].mean():+.3f} |")
-        if families is not None:
+        if args.sources:
             w = cal.correction_.weights(described[sel])
             for fam in sorted(set(families.tolist()), key=lambda f: -w[families == f].sum())[:3]:
                 f = families == fam
@@ -98,8 +99,7 @@ def main() -> None:
               f"{len(e)} within 0.03")
     print(noise_floor(case_errors))
     if args.describe:
-        describe(args.describe, cal.correction_, rows, described, pair_families(args.bundle, args.method,
-                                                                                 len(residuals)))
+        describe(args.describe, cal.correction_, rows, described, families)
 
 
 def describe(names, correction, rows, described, families) -> None:
